@@ -1,0 +1,521 @@
+//! Typed configuration: defaults → optional TOML file → `SATCHEL_*` environment.
+//!
+//! One struct per concern. Unknown keys in the file and unknown `SATCHEL_*` variables stop
+//! start-up with a message naming them, because a misspelt setting that is silently ignored
+//! (say, a Stripe key that never takes effect) is worse than a refusal to start.
+//! Secrets are wrapped in [`Secret`], whose `Debug` and `Display` print `[redacted]`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A string that must never reach a log line.
+#[derive(Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("unknown environment variable {0}: remove it or check the spelling (see docs/operations.md for the list)")]
+    UnknownEnv(String),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where SQLite, local files, keys and the email outbox live in the embedded shape.
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub storage: StorageConfig,
+    pub email: EmailConfig,
+    pub payments: PaymentsConfig,
+    pub delivery: DeliveryConfig,
+    pub keys: KeysConfig,
+    pub jobs: JobsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub bind: String,
+    /// The URL buyers reach the store at; links in emails are built from it.
+    pub public_url: Option<String>,
+    /// `human` (default) or `json` log lines.
+    pub log_format: LogFormat,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    pub shutdown_grace_secs: u64,
+    /// Trust `X-Forwarded-For` from a reverse proxy for client addresses.
+    pub trust_forwarded_for: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite:///path/file.db` or `postgres://user@host/db`; default: SQLite in the data dir.
+    pub url: Option<Secret>,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `file:///path` or `s3://bucket?endpoint=http://127.0.0.1:9000&region=us-east-1`.
+    pub url: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailConfig {
+    /// `smtp://user:pass@host:587?tls=starttls`; unset = `.eml` files in the data dir's outbox.
+    pub smtp_url: Option<Secret>,
+    pub from: String,
+    /// Folder with template overrides (same file names as the built-in ones).
+    pub templates_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaymentsConfig {
+    pub stripe_secret_key: Option<Secret>,
+    pub stripe_webhook_secret: Option<Secret>,
+    pub stripe_api_base: String,
+    /// Built-in test-mode checkout. Defaults to on when no Stripe key is set, off otherwise.
+    pub test_mode: Option<bool>,
+}
+
+impl PaymentsConfig {
+    pub fn test_mode_enabled(&self) -> bool {
+        self.test_mode.unwrap_or(self.stripe_secret_key.is_none())
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryMode {
+    /// Satchel streams the bytes from a signed `/files/…` URL.
+    Stream,
+    /// `X-Accel-Redirect` to an nginx internal location.
+    XAccel,
+    /// 302 to a presigned object-store URL (S3 storage only).
+    Presign,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    pub mode: DeliveryMode,
+    /// Internal nginx location prefix for `x-accel` mode.
+    pub x_accel_prefix: String,
+    pub default_max_downloads: i64,
+    pub default_link_days: i64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// Directory of signing keys; default `{data_dir}/keys`. Share it (or its contents)
+    /// between instances in the scaled-out shape.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Run the job worker inside `satchel serve` (default true).
+    pub in_process: bool,
+    pub concurrency: usize,
+    pub max_attempts: i64,
+    pub lease_secs: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("satchel-data"),
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            storage: StorageConfig::default(),
+            email: EmailConfig::default(),
+            payments: PaymentsConfig::default(),
+            delivery: DeliveryConfig::default(),
+            keys: KeysConfig::default(),
+            jobs: JobsConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            public_url: None,
+            log_format: LogFormat::Human,
+            shutdown_grace_secs: 20,
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 16,
+        }
+    }
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self {
+            smtp_url: None,
+            from: "Satchel Store <store@satchel.localhost>".into(),
+            templates_dir: None,
+        }
+    }
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        Self {
+            stripe_secret_key: None,
+            stripe_webhook_secret: None,
+            stripe_api_base: "https://api.stripe.com".into(),
+            test_mode: None,
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            mode: DeliveryMode::Stream,
+            x_accel_prefix: "/_satchel_protected/".into(),
+            default_max_downloads: 5,
+            default_link_days: 30,
+        }
+    }
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            in_process: true,
+            concurrency: 4,
+            max_attempts: 8,
+            lease_secs: 300,
+        }
+    }
+}
+
+/// Environment variables we read, each applied by `apply_env`.
+const ENV_KEYS: &[&str] = &[
+    "SATCHEL_DATA_DIR",
+    "SATCHEL_BIND",
+    "SATCHEL_PUBLIC_URL",
+    "SATCHEL_LOG_FORMAT",
+    "SATCHEL_TRUST_FORWARDED_FOR",
+    "SATCHEL_DATABASE_URL",
+    "SATCHEL_DATABASE_MAX_CONNECTIONS",
+    "SATCHEL_STORAGE_URL",
+    "SATCHEL_S3_ACCESS_KEY_ID",
+    "SATCHEL_S3_SECRET_ACCESS_KEY",
+    "SATCHEL_SMTP_URL",
+    "SATCHEL_EMAIL_FROM",
+    "SATCHEL_STRIPE_SECRET_KEY",
+    "SATCHEL_STRIPE_WEBHOOK_SECRET",
+    "SATCHEL_STRIPE_API_BASE",
+    "SATCHEL_TEST_MODE",
+    "SATCHEL_DELIVERY_MODE",
+    "SATCHEL_KEYS_DIR",
+    "SATCHEL_CONFIG",
+    "SATCHEL_LOG",
+];
+
+impl Config {
+    /// Defaults, then `file` (if any), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Self::load_from(file, &env)
+    }
+
+    pub fn load_from(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let mut cfg = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str::<Config>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        for key in env.keys() {
+            // SATCHEL_TEST_* belongs to the test harness, not to the server.
+            if key.starts_with("SATCHEL_") && !key.starts_with("SATCHEL_TEST_") && !ENV_KEYS.contains(&key.as_str()) {
+                return Err(ConfigError::UnknownEnv(key.clone()));
+            }
+        }
+        let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+        let parse_bool = |k: &str, v: String| match v.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(invalid(k, format!("expected true or false, got {v:?}"))),
+        };
+        if let Some(v) = get("SATCHEL_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("SATCHEL_BIND") {
+            self.server.bind = v;
+        }
+        if let Some(v) = get("SATCHEL_PUBLIC_URL") {
+            self.server.public_url = Some(v);
+        }
+        if let Some(v) = get("SATCHEL_LOG_FORMAT") {
+            self.server.log_format = match v.as_str() {
+                "human" => LogFormat::Human,
+                "json" => LogFormat::Json,
+                _ => return Err(invalid("SATCHEL_LOG_FORMAT", "expected human or json")),
+            };
+        }
+        if let Some(v) = get("SATCHEL_TRUST_FORWARDED_FOR") {
+            self.server.trust_forwarded_for = parse_bool("SATCHEL_TRUST_FORWARDED_FOR", v)?;
+        }
+        if let Some(v) = get("SATCHEL_DATABASE_URL") {
+            self.database.url = Some(Secret::new(v));
+        }
+        if let Some(v) = get("SATCHEL_DATABASE_MAX_CONNECTIONS") {
+            self.database.max_connections = v
+                .parse()
+                .map_err(|_| invalid("SATCHEL_DATABASE_MAX_CONNECTIONS", "expected a positive integer"))?;
+        }
+        if let Some(v) = get("SATCHEL_STORAGE_URL") {
+            self.storage.url = Some(v);
+        }
+        if let Some(v) = get("SATCHEL_S3_ACCESS_KEY_ID").or_else(|| get("AWS_ACCESS_KEY_ID")) {
+            self.storage.access_key_id = Some(v);
+        }
+        if let Some(v) = get("SATCHEL_S3_SECRET_ACCESS_KEY").or_else(|| get("AWS_SECRET_ACCESS_KEY")) {
+            self.storage.secret_access_key = Some(Secret::new(v));
+        }
+        if let Some(v) = get("SATCHEL_SMTP_URL") {
+            self.email.smtp_url = Some(Secret::new(v));
+        }
+        if let Some(v) = get("SATCHEL_EMAIL_FROM") {
+            self.email.from = v;
+        }
+        if let Some(v) = get("SATCHEL_STRIPE_SECRET_KEY") {
+            self.payments.stripe_secret_key = Some(Secret::new(v));
+        }
+        if let Some(v) = get("SATCHEL_STRIPE_WEBHOOK_SECRET") {
+            self.payments.stripe_webhook_secret = Some(Secret::new(v));
+        }
+        if let Some(v) = get("SATCHEL_STRIPE_API_BASE") {
+            self.payments.stripe_api_base = v;
+        }
+        if let Some(v) = get("SATCHEL_TEST_MODE") {
+            self.payments.test_mode = Some(parse_bool("SATCHEL_TEST_MODE", v)?);
+        }
+        if let Some(v) = get("SATCHEL_DELIVERY_MODE") {
+            self.delivery.mode = match v.as_str() {
+                "stream" => DeliveryMode::Stream,
+                "x-accel" => DeliveryMode::XAccel,
+                "presign" => DeliveryMode::Presign,
+                _ => return Err(invalid("SATCHEL_DELIVERY_MODE", "expected stream, x-accel or presign")),
+            };
+        }
+        if let Some(v) = get("SATCHEL_KEYS_DIR") {
+            self.keys.dir = Some(PathBuf::from(v));
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.bind.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "server.bind",
+                format!("{:?} is not an address like 127.0.0.1:8080", self.server.bind),
+            ));
+        }
+        if let Some(u) = &self.server.public_url {
+            let parsed = url::Url::parse(u).map_err(|e| invalid("server.public_url", format!("{u:?}: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(invalid("server.public_url", "must start with http:// or https://"));
+            }
+        }
+        if let Some(u) = &self.database.url {
+            crate::db::DbUrl::parse(u.expose()).map_err(|m| invalid("database.url", m))?;
+        }
+        if let Some(u) = &self.storage.url {
+            crate::storage::StorageUrl::parse(u).map_err(|m| invalid("storage.url", m))?;
+        }
+        if let Some(u) = &self.email.smtp_url {
+            let parsed = url::Url::parse(u.expose()).map_err(|e| invalid("email.smtp_url", e.to_string()))?;
+            if !matches!(parsed.scheme(), "smtp" | "smtps") {
+                return Err(invalid("email.smtp_url", "must start with smtp:// or smtps://"));
+            }
+        }
+        url::Url::parse(&self.payments.stripe_api_base)
+            .map_err(|e| invalid("payments.stripe_api_base", e.to_string()))?;
+        if self.delivery.default_max_downloads < 1 {
+            return Err(invalid("delivery.default_max_downloads", "must be at least 1"));
+        }
+        if self.jobs.concurrency == 0 {
+            return Err(invalid("jobs.concurrency", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The public base URL without a trailing slash.
+    pub fn public_url(&self) -> String {
+        self.server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.server.bind))
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.keys.dir.clone().unwrap_or_else(|| self.data_dir.join("keys"))
+    }
+
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.data_dir.join("outbox")
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(u) => u.expose().to_string(),
+            None => format!("sqlite://{}", self.data_dir.join("satchel.db").display()),
+        }
+    }
+
+    pub fn storage_url(&self) -> String {
+        match &self.storage.url {
+            Some(u) => u.clone(),
+            None => format!("file://{}", absolute(&self.data_dir.join("files")).display()),
+        }
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn env_overrides_file_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("satchel.toml");
+        std::fs::write(
+            &file,
+            "[server]\nbind = \"127.0.0.1:9000\"\n[payments]\nstripe_api_base = \"http://127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load_from(Some(&file), &env(&[("SATCHEL_BIND", "127.0.0.1:9100")])).unwrap();
+        assert_eq!(cfg.server.bind, "127.0.0.1:9100");
+        assert_eq!(cfg.payments.stripe_api_base, "http://127.0.0.1:1");
+        assert_eq!(cfg.delivery.default_max_downloads, 5);
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("satchel.toml");
+        std::fs::write(&file, "[server]\nbnd = \"x\"\n").unwrap();
+        let err = Config::load_from(Some(&file), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("bnd"), "{err}");
+    }
+
+    #[test]
+    fn unknown_env_and_bad_urls_are_named() {
+        let err = Config::load_from(None, &env(&[("SATCHEL_DATABSE_URL", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SATCHEL_DATABSE_URL"), "{err}");
+        let err = Config::load_from(None, &env(&[("SATCHEL_DATABASE_URL", "mysql://x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database.url") && err.contains("mysql"), "{err}");
+        let err = Config::load_from(None, &env(&[("SATCHEL_STORAGE_URL", "s3://")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("storage.url"), "{err}");
+        assert!(Config::load_from(None, &env(&[("SATCHEL_TEST_REQUIRE_ALL", "1")])).is_ok());
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let cfg = Config::load_from(None, &env(&[("SATCHEL_STRIPE_SECRET_KEY", "sk_test_supersecret")])).unwrap();
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("supersecret"));
+        assert!(dbg.contains("[redacted]"));
+        assert!(
+            !cfg.payments.test_mode_enabled(),
+            "stripe key turns test mode off by default"
+        );
+    }
+}

@@ -1,0 +1,373 @@
+//! Persistence: one query code path for SQLite and PostgreSQL.
+//!
+//! Every query is written once, in the SQL both engines share, with `$1, $2…` placeholders
+//! (sqlx's SQLite driver maps `$N` to the N-th argument, so the text is identical). A
+//! [`Query`] carries its SQL and its arguments as plain values ([`Arg`]); [`Exec`] runs it on
+//! whichever backend the URL chose, on a pool or inside a [`Tx`], and decodes rows with one
+//! `#[derive(sqlx::FromRow)]` struct that implements `FromRow` for both row types.
+//!
+//! Rules that keep the two engines in step (see docs/architecture.md):
+//! - integers are `BIGINT` (i64) everywhere; times are unix seconds in `BIGINT`;
+//! - `SUM()` is wrapped in `CAST(… AS BIGINT)` (PostgreSQL widens it to NUMERIC);
+//! - booleans are `BOOLEAN` (SQLite stores 0/1, decoding is the same);
+//! - the only dialect switches are [`Backend::skip_locked`] and full-text search.
+//!
+//! Write transactions on SQLite start with `BEGIN IMMEDIATE`, so two writers queue on the
+//! busy timeout instead of failing when a read lock is upgraded.
+
+pub mod models;
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{FromRow, Postgres, Sqlite};
+use tokio::sync::Mutex;
+
+pub use sqlx::Error as DbError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// Row-locking suffix for queue claims: PostgreSQL skips rows other workers hold;
+    /// SQLite has one writer at a time, so the plain statement is already exclusive.
+    pub fn skip_locked(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// A parsed database URL.
+#[derive(Debug, Clone)]
+pub enum DbUrl {
+    Sqlite(String),
+    Postgres(String),
+}
+
+impl DbUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            "sqlite" => Ok(DbUrl::Sqlite(url.to_string())),
+            "postgres" | "postgresql" => {
+                url::Url::parse(url).map_err(|e| format!("malformed PostgreSQL URL: {e}"))?;
+                Ok(DbUrl::Postgres(url.to_string()))
+            }
+            "" => Err("empty database URL: use sqlite:///path/satchel.db or postgres://user@host/db".into()),
+            other => Err(format!(
+                "database backend {other:?} is not compiled into this build: use sqlite:///path/satchel.db or postgres://user@host/db"
+            )),
+        }
+    }
+}
+
+/// One bound value. Nulls keep their type because PostgreSQL checks parameter types.
+#[derive(Debug, Clone)]
+pub enum Arg {
+    I64(Option<i64>),
+    Text(Option<String>),
+    Bool(Option<bool>),
+    Bytes(Option<Vec<u8>>),
+}
+
+macro_rules! arg_from {
+    ($t:ty, $variant:ident, $conv:expr) => {
+        impl From<$t> for Arg {
+            fn from(v: $t) -> Self {
+                Arg::$variant(Some($conv(v)))
+            }
+        }
+        impl From<Option<$t>> for Arg {
+            fn from(v: Option<$t>) -> Self {
+                Arg::$variant(v.map($conv))
+            }
+        }
+    };
+}
+arg_from!(i64, I64, |v| v);
+arg_from!(i32, I64, i64::from);
+arg_from!(u32, I64, i64::from);
+arg_from!(bool, Bool, |v| v);
+arg_from!(String, Text, |v| v);
+arg_from!(&str, Text, |v: &str| v.to_string());
+arg_from!(&String, Text, |v: &String| v.clone());
+arg_from!(Vec<u8>, Bytes, |v| v);
+
+/// SQL text plus its arguments, runnable on either backend.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub sql: Cow<'static, str>,
+    pub args: Vec<Arg>,
+}
+
+impl Query {
+    pub fn new(sql: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            sql: sql.into(),
+            args: Vec::new(),
+        }
+    }
+    #[must_use]
+    pub fn bind(mut self, a: impl Into<Arg>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+    /// Adds an argument and returns its placeholder (`$N`), for queries built piece by piece.
+    pub fn arg(&mut self, a: impl Into<Arg>) -> String {
+        self.args.push(a.into());
+        format!("${}", self.args.len())
+    }
+    pub fn push_sql(&mut self, s: &str) {
+        self.sql.to_mut().push_str(s);
+    }
+    fn sqlite(&self) -> sqlx::query::Query<'_, Sqlite, sqlx::sqlite::SqliteArguments<'_>> {
+        let mut q = sqlx::query(&self.sql);
+        for a in &self.args {
+            q = match a {
+                Arg::I64(v) => q.bind(*v),
+                Arg::Text(v) => q.bind(v.as_deref()),
+                Arg::Bool(v) => q.bind(*v),
+                Arg::Bytes(v) => q.bind(v.as_deref()),
+            };
+        }
+        q
+    }
+    fn pg(&self) -> sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments> {
+        let mut q = sqlx::query(&self.sql);
+        for a in &self.args {
+            q = match a {
+                Arg::I64(v) => q.bind(*v),
+                Arg::Text(v) => q.bind(v.as_deref()),
+                Arg::Bool(v) => q.bind(*v),
+                Arg::Bytes(v) => q.bind(v.as_deref()),
+            };
+        }
+        q
+    }
+}
+
+/// `sql!("SELECT … WHERE id = $1", id)` builds a [`Query`].
+#[macro_export]
+macro_rules! sql {
+    ($sql:expr $(, $arg:expr)* $(,)?) => {
+        $crate::db::Query::new($sql)$(.bind($arg))*
+    };
+}
+
+/// A row type decodable from both backends: derive `sqlx::FromRow` and it qualifies.
+pub trait FromDbRow: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin {}
+impl<T> FromDbRow for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin {}
+
+/// Something queries run on: the pool ([`Db`]) or an open transaction ([`Tx`]).
+#[async_trait]
+pub trait Exec: Send + Sync {
+    fn backend(&self) -> Backend;
+    /// Runs a statement; returns the number of rows it touched.
+    async fn execute(&self, q: Query) -> Result<u64, DbError>;
+    async fn fetch_all<T: FromDbRow>(&self, q: Query) -> Result<Vec<T>, DbError>;
+    async fn fetch_optional<T: FromDbRow>(&self, q: Query) -> Result<Option<T>, DbError>;
+    async fn fetch_one<T: FromDbRow>(&self, q: Query) -> Result<T, DbError> {
+        self.fetch_optional(q).await?.ok_or(DbError::RowNotFound)
+    }
+    /// First column of the first row as i64 (`COUNT(*)`, `CAST(SUM(x) AS BIGINT)`, …).
+    async fn fetch_i64(&self, q: Query) -> Result<i64, DbError> {
+        let (v,): (Option<i64>,) = self.fetch_one(q).await?;
+        Ok(v.unwrap_or(0))
+    }
+}
+
+macro_rules! run_on {
+    ($backend:ident, $exec:expr, $q:expr, execute) => {{
+        let r = $q.$backend().execute($exec).await?;
+        Ok(r.rows_affected())
+    }};
+    ($backend:ident, $exec:expr, $q:expr, fetch_all) => {{
+        let rows = $q.$backend().fetch_all($exec).await?;
+        rows.iter().map(|r| T::from_row(r)).collect()
+    }};
+    ($backend:ident, $exec:expr, $q:expr, fetch_optional) => {{
+        match $q.$backend().fetch_optional($exec).await? {
+            Some(r) => Ok(Some(T::from_row(&r)?)),
+            None => Ok(None),
+        }
+    }};
+}
+
+/// The connection pool of the configured backend.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+#[async_trait]
+impl Exec for Db {
+    fn backend(&self) -> Backend {
+        match self {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+    async fn execute(&self, q: Query) -> Result<u64, DbError> {
+        match self {
+            Db::Sqlite(p) => run_on!(sqlite, p, q, execute),
+            Db::Postgres(p) => run_on!(pg, p, q, execute),
+        }
+    }
+    async fn fetch_all<T: FromDbRow>(&self, q: Query) -> Result<Vec<T>, DbError> {
+        match self {
+            Db::Sqlite(p) => run_on!(sqlite, p, q, fetch_all),
+            Db::Postgres(p) => run_on!(pg, p, q, fetch_all),
+        }
+    }
+    async fn fetch_optional<T: FromDbRow>(&self, q: Query) -> Result<Option<T>, DbError> {
+        match self {
+            Db::Sqlite(p) => run_on!(sqlite, p, q, fetch_optional),
+            Db::Postgres(p) => run_on!(pg, p, q, fetch_optional),
+        }
+    }
+}
+
+enum TxInner {
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    Postgres(sqlx::Transaction<'static, Postgres>),
+}
+
+/// An open transaction. Dropped without [`Tx::commit`], it rolls back.
+pub struct Tx {
+    backend: Backend,
+    // A mutex so that `&Tx` can run queries like `&Db` does; a transaction is used by one
+    // task at a time, so the lock is never contended.
+    inner: Mutex<TxInner>,
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), DbError> {
+        match self.inner.into_inner() {
+            TxInner::Sqlite(t) => t.commit().await,
+            TxInner::Postgres(t) => t.commit().await,
+        }
+    }
+}
+
+#[async_trait]
+impl Exec for Tx {
+    fn backend(&self) -> Backend {
+        self.backend
+    }
+    async fn execute(&self, q: Query) -> Result<u64, DbError> {
+        let mut g = self.inner.lock().await;
+        match &mut *g {
+            TxInner::Sqlite(t) => run_on!(sqlite, &mut **t, q, execute),
+            TxInner::Postgres(t) => run_on!(pg, &mut **t, q, execute),
+        }
+    }
+    async fn fetch_all<T: FromDbRow>(&self, q: Query) -> Result<Vec<T>, DbError> {
+        let mut g = self.inner.lock().await;
+        match &mut *g {
+            TxInner::Sqlite(t) => run_on!(sqlite, &mut **t, q, fetch_all),
+            TxInner::Postgres(t) => run_on!(pg, &mut **t, q, fetch_all),
+        }
+    }
+    async fn fetch_optional<T: FromDbRow>(&self, q: Query) -> Result<Option<T>, DbError> {
+        let mut g = self.inner.lock().await;
+        match &mut *g {
+            TxInner::Sqlite(t) => run_on!(sqlite, &mut **t, q, fetch_optional),
+            TxInner::Postgres(t) => run_on!(pg, &mut **t, q, fetch_optional),
+        }
+    }
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl Db {
+    /// Connects to `url`. `pg_schema` puts every connection's `search_path` on one schema
+    /// (the test harness gives each test its own).
+    pub async fn connect(url: &str, max_connections: u32, pg_schema: Option<&str>) -> anyhow::Result<Self> {
+        match DbUrl::parse(url).map_err(anyhow::Error::msg)? {
+            DbUrl::Sqlite(u) => {
+                let opts = SqliteConnectOptions::from_str(&u)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(30))
+                    .foreign_keys(true);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(max_connections.clamp(1, 8))
+                    .acquire_timeout(Duration::from_secs(60))
+                    .connect_with(opts)
+                    .await?;
+                Ok(Db::Sqlite(pool))
+            }
+            DbUrl::Postgres(u) => {
+                let mut opts = PgConnectOptions::from_str(&u)?;
+                if let Some(schema) = pg_schema {
+                    opts = opts.options([("search_path", schema)]);
+                }
+                let pool = PgPoolOptions::new()
+                    .max_connections(max_connections.max(2))
+                    .acquire_timeout(Duration::from_secs(60))
+                    .connect_with(opts)
+                    .await?;
+                Ok(Db::Postgres(pool))
+            }
+        }
+    }
+
+    /// Applies the embedded migrations of this backend.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match self {
+            Db::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await?,
+            Db::Postgres(p) => POSTGRES_MIGRATIONS.run(p).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn begin(&self) -> Result<Tx, DbError> {
+        let inner = match self {
+            Db::Sqlite(p) => TxInner::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres(p) => TxInner::Postgres(p.begin().await?),
+        };
+        Ok(Tx {
+            backend: self.backend(),
+            inner: Mutex::new(inner),
+        })
+    }
+
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.execute(Query::new("SELECT 1")).await.map(|_| ())
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+/// True when the error is a unique-constraint violation (turned into 409s by callers).
+pub fn is_unique_violation(e: &DbError) -> bool {
+    match e {
+        DbError::Database(d) => d.is_unique_violation(),
+        _ => false,
+    }
+}

@@ -1,0 +1,42 @@
+//! Public catalog endpoints.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::App;
+use crate::catalog::{self, ListParams};
+use crate::error::{not_found, ApiResult};
+use crate::http::extract::ApiQuery;
+
+pub fn routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(list_products))
+        .routes(routes!(get_product))
+}
+
+/// Published products, newest first, paged by cursor, with optional full-text search.
+#[utoipa::path(get, path = "/api/v1/products", tag = "catalog", params(ListParams),
+    responses((status = 200, description = "`{items: [Product], next_cursor}`"), (status = 400, description = "Bad parameter")))]
+async fn list_products(State(app): State<App>, ApiQuery(params): ApiQuery<ListParams>) -> ApiResult<Json<Value>> {
+    let (rows, next) = catalog::list_products(&app.db, &params, None).await?;
+    let mut items = Vec::with_capacity(rows.len());
+    for p in &rows {
+        items.push(catalog::product_json(&app.db, p, false).await?);
+    }
+    Ok(Json(json!({ "items": items, "next_cursor": next })))
+}
+
+/// One product by id (`prd_…`) or slug, with its rendered description and current version.
+#[utoipa::path(get, path = "/api/v1/products/{id}", tag = "catalog",
+    params(("id" = String, Path, description = "Product id or slug")),
+    responses((status = 200, description = "Product"), (status = 404, description = "No such published product")))]
+async fn get_product(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let p = catalog::find_product(&app.db, &id)
+        .await?
+        .filter(|p| p.status != "draft")
+        .ok_or_else(|| not_found("product"))?;
+    Ok(Json(catalog::product_json(&app.db, &p, true).await?))
+}

@@ -1,0 +1,147 @@
+//! HTTP: the router (every route registered once, with its OpenAPI description, through
+//! `utoipa_axum`), the request middleware (request id, tracing span, metrics), health and
+//! readiness, and the server loop with graceful shutdown.
+
+pub mod catalog;
+pub mod extract;
+pub mod metrics;
+pub mod ops;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::app::App;
+use crate::error::{ApiError, REQUEST_ID};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Satchel API", version = "1", description = "Self-hosted digital downloads store. Every JSON list is `{\"items\": [...], \"next_cursor\": ...}`; every client error is `{\"error\": {\"code\", \"message\"}}`."),
+    tags(
+        (name = "catalog", description = "Public product catalog"),
+        (name = "ops", description = "Health, readiness and metrics"),
+    )
+)]
+struct ApiDoc;
+
+/// All routes plus the OpenAPI document describing them.
+pub fn routes() -> (Router<App>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(ops::routes())
+        .merge(catalog::routes())
+        .split_for_parts()
+}
+
+pub fn router(app: App) -> Router {
+    let (router, spec) = routes();
+    let spec_json = spec.to_pretty_json().unwrap_or_default();
+    router
+        .route(
+            "/api/openapi.json",
+            axum::routing::get(move || {
+                let body = spec_json.clone();
+                async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], body) }
+            }),
+        )
+        .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .with_state(app)
+}
+
+async fn fallback() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "No such endpoint. The API is described at /api/openapi.json.",
+    )
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+}
+
+/// Request id (taken from `X-Request-Id` when sane, else minted), a tracing span, and metrics.
+async fn observe(State(app): State<App>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let rid = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| crate::ids::new_id("req"));
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().to_string();
+    req.extensions_mut().insert(RequestId(rid.clone()));
+    let span = tracing::info_span!("request", request_id = %rid, method = %method, route = %route);
+    let mut resp = REQUEST_ID
+        .scope(
+            rid.clone(),
+            tracing::Instrument::instrument(next.run(req), span.clone()),
+        )
+        .await;
+    let status = resp.status().as_u16();
+    let secs = started.elapsed().as_secs_f64();
+    app.metrics.observe(&method, &route, status, secs);
+    span.in_scope(|| tracing::debug!(status, ms = secs * 1000.0, "done"));
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// Serves until SIGTERM/ctrl-c (or `stop`), then lets in-flight requests finish within the grace period.
+pub async fn serve(app: App, listener: tokio::net::TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
+    let grace = Duration::from_secs(app.cfg.server.shutdown_grace_secs);
+    let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+    let shutdown = stop.clone();
+    let server = axum::serve(listener, service).with_graceful_shutdown(async move { shutdown.cancelled().await });
+    tokio::select! {
+        r = server => r?,
+        () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period; closing");
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

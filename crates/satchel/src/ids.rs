@@ -1,0 +1,68 @@
+//! Identifiers and time.
+//!
+//! Ids are `prefix_` + 26 Crockford base32 characters (48-bit millisecond time, 80 random
+//! bits), so they sort by creation time — which gives every list a stable cursor order —
+//! and a reader can tell an order id from a product id at a glance.
+
+use rand::RngCore;
+
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// A new time-ordered id such as `ord_01JD5M3Q7W9X2K4N6P8R0T2V4X`.
+pub fn new_id(prefix: &str) -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default()
+        & ((1u128 << 48) - 1);
+    let mut rnd = [0u8; 10];
+    rand::thread_rng().fill_bytes(&mut rnd);
+    let mut value = ms << 80;
+    for (i, b) in rnd.iter().enumerate() {
+        value |= u128::from(*b) << (8 * (9 - i));
+    }
+    let mut out = String::with_capacity(prefix.len() + 27);
+    out.push_str(prefix);
+    out.push('_');
+    for i in (0..26).rev() {
+        let idx = ((value >> (i * 5)) & 31) as usize;
+        out.push(CROCKFORD[idx] as char);
+    }
+    out
+}
+
+/// Random URL-safe secret of `bytes` bytes (base64url, no padding).
+pub fn random_token(bytes: usize) -> String {
+    use base64::Engine;
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// SHA-256 of a secret, hex; what the database stores instead of the secret.
+pub fn hash_secret(secret: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+}
+
+/// Current UTC time in unix seconds. Every `*_at` column holds this unit.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_by_time_and_carry_prefix() {
+        let a = new_id("ord");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_id("ord");
+        assert!(a.starts_with("ord_") && a.len() == 30);
+        assert!(a < b, "{a} should sort before {b}");
+    }
+}

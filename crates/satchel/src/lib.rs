@@ -1,0 +1,28 @@
+//! Satchel: a self-hosted digital downloads store.
+//!
+//! One binary, two shapes (embedded: SQLite + local files; scaled out: PostgreSQL + S3),
+//! chosen by configuration only. Rooms of the house:
+//!
+//! - [`config`]: typed configuration, defaults → TOML file → `SATCHEL_*` environment.
+//! - [`db`]: one query code path for SQLite and PostgreSQL, migrations, models.
+//! - [`storage`]: object storage behind one small interface (local directory | S3).
+//! - [`jobs`]: the table-backed job queue, enqueued inside business transactions.
+//! - [`keys`]: signing keys (download MACs, Ed25519 license signing) with key ids.
+//! - [`http`]: axum routes, extractors, error contract, metrics.
+//! - domain modules: [`catalog`], [`demo`].
+
+pub mod accounts;
+pub mod app;
+pub mod catalog;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod demo_files;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod jobs;
+pub mod keys;
+pub mod markdown;
+pub mod storage;
+pub mod testing;

@@ -1,0 +1,230 @@
+//! Local-directory storage for the embedded shape. Writes go to a temporary file that is
+//! renamed into place, so readers never see half an object.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use super::{validate_key, ByteStream, GetResult, ObjectMeta, PartInfo, PutResult, Storage, StorageError};
+
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+impl LocalStorage {
+    pub fn new(root: PathBuf) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&root).map_err(|e| {
+            anyhow::anyhow!(
+                "storage directory {} is not writable ({e}); choose another with --data-dir or SATCHEL_STORAGE_URL",
+                root.display()
+            )
+        })?;
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Filesystem path of an object (used by the streaming delivery path).
+    pub fn path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
+        validate_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    fn parts_dir(&self, upload_id: &str) -> Result<PathBuf, StorageError> {
+        if upload_id.is_empty()
+            || !upload_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(StorageError::InvalidKey(upload_id.to_string()));
+        }
+        Ok(self.root.join(".multipart").join(upload_id))
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        self.root.join(".tmp").join(crate::ids::new_id("tmp"))
+    }
+}
+
+fn not_found(key: &str, e: std::io::Error) -> StorageError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        StorageError::NotFound(key.to_string())
+    } else {
+        StorageError::Io(e)
+    }
+}
+
+fn meta_of(m: &std::fs::Metadata) -> ObjectMeta {
+    let last_modified = m
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or_default())
+        .unwrap_or_default();
+    ObjectMeta {
+        size: m.len(),
+        last_modified,
+    }
+}
+
+#[async_trait]
+impl Storage for LocalStorage {
+    async fn put(&self, key: &str, mut body: ByteStream, _content_type: &str) -> Result<PutResult, StorageError> {
+        let dest = self.path_of(key)?;
+        let tmp = self.tmp_path();
+        if let Some(parent) = tmp.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        let mut file = tokio::fs::File::create(&tmp).await?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let result: Result<(), StorageError> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                hasher.update(&chunk);
+                size += chunk.len() as u64;
+                file.write_all(&chunk).await?;
+            }
+            file.flush().await?;
+            file.sync_all().await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        tokio::fs::rename(&tmp, &dest).await?;
+        Ok(PutResult {
+            size,
+            sha256: hex::encode(hasher.finalize()),
+        })
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
+        let path = self.path_of(key)?;
+        let m = tokio::fs::metadata(&path).await.map_err(|e| not_found(key, e))?;
+        Ok(meta_of(&m))
+    }
+
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<GetResult, StorageError> {
+        let path = self.path_of(key)?;
+        let mut file = tokio::fs::File::open(&path).await.map_err(|e| not_found(key, e))?;
+        let meta = meta_of(&file.metadata().await?);
+        let (start, len) = match range {
+            Some(r) if r.start > r.end || r.end > meta.size => return Err(StorageError::RangeNotSatisfiable),
+            Some(r) => (r.start, r.end - r.start),
+            None => (0, meta.size),
+        };
+        if start > 0 {
+            file.seek(std::io::SeekFrom::Start(start)).await?;
+        }
+        let reader = file.take(len);
+        let body = tokio_util::io::ReaderStream::with_capacity(reader, 64 * 1024);
+        Ok(GetResult {
+            meta,
+            body: Box::pin(body),
+        })
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let path = self.path_of(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn presign_get(&self, _key: &str, _ttl: Duration, _cd: Option<&str>) -> Option<String> {
+        None
+    }
+
+    fn presign_put(&self, _key: &str, _ttl: Duration) -> Option<String> {
+        None
+    }
+
+    async fn multipart_start(&self, key: &str) -> Result<String, StorageError> {
+        validate_key(key)?;
+        let id = crate::ids::new_id("mp");
+        tokio::fs::create_dir_all(self.parts_dir(&id)?).await?;
+        Ok(id)
+    }
+
+    async fn multipart_put_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u16,
+        body: Bytes,
+    ) -> Result<PartInfo, StorageError> {
+        validate_key(key)?;
+        let dir = self.parts_dir(upload_id)?;
+        if !tokio::fs::try_exists(&dir).await? {
+            return Err(StorageError::NotFound(upload_id.to_string()));
+        }
+        let tmp = dir.join(format!("{number:05}.tmp"));
+        tokio::fs::write(&tmp, &body).await?;
+        tokio::fs::rename(&tmp, dir.join(format!("{number:05}"))).await?;
+        Ok(PartInfo {
+            number,
+            etag: hex::encode(&Sha256::digest(&body)[..16]),
+            size: body.len() as u64,
+        })
+    }
+
+    async fn multipart_complete(&self, key: &str, upload_id: &str, parts: &[PartInfo]) -> Result<(), StorageError> {
+        let dest = self.path_of(key)?;
+        let dir = self.parts_dir(upload_id)?;
+        let tmp = self.tmp_path();
+        if let Some(parent) = tmp.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        let mut out = tokio::fs::File::create(&tmp).await?;
+        let mut ordered = parts.to_vec();
+        ordered.sort_by_key(|p| p.number);
+        for p in &ordered {
+            let mut part = tokio::fs::File::open(dir.join(format!("{:05}", p.number)))
+                .await
+                .map_err(|e| not_found(upload_id, e))?;
+            tokio::io::copy(&mut part, &mut out).await?;
+        }
+        out.sync_all().await?;
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        tokio::fs::rename(&tmp, &dest).await?;
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        Ok(())
+    }
+
+    async fn multipart_abort(&self, _key: &str, upload_id: &str) -> Result<(), StorageError> {
+        let dir = self.parts_dir(upload_id)?;
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        let probe = self.root.join(".tmp");
+        tokio::fs::create_dir_all(&probe).await?;
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+}

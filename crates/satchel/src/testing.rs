@@ -1,0 +1,244 @@
+//! Test harness, shared by the crate's tests and the benchmarks.
+//!
+//! [`TestApp::start`] builds a fresh store on the chosen backend — SQLite in a temporary
+//! data dir, or a new PostgreSQL schema — and serves it on a real socket at 127.0.0.1:0.
+//! [`backends`] lists the backends to run on: both, or SQLite alone with the reason printed
+//! when PostgreSQL is not reachable. With `SATCHEL_TEST_REQUIRE_ALL=1` (CI) a skip panics.
+//! [`S3Server`] runs a real S3-compatible server (`s3s-fs`, which checks SigV4 signatures
+//! and presigned expiry) on a free port.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::db::Backend;
+
+pub fn require_all() -> bool {
+    std::env::var("SATCHEL_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// Reports a missing test dependency: a printed skip, or a failure under `SATCHEL_TEST_REQUIRE_ALL`.
+pub fn skip(reason: &str) {
+    assert!(!require_all(), "SATCHEL_TEST_REQUIRE_ALL is set but: {reason}");
+    eprintln!("SKIPPED: {reason}");
+}
+
+pub fn pg_admin_url() -> String {
+    std::env::var("SATCHEL_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+static PG_READY: tokio::sync::OnceCell<Result<(), String>> = tokio::sync::OnceCell::const_new();
+
+async fn pg_available() -> Result<(), String> {
+    PG_READY
+        .get_or_init(|| async {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect(&pg_admin_url())
+                .await
+                .map_err(|e| format!("PostgreSQL not reachable at {}: {e}", pg_admin_url()))?;
+            // Drop schemas left by test runs more than an hour old (names carry their start time).
+            let cutoff = crate::ids::now() - 3600;
+            let rows: Vec<(String,)> =
+                sqlx::query_as("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 't\\_%'")
+                    .fetch_all(&pool)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            for (name,) in rows {
+                let ts = name.split('_').nth(1).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+                if ts < cutoff {
+                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                        .execute(&pool)
+                        .await;
+                }
+            }
+            pool.close().await;
+            Ok(())
+        })
+        .await
+        .clone()
+}
+
+/// The backends every DB test runs on.
+pub async fn backends() -> Vec<Backend> {
+    match pg_available().await {
+        Ok(()) => vec![Backend::Sqlite, Backend::Postgres],
+        Err(reason) => {
+            skip(&format!("PostgreSQL tests: {reason}"));
+            vec![Backend::Sqlite]
+        }
+    }
+}
+
+pub struct TestApp {
+    pub app: App,
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub client: reqwest::Client,
+    pub backend: Backend,
+    pub data_dir: PathBuf,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Starts with a config tweak (storage URL, delivery mode, Stripe base…).
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut cfg = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        cfg.server.bind = addr.to_string();
+        cfg.server.public_url = Some(format!("http://{addr}"));
+        cfg.server.shutdown_grace_secs = 2;
+        cfg.payments.test_mode = Some(true);
+        let mut schema = None;
+        if backend == Backend::Postgres {
+            let name = format!(
+                "t_{}_{}",
+                crate::ids::now(),
+                crate::ids::random_token(6).to_lowercase().replace(['-', '_'], "x")
+            );
+            let pool = sqlx::PgPool::connect(&pg_admin_url()).await.expect("connect postgres");
+            sqlx::query(&format!("CREATE SCHEMA \"{name}\""))
+                .execute(&pool)
+                .await
+                .expect("create schema");
+            pool.close().await;
+            cfg.database.url = Some(crate::config::Secret::new(pg_admin_url()));
+            cfg.database.max_connections = 10;
+            schema = Some(name);
+        }
+        tweak(&mut cfg);
+        let app = App::open_with_schema(cfg, schema.as_deref()).await.expect("open app");
+        let stop = CancellationToken::new();
+        tokio::spawn(crate::http::serve(app.clone(), listener, stop.clone()));
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let data_dir = app.cfg.data_dir.clone();
+        Self {
+            app,
+            addr,
+            base_url: format!("http://{addr}"),
+            client,
+            backend,
+            data_dir,
+            stop,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Runs every job that is due (deterministic stand-in for the background worker).
+    pub async fn drain_jobs(&self) -> usize {
+        self.app.worker("test-worker".into()).drain().await.expect("drain jobs")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A running `s3s-fs` (S3-compatible, checks SigV4 and presigned expiry).
+pub struct S3Server {
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    child: Child,
+    _root: tempfile::TempDir,
+}
+
+impl S3Server {
+    /// Starts one, or returns `None` (after [`skip`]) when the binary is not installed.
+    pub async fn start() -> Option<Self> {
+        let bin = std::env::var("SATCHEL_TEST_S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
+        if Command::new(&bin)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            skip("S3 tests: s3s-fs is not installed (cargo install s3s-fs@0.14.1 --features binary --locked)");
+            return None;
+        }
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join("satchel")).expect("bucket dir");
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let (ak, sk) = ("SATCHELTESTKEY".to_string(), "satchel-test-secret-key".to_string());
+        let child = Command::new(&bin)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--access-key",
+                &ak,
+                "--secret-key",
+                &sk,
+            ])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn s3s-fs");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        // Readiness: the port accepts connections.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "s3s-fs did not start listening on {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Some(Self {
+            endpoint,
+            access_key: ak,
+            secret_key: sk,
+            child,
+            _root: root,
+        })
+    }
+
+    /// `SATCHEL_STORAGE_URL` for the bucket `satchel` on this server.
+    pub fn storage_url(&self) -> String {
+        format!("s3://satchel?endpoint={}&region=us-east-1", self.endpoint)
+    }
+
+    pub fn configure(&self, cfg: &mut Config) {
+        cfg.storage.url = Some(self.storage_url());
+        cfg.storage.access_key_id = Some(self.access_key.clone());
+        cfg.storage.secret_access_key = Some(crate::config::Secret::new(self.secret_key.clone()));
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
