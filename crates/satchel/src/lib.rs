@@ -14,8 +14,10 @@
 pub mod accounts;
 pub mod app;
 pub mod catalog;
+pub mod checkout;
 pub mod config;
 pub mod db;
+pub mod delivery;
 pub mod demo;
 pub mod demo_files;
 pub mod error;

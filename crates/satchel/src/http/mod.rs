@@ -3,9 +3,11 @@
 //! readiness, and the server loop with graceful shutdown.
 
 pub mod catalog;
+pub mod commerce;
 pub mod extract;
 pub mod metrics;
 pub mod ops;
+pub mod ranges;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -28,6 +30,8 @@ use crate::error::{ApiError, REQUEST_ID};
     tags(
         (name = "catalog", description = "Public product catalog"),
         (name = "ops", description = "Health, readiness and metrics"),
+        (name = "checkout", description = "Purchases, orders and the test-mode checkout"),
+        (name = "delivery", description = "Counted downloads and file delivery"),
     )
 )]
 struct ApiDoc;
@@ -37,6 +41,7 @@ pub fn routes() -> (Router<App>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(ops::routes())
         .merge(catalog::routes())
+        .merge(commerce::routes())
         .split_for_parts()
 }
 

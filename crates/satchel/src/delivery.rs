@@ -1,0 +1,344 @@
+//! Delivery: download grants, their signed tokens, the counted redemption, and the short
+//! delivery URLs that actually carry the bytes.
+//!
+//! A download token is `d1.{grant_id}.{expires_at}.{kid}.{mac}` — the MAC (HMAC-SHA256,
+//! truncated to 128 bits, base64url) is checked before the database is touched, so forged,
+//! truncated or expired tokens cost nothing. The database keeps only the token's sha256.
+//! Redemption is one conditional UPDATE that decrements `remaining` only for a live grant
+//! (order paid, grant active and unexpired, count left, IP policy met): exact under any
+//! concurrency. It answers a 302 to a delivery URL `f1.{grant}.{file}.{exp}.{kid}.{mac}`
+//! valid long enough for the file; ranges and resumes on it never count again, but each
+//! request re-checks that the grant is still live, so a refund stops issued URLs at once.
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::app::App;
+use crate::catalog::DownloadPolicy;
+use crate::checkout::Order;
+use crate::db::models::{FileRow, Product};
+use crate::db::{Exec, Tx};
+use crate::error::{ApiError, ApiResult};
+use crate::ids::{hash_secret, new_id, now};
+use crate::keys::Keys;
+use crate::sql;
+use axum::http::StatusCode;
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn mac(secret: &[u8; 32], msg: &str) -> String {
+    let Ok(mut m) = HmacSha256::new_from_slice(secret) else {
+        return String::new();
+    };
+    m.update(msg.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&m.finalize().into_bytes()[..16])
+}
+
+/// Signs `{prefix}.{fields…}` with the current MAC key.
+pub fn sign(keys: &Keys, prefix: &str, fields: &[&str]) -> String {
+    let k = keys.current_mac();
+    let body = format!("{prefix}.{}.{}", fields.join("."), k.kid);
+    let tag = mac(&k.secret, &body);
+    format!("{body}.{tag}")
+}
+
+/// Verifies a token made by [`sign`]; returns its fields. No I/O.
+pub fn verify<'a>(keys: &Keys, prefix: &str, token: &'a str, n_fields: usize) -> Option<Vec<&'a str>> {
+    use subtle::ConstantTimeEq;
+    if token.len() > 256 || !token.is_ascii() {
+        return None;
+    }
+    let parts: Vec<&str> = token.split('.').collect();
+    if parts.len() != n_fields + 3 || parts[0] != prefix {
+        return None;
+    }
+    let kid = parts[n_fields + 1];
+    let key = keys.mac_by_kid(kid)?;
+    let body_len = token.len() - parts[n_fields + 2].len() - 1;
+    let expected = mac(&key.secret, &token[..body_len]);
+    bool::from(expected.as_bytes().ct_eq(parts[n_fields + 2].as_bytes())).then(|| parts[1..=n_fields].to_vec())
+}
+
+fn download_error(status: StatusCode, code: &'static str, message: &str) -> ApiError {
+    ApiError::new(status, code, message)
+}
+
+pub async fn create_grant(
+    tx: &Tx,
+    keys: &Keys,
+    order: &Order,
+    item_id: &str,
+    p: &Product,
+    policy: &DownloadPolicy,
+) -> ApiResult<()> {
+    let t = now();
+    let id = new_id("grt");
+    let expires_at = t + policy.link_days * 86_400;
+    // The token is deterministic from (grant, expiry, key), so the success page and the
+    // library can show the same link again without the database holding it.
+    let token = sign(keys, "d1", &[&id, &expires_at.to_string()]);
+    tx.execute(sql!(
+        "INSERT INTO download_grants (id, order_id, order_item_id, product_id, email, token_hash, max_downloads, remaining,
+            expires_at, ip_policy, ip_allow, status, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, 'active', $11, $11)",
+        &id,
+        &order.id,
+        item_id,
+        &p.id,
+        &order.email,
+        hash_secret(&token),
+        policy.max_downloads,
+        expires_at,
+        &policy.ip_policy,
+        policy.ip_allow.join(","),
+        t
+    ))
+    .await?;
+    Ok(())
+}
+
+/// The download URL of an order item's grant (re-minted from the grant row).
+pub async fn grant_url_for_item(app: &App, item_id: &str) -> ApiResult<Option<String>> {
+    let row: Option<(String, i64)> = app
+        .db
+        .fetch_optional(sql!(
+            "SELECT id, expires_at FROM download_grants WHERE order_item_id = $1",
+            item_id
+        ))
+        .await?;
+    Ok(row.map(|(id, exp)| {
+        let token = sign(&app.keys, "d1", &[&id, &exp.to_string()]);
+        format!("{}/api/v1/downloads/{token}", app.cfg.public_url())
+    }))
+}
+
+/// The /24 (IPv4) or /64 (IPv6) prefix an address belongs to.
+pub fn ip_prefix(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct GrantState {
+    id: String,
+    product_id: String,
+    remaining: i64,
+    expires_at: i64,
+    status: String,
+    ip_policy: String,
+    ip_bound: Option<String>,
+    ip_allow: String,
+    order_status: String,
+}
+
+/// Redeems a download token: one atomic decrement, one event, and the delivery URL.
+pub async fn redeem(
+    app: &App,
+    token: &str,
+    file_name: Option<&str>,
+    ip: std::net::IpAddr,
+    user_agent: &str,
+) -> ApiResult<String> {
+    let gone = || {
+        download_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "This download link is not valid. Check that you copied the whole link from your receipt.",
+        )
+    };
+    let fields = verify(&app.keys, "d1", token, 2).ok_or_else(gone)?;
+    let (grant_id, exp) = (fields[0], fields[1].parse::<i64>().map_err(|_| gone())?);
+    let t = now();
+    if exp <= t {
+        return Err(download_error(
+            StatusCode::GONE,
+            "link_expired",
+            "This download link has expired. Open your library to get a fresh one.",
+        ));
+    }
+    let prefix = ip_prefix(ip);
+    let token_hash = hash_secret(token);
+    let tx = app.db.begin().await?;
+    let updated: Option<(String, String)> = tx
+        .fetch_optional(sql!(
+            "UPDATE download_grants
+             SET remaining = remaining - 1, updated_at = $3,
+                 ip_bound = CASE WHEN ip_policy = 'bind_first' AND ip_bound IS NULL THEN $4 ELSE ip_bound END
+             WHERE id = $1 AND token_hash = $2 AND status = 'active' AND remaining > 0 AND expires_at > $3
+               AND (ip_policy <> 'bind_first' OR ip_bound IS NULL OR ip_bound = $4)
+               AND (ip_policy <> 'allow_list' OR (',' || ip_allow || ',') LIKE ('%,' || $5 || ',%'))
+               AND EXISTS (SELECT 1 FROM orders o WHERE o.id = download_grants.order_id AND o.status IN ('paid', 'partially_refunded'))
+             RETURNING id, product_id",
+            grant_id,
+            &token_hash,
+            t,
+            &prefix,
+            ip.to_string()
+        ))
+        .await?;
+    let Some((gid, product_id)) = updated else {
+        drop(tx);
+        return Err(explain_refusal(app, grant_id, &token_hash, &prefix, t).await?);
+    };
+    let file = pick_file(&tx, &product_id, file_name).await?;
+    tx.execute(sql!(
+        "INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'started', $8)",
+        new_id("dle"),
+        &gid,
+        &file.id,
+        t,
+        ip.to_string(),
+        &prefix,
+        user_agent.chars().take(300).collect::<String>(),
+        file.size
+    ))
+    .await?;
+    tx.commit().await?;
+    Ok(delivery_url(app, &gid, &file))
+}
+
+async fn pick_file(e: &impl Exec, product_id: &str, name: Option<&str>) -> ApiResult<FileRow> {
+    let p = crate::catalog::find_product(e, product_id)
+        .await?
+        .ok_or_else(|| crate::error::not_found("product"))?;
+    let (_, files) = crate::catalog::current_version(e, &p)
+        .await?
+        .ok_or_else(|| crate::error::not_found("file"))?;
+    match name {
+        Some(n) => files
+            .into_iter()
+            .find(|f| f.name == n)
+            .ok_or_else(|| crate::error::not_found("file")),
+        None => files.into_iter().next().ok_or_else(|| crate::error::not_found("file")),
+    }
+}
+
+async fn explain_refusal(app: &App, grant_id: &str, token_hash: &str, prefix: &str, t: i64) -> ApiResult<ApiError> {
+    let g: Option<GrantState> = app
+        .db
+        .fetch_optional(sql!(
+            "SELECT g.id, g.product_id, g.remaining, g.expires_at, g.status, g.ip_policy, g.ip_bound, g.ip_allow, o.status AS order_status
+             FROM download_grants g JOIN orders o ON o.id = g.order_id WHERE g.id = $1 AND g.token_hash = $2",
+            grant_id,
+            token_hash
+        ))
+        .await?;
+    let Some(g) = g else {
+        return Ok(download_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "This download link is not valid.",
+        ));
+    };
+    let _ = (&g.id, &g.product_id, &g.ip_allow);
+    Ok(
+        if !matches!(g.order_status.as_str(), "paid" | "partially_refunded") || g.status != "active" {
+            download_error(StatusCode::FORBIDDEN, "access_revoked", "Access to this download has been revoked (for example after a refund). Contact the store if this is a mistake.")
+        } else if g.expires_at <= t {
+            download_error(
+                StatusCode::GONE,
+                "link_expired",
+                "This download link has expired. Open your library to get a fresh one.",
+            )
+        } else if g.remaining <= 0 {
+            download_error(
+                StatusCode::FORBIDDEN,
+                "download_limit_reached",
+                "You have used every download this purchase includes. Contact the store to reset it.",
+            )
+        } else if g.ip_policy != "none" && g.ip_bound.as_deref() != Some(prefix) {
+            download_error(StatusCode::FORBIDDEN, "ip_not_allowed", "This link is bound to another network. Download from the network you first used, or contact the store.")
+        } else {
+            download_error(
+                StatusCode::CONFLICT,
+                "try_again",
+                "The download could not start; try again.",
+            )
+        },
+    )
+}
+
+/// Seconds a delivery URL lives: 10 minutes, plus a minute per 50 MB, at most 6 hours.
+pub fn delivery_ttl(size: i64) -> i64 {
+    (600 + size / (50 * 1024 * 1024) * 60).min(6 * 3600)
+}
+
+fn delivery_url(app: &App, grant_id: &str, f: &FileRow) -> String {
+    let exp = now() + delivery_ttl(f.size);
+    let token = sign(&app.keys, "f1", &[grant_id, &f.id, &exp.to_string()]);
+    format!(
+        "{}/files/{token}/{}",
+        app.cfg.public_url(),
+        percent_encoding::utf8_percent_encode(&f.name, percent_encoding::NON_ALPHANUMERIC)
+    )
+}
+
+/// Checks a delivery token and that its grant is still live; returns the file.
+pub async fn open_delivery(app: &App, token: &str) -> ApiResult<FileRow> {
+    let bad = || download_error(StatusCode::NOT_FOUND, "not_found", "This file link is not valid.");
+    let f = verify(&app.keys, "f1", token, 3).ok_or_else(bad)?;
+    let exp: i64 = f[2].parse().map_err(|_| bad())?;
+    if exp <= now() {
+        return Err(download_error(
+            StatusCode::GONE,
+            "link_expired",
+            "This file link has expired; start the download again from your link or library.",
+        ));
+    }
+    let live: Option<(String,)> = app
+        .db
+        .fetch_optional(sql!(
+            "SELECT g.id FROM download_grants g JOIN orders o ON o.id = g.order_id
+             WHERE g.id = $1 AND g.status = 'active' AND o.status IN ('paid', 'partially_refunded')",
+            f[0]
+        ))
+        .await?;
+    if live.is_none() {
+        return Err(download_error(
+            StatusCode::FORBIDDEN,
+            "access_revoked",
+            "Access to this download has been revoked.",
+        ));
+    }
+    app.db
+        .fetch_optional::<FileRow>(sql!(
+            "SELECT id, product_id, version_id, name, object_key, size, sha256, content_type, created_at FROM files WHERE id = $1",
+            f[1]
+        ))
+        .await?
+        .ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_verify_and_reject_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::load_or_generate(dir.path()).unwrap();
+        let t = sign(&keys, "d1", &["grt_1", "123"]);
+        assert_eq!(verify(&keys, "d1", &t, 2).unwrap(), vec!["grt_1", "123"]);
+        assert!(verify(&keys, "f1", &t, 2).is_none(), "prefix is bound");
+        assert!(verify(&keys, "d1", &t.replace("grt_1", "grt_2"), 2).is_none());
+        assert!(verify(&keys, "d1", &t[..t.len() - 1], 2).is_none(), "truncated");
+        assert!(verify(&keys, "d1", "garbage", 2).is_none());
+        assert!(verify(&keys, "d1", &"x".repeat(5000), 2).is_none());
+    }
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(ip_prefix("203.0.113.9".parse().unwrap()), "203.0.113.0/24");
+        assert_eq!(ip_prefix("2001:db8:1:2:3:4:5:6".parse().unwrap()), "2001:db8:1:2::/64");
+    }
+}

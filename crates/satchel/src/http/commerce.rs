@@ -1,0 +1,249 @@
+//! Purchase, order status, the TEST MODE checkout page, downloads and file delivery.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Form, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::App;
+use crate::checkout::{self, PurchaseRequest};
+use crate::error::{not_found, unauthorized, ApiError, ApiResult};
+use crate::http::extract::ApiJson;
+
+pub fn routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(purchase))
+        .routes(routes!(get_order))
+        .routes(routes!(download))
+        .routes(routes!(test_checkout_page, test_checkout_complete))
+        .routes(routes!(success_page))
+        .routes(routes!(deliver_file))
+}
+
+/// Buys one product. Returns `{order_id, status, access_token, checkout_url, items[]}`;
+/// free products come back `paid` with their `download_url`s.
+#[utoipa::path(post, path = "/api/v1/products/{product_id}/purchase", tag = "checkout",
+    params(("product_id" = String, Path, description = "Product id or slug")),
+    request_body = PurchaseRequest,
+    responses((status = 201, description = "Order created"), (status = 404, description = "Unknown or unpublished product"), (status = 422, description = "Invalid field")))]
+async fn purchase(
+    State(app): State<App>,
+    Path(product_id): Path<String>,
+    ApiJson(req): ApiJson<PurchaseRequest>,
+) -> ApiResult<Response> {
+    let tx = app.db.begin().await?;
+    let (order, token) =
+        checkout::purchase(&tx, &app.keys, &product_id, &req, app.cfg.payments.test_mode_enabled()).await?;
+    tx.commit().await?;
+    let body = checkout::order_json(&app, &order, Some(&token)).await?;
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+/// The order, read with its access token (`Authorization: Bearer {access_token}`).
+#[utoipa::path(get, path = "/api/v1/orders/{order_id}", tag = "checkout",
+    params(("order_id" = String, Path, description = "Order id")),
+    responses((status = 200, description = "Same shape as the purchase response"), (status = 401, description = "Missing or wrong access token"), (status = 404, description = "No such order")))]
+async fn get_order(State(app): State<App>, Path(order_id): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    let token = bearer(&headers)
+        .ok_or_else(|| unauthorized("send Authorization: Bearer {access_token} from the purchase response"))?;
+    let order = checkout::find_order(&app.db, &order_id)
+        .await?
+        .ok_or_else(|| not_found("order"))?;
+    checkout::check_access(&order, token)?;
+    Ok(Json(checkout::order_json(&app, &order, Some(token)).await?))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct TokenQuery {
+    token: String,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn page(title: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+<title>{t}</title><style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;line-height:1.5}}\
+.test{{background:#fff3bf;border:2px dashed #f59f00;padding:.5rem 1rem;border-radius:.5rem;font-weight:700}}\
+button{{font:inherit;padding:.6rem 1.2rem;border-radius:.4rem;border:0;background:#5b4bdb;color:#fff;cursor:pointer}}\
+button.secondary{{background:#868e96}}button:focus{{outline:3px solid #f59f00;outline-offset:2px}}\
+@media (prefers-color-scheme:dark){{body{{background:#111827;color:#e5e7eb}}a{{color:#a5b4fc}}}}</style></head><body>{body}</body></html>",
+        t = esc(title)
+    ))
+}
+
+async fn load_order_with_token(app: &App, order_id: &str, token: &str) -> ApiResult<checkout::Order> {
+    let order = checkout::find_order(&app.db, order_id)
+        .await?
+        .ok_or_else(|| not_found("order"))?;
+    checkout::check_access(&order, token)?;
+    Ok(order)
+}
+
+/// The TEST MODE checkout page (no real payment).
+#[utoipa::path(get, path = "/checkout/test/{order_id}", tag = "checkout", params(("order_id" = String, Path), TokenQuery),
+    responses((status = 200, description = "HTML page", content_type = "text/html")))]
+async fn test_checkout_page(
+    State(app): State<App>,
+    Path(order_id): Path<String>,
+    Query(q): Query<TokenQuery>,
+) -> ApiResult<Html<String>> {
+    let order = load_order_with_token(&app, &order_id, &q.token).await?;
+    let total = crate::catalog::format_money(order.total, &order.currency);
+    Ok(page(
+        "Test checkout",
+        &format!(
+            "<p class=\"test\">TEST MODE — no real payment is taken.</p><h1>Pay {total}</h1><p>Order <code>{id}</code> for {email}.</p>\
+<form method=\"post\"><button name=\"outcome\" value=\"succeeded\">Pay {total} (test)</button> \
+<button class=\"secondary\" name=\"outcome\" value=\"failed\">Simulate a declined card</button></form>",
+            id = esc(&order.id),
+            email = esc(&order.email)
+        ),
+    ))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+struct Outcome {
+    outcome: String,
+}
+
+/// Completes a TEST MODE checkout through the normal fulfillment path and redirects to the success page.
+#[utoipa::path(post, path = "/checkout/test/{order_id}", tag = "checkout", params(("order_id" = String, Path), TokenQuery),
+    request_body(content = Outcome, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "To the success page"), (status = 403, description = "Test mode is off")))]
+async fn test_checkout_complete(
+    State(app): State<App>,
+    Path(order_id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    Form(f): Form<Outcome>,
+) -> ApiResult<Response> {
+    if !app.cfg.payments.test_mode_enabled() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "test_mode_disabled",
+            "test-mode payments are turned off on this store",
+        ));
+    }
+    load_order_with_token(&app, &order_id, &q.token).await?;
+    let tx = app.db.begin().await?;
+    match f.outcome.as_str() {
+        "succeeded" => {
+            checkout::fulfill(&tx, &app.keys, &order_id, "test", Some(&format!("test_{order_id}"))).await?;
+        }
+        "failed" => {
+            checkout::fail(&tx, &order_id).await?;
+        }
+        _ => {
+            return Err(
+                crate::error::bad_request("invalid_outcome", "outcome must be succeeded or failed").field("outcome"),
+            )
+        }
+    }
+    tx.commit().await?;
+    app.jobs_enqueued();
+    Ok(Redirect::to(&format!("/orders/{order_id}/success?token={}", q.token)).into_response())
+}
+
+/// The order's success page: links once paid, "confirming payment…" before.
+#[utoipa::path(get, path = "/orders/{order_id}/success", tag = "checkout", params(("order_id" = String, Path), TokenQuery),
+    responses((status = 200, description = "HTML page", content_type = "text/html")))]
+async fn success_page(
+    State(app): State<App>,
+    Path(order_id): Path<String>,
+    Query(q): Query<TokenQuery>,
+) -> ApiResult<Response> {
+    let order = load_order_with_token(&app, &order_id, &q.token).await?;
+    let v = checkout::order_json(&app, &order, None).await?;
+    let mut body = String::new();
+    match order.status.as_str() {
+        "paid" | "partially_refunded" => {
+            body.push_str("<h1>Thank you!</h1><p>Your downloads are ready. A receipt is on its way to your inbox.</p><ul>");
+            for item in v["items"].as_array().into_iter().flatten() {
+                let title = esc(item["title"].as_str().unwrap_or_default());
+                match item["download_url"].as_str() {
+                    Some(u) => body.push_str(&format!("<li><a href=\"{}\">Download {title}</a></li>", esc(u))),
+                    None => body.push_str(&format!("<li>{title}</li>")),
+                }
+            }
+            body.push_str("</ul>");
+        }
+        "pending" => body.push_str("<h1>Confirming payment…</h1><p>This page updates by itself.</p><meta http-equiv=\"refresh\" content=\"2\">"),
+        other => body.push_str(&format!("<h1>Payment {}</h1><p>No charge was made. You can try again from the product page.</p>", esc(other))),
+    }
+    Ok(page("Your order", &body).into_response())
+}
+
+fn client_ip(app: &App, headers: &HeaderMap, peer: SocketAddr) -> std::net::IpAddr {
+    if app.cfg.server.trust_forwarded_for {
+        if let Some(ip) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+        {
+            return ip;
+        }
+    }
+    peer.ip()
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct FileQuery {
+    /// Which file of the current version (default: the first).
+    file: Option<String>,
+}
+
+/// Redeems a download link: counts one download and redirects (302) to a short-lived delivery URL.
+#[utoipa::path(get, path = "/api/v1/downloads/{token}", tag = "delivery", params(("token" = String, Path), FileQuery),
+    responses((status = 302, description = "To the delivery URL"), (status = 403, description = "download_limit_reached | access_revoked | ip_not_allowed"),
+        (status = 404, description = "not_found"), (status = 410, description = "link_expired")))]
+async fn download(
+    State(app): State<App>,
+    Path(token): Path<String>,
+    Query(q): Query<FileQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let ua = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let ip = client_ip(&app, &headers, peer);
+    let url = crate::delivery::redeem(&app, &token, q.file.as_deref(), ip, ua).await?;
+    Ok((
+        StatusCode::FOUND,
+        [(header::LOCATION, url), (header::CACHE_CONTROL, "no-store".to_string())],
+    )
+        .into_response())
+}
+
+/// Serves a file from a delivery URL: single and suffix ranges, 416, If-Range, ETag, Last-Modified.
+#[utoipa::path(get, path = "/files/{token}/{name}", tag = "delivery", params(("token" = String, Path), ("name" = String, Path)),
+    responses((status = 200, description = "The file"), (status = 206, description = "A range"), (status = 416, description = "Range not satisfiable")))]
+async fn deliver_file(
+    State(app): State<App>,
+    Path((token, _name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let file = crate::delivery::open_delivery(&app, &token).await?;
+    crate::http::ranges::serve(&app, &file, &headers).await
+}

@@ -1,0 +1,407 @@
+//! The core path on both backends: test-mode purchase → paid → counted download → ranged
+//! delivery; limits exact under concurrency; refunds stop links already issued.
+
+#![allow(clippy::unwrap_used)]
+
+use satchel::db::Exec;
+use satchel::sql;
+use satchel::testing::{backends, TestApp};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+async fn demo_app(backend: satchel::db::Backend) -> TestApp {
+    let t = TestApp::start(backend).await;
+    satchel::demo::seed(&t.app).await.unwrap();
+    t
+}
+
+async fn buy(t: &TestApp, slug: &str, body: Value) -> reqwest::Response {
+    t.client
+        .post(t.url(&format!("/api/v1/products/{slug}/purchase")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Buys `slug` in test mode and returns the paid order JSON.
+async fn buy_paid(t: &TestApp, slug: &str) -> Value {
+    let r = buy(t, slug, json!({"email": "Buyer@Example.com"})).await;
+    assert_eq!(r.status(), 201);
+    let order: Value = r.json().await.unwrap();
+    assert_eq!(order["status"], "pending");
+    let checkout = order["checkout_url"].as_str().unwrap().to_string();
+    let page = t.client.get(&checkout).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("TEST MODE"));
+    let r = t
+        .client
+        .post(&checkout)
+        .form(&[("outcome", "succeeded")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let success = t.url(r.headers()["location"].to_str().unwrap());
+    let html = t.client.get(&success).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("/api/v1/downloads/"), "{html}");
+    let token = order["access_token"].as_str().unwrap();
+    let r = t
+        .client
+        .get(t.url(&format!("/api/v1/orders/{}", order["order_id"].as_str().unwrap())))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn test_mode_purchase_to_ranged_download_on_both_backends() {
+    for backend in backends().await {
+        let t = demo_app(backend).await;
+        let order = buy_paid(&t, "demo-ebook").await;
+        assert_eq!(order["status"], "paid", "{backend:?}");
+        assert_eq!(order["email"], "buyer@example.com");
+        assert_eq!(order["total"], 1900);
+        let link = order["items"][0]["download_url"].as_str().unwrap().to_string();
+
+        // The file is the one published, byte for byte.
+        let product: Value = t
+            .client
+            .get(t.url("/api/v1/products/demo-ebook"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let sha = product["current_version"]["files"][0]["sha256"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let r = t.client.get(&link).send().await.unwrap();
+        assert_eq!(r.status(), 302);
+        let file_url = r.headers()["location"].to_str().unwrap().to_string();
+        let r = t.client.get(&file_url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/pdf");
+        assert!(r.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("indie-makers-handbook.pdf"));
+        let etag = r.headers()["etag"].to_str().unwrap().to_string();
+        let body = r.bytes().await.unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&body)), sha);
+
+        // Ranges, suffixes, 416 and If-Range on the delivery URL — none of them count.
+        let r = t
+            .client
+            .get(&file_url)
+            .header("range", "bytes=0-7")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 206);
+        assert_eq!(r.headers()["content-range"], format!("bytes 0-7/{}", body.len()));
+        assert_eq!(r.bytes().await.unwrap().as_ref(), &body[..8]);
+        let r = t
+            .client
+            .get(&file_url)
+            .header("range", "bytes=-6")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.bytes().await.unwrap().as_ref(), &body[body.len() - 6..]);
+        let r = t
+            .client
+            .get(&file_url)
+            .header("range", format!("bytes={}-", body.len()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 416);
+        assert_eq!(r.headers()["content-range"], format!("bytes */{}", body.len()));
+        let r = t
+            .client
+            .get(&file_url)
+            .header("range", "bytes=10-19")
+            .header("if-range", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 206);
+        let r = t
+            .client
+            .get(&file_url)
+            .header("range", "bytes=10-19")
+            .header("if-range", "\"stale\"")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "a changed validator gets the whole file");
+        let r = t
+            .client
+            .get(&file_url)
+            .header("range", "bytes=5-1,x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "a malformed range is ignored");
+        let remaining = t
+            .app
+            .db
+            .fetch_i64(sql!(
+                "SELECT remaining FROM download_grants WHERE order_id = $1",
+                order["order_id"].as_str().unwrap()
+            ))
+            .await
+            .unwrap();
+        assert_eq!(remaining, 4, "{backend:?}: only the redemption counted");
+
+        // Four more redemptions, then the limit.
+        for _ in 0..4 {
+            assert_eq!(t.client.get(&link).send().await.unwrap().status(), 302);
+        }
+        let r = t.client.get(&link).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "download_limit_reached");
+
+        // Forged, truncated and garbage tokens: 404, nothing written.
+        let events = t
+            .app
+            .db
+            .fetch_i64(sql!("SELECT COUNT(*) FROM download_events"))
+            .await
+            .unwrap();
+        let token = link.rsplit('/').next().unwrap();
+        let mut forged = token.to_string();
+        let last = forged.pop().unwrap();
+        forged.push(if last == 'A' { 'B' } else { 'A' });
+        for bad in [
+            forged.as_str(),
+            &token[..token.len() - 3],
+            "garbage",
+            &"d1.".repeat(200),
+        ] {
+            let r = t
+                .client
+                .get(t.url(&format!("/api/v1/downloads/{bad}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 404, "{bad}");
+        }
+        assert_eq!(
+            t.app
+                .db
+                .fetch_i64(sql!("SELECT COUNT(*) FROM download_events"))
+                .await
+                .unwrap(),
+            events
+        );
+
+        // A refund stops the already-issued delivery URL at once.
+        t.app
+            .db
+            .execute(sql!(
+                "UPDATE orders SET status = 'refunded' WHERE id = $1",
+                order["order_id"].as_str().unwrap()
+            ))
+            .await
+            .unwrap();
+        let r = t.client.get(&file_url).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "access_revoked");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_redemptions_of_a_grant_of_5_yield_exactly_5() {
+    for backend in backends().await {
+        let t = demo_app(backend).await;
+        let order = buy_paid(&t, "demo-templates").await;
+        let link = order["items"][0]["download_url"].as_str().unwrap().to_string();
+        let mut tasks = Vec::new();
+        for _ in 0..300 {
+            let (c, l) = (t.client.clone(), link.clone());
+            tasks.push(tokio::spawn(async move {
+                c.get(&l).send().await.unwrap().status().as_u16()
+            }));
+        }
+        let mut ok = 0;
+        let mut limited = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                302 => ok += 1,
+                403 => limited += 1,
+                other => panic!("{backend:?}: unexpected status {other}"),
+            }
+        }
+        assert_eq!((ok, limited), (5, 295), "{backend:?}");
+        let events = t
+            .app
+            .db
+            .fetch_i64(sql!("SELECT COUNT(*) FROM download_events"))
+            .await
+            .unwrap();
+        assert_eq!(events, 5);
+    }
+}
+
+#[tokio::test]
+async fn free_products_bad_input_and_order_access() {
+    for backend in backends().await {
+        let t = demo_app(backend).await;
+        let r = buy(&t, "demo-free", json!({"email": "fan@example.com"})).await;
+        assert_eq!(r.status(), 201);
+        let order: Value = r.json().await.unwrap();
+        assert_eq!(order["status"], "paid", "{backend:?}: free orders need no payment");
+        assert!(order["checkout_url"].is_null());
+        assert!(order["items"][0]["download_url"]
+            .as_str()
+            .unwrap()
+            .contains("/api/v1/downloads/"));
+
+        let before = t.app.db.fetch_i64(sql!("SELECT COUNT(*) FROM orders")).await.unwrap();
+        for (slug, body, status, code) in [
+            ("no-such-product", json!({"email": "a@example.com"}), 404, "not_found"),
+            ("demo-ebook", json!({"email": "not-an-email"}), 422, "invalid_email"),
+            (
+                "demo-ebook",
+                json!({"email": "a@example.com", "quantity": 0}),
+                422,
+                "invalid_quantity",
+            ),
+            (
+                "demo-ebook",
+                json!({"email": "a@example.com", "quantity": 100000}),
+                422,
+                "invalid_quantity",
+            ),
+            (
+                "demo-ebook",
+                json!({"email": "a@example.com", "amount": 1}),
+                422,
+                "amount_not_allowed",
+            ),
+            (
+                "demo-ebook",
+                json!({"email": "a@example.com", "surprise": 1}),
+                400,
+                "invalid_json",
+            ),
+        ] {
+            let r = buy(&t, slug, body.clone()).await;
+            assert_eq!(r.status(), status, "{body}");
+            let err: Value = r.json().await.unwrap();
+            assert_eq!(err["error"]["code"], code, "{body}");
+        }
+        assert_eq!(
+            t.app.db.fetch_i64(sql!("SELECT COUNT(*) FROM orders")).await.unwrap(),
+            before,
+            "bad input creates nothing"
+        );
+
+        let id = order["order_id"].as_str().unwrap();
+        assert_eq!(
+            t.client
+                .get(t.url(&format!("/api/v1/orders/{id}")))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+        assert_eq!(
+            t.client
+                .get(t.url(&format!("/api/v1/orders/{id}")))
+                .bearer_auth("wrong")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            401
+        );
+
+        // A declined test payment leaves the order failed, with no grants.
+        let r = buy(&t, "demo-album", json!({"email": "b@example.com"})).await;
+        let pending: Value = r.json().await.unwrap();
+        let checkout = pending["checkout_url"].as_str().unwrap();
+        let r = t
+            .client
+            .post(checkout)
+            .form(&[("outcome", "failed")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        let grants = t
+            .app
+            .db
+            .fetch_i64(sql!(
+                "SELECT COUNT(*) FROM download_grants WHERE order_id = $1",
+                pending["order_id"].as_str().unwrap()
+            ))
+            .await
+            .unwrap();
+        assert_eq!(grants, 0);
+        // Paying the failed order later does nothing; fulfilling twice issues one grant.
+        let r = t
+            .client
+            .post(checkout)
+            .form(&[("outcome", "succeeded")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        let status: (String,) = t
+            .app
+            .db
+            .fetch_one(sql!(
+                "SELECT status FROM orders WHERE id = $1",
+                pending["order_id"].as_str().unwrap()
+            ))
+            .await
+            .unwrap();
+        assert_eq!(status.0, "failed");
+    }
+}
+
+#[tokio::test]
+async fn fulfillment_is_idempotent() {
+    for backend in backends().await {
+        let t = demo_app(backend).await;
+        let r = buy(&t, "demo-ebook", json!({"email": "c@example.com"})).await;
+        let pending: Value = r.json().await.unwrap();
+        let id = pending["order_id"].as_str().unwrap();
+        let mut did = 0;
+        for _ in 0..3 {
+            let tx = t.app.db.begin().await.unwrap();
+            if satchel::checkout::fulfill(&tx, &t.app.keys, id, "test", Some("pi_1"))
+                .await
+                .unwrap()
+            {
+                did += 1;
+            }
+            tx.commit().await.unwrap();
+        }
+        assert_eq!(did, 1);
+        let grants = t
+            .app
+            .db
+            .fetch_i64(sql!("SELECT COUNT(*) FROM download_grants WHERE order_id = $1", id))
+            .await
+            .unwrap();
+        assert_eq!(grants, 1, "{backend:?}");
+        let payments = t
+            .app
+            .db
+            .fetch_i64(sql!("SELECT COUNT(*) FROM payments WHERE order_id = $1", id))
+            .await
+            .unwrap();
+        assert_eq!(payments, 1);
+    }
+}
