@@ -36,7 +36,9 @@ impl Deref for App {
 
 /// Every job kind the app knows, in one place.
 fn registry() -> Registry<App> {
-    Registry::default()
+    let mut r = Registry::default();
+    r.register(crate::scheduler::run_housekeeping);
+    r
 }
 
 impl App {

@@ -26,5 +26,6 @@ pub mod ids;
 pub mod jobs;
 pub mod keys;
 pub mod markdown;
+pub mod scheduler;
 pub mod storage;
 pub mod testing;

@@ -190,6 +190,7 @@ async fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
     } else {
         None
     };
+    let scheduler = tokio::spawn(satchel::scheduler::run(app.clone(), stop.clone()));
     let s = stop.clone();
     tokio::spawn(async move {
         satchel::http::shutdown_signal().await;
@@ -201,6 +202,7 @@ async fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
     if let Some(w) = worker {
         let _ = w.await;
     }
+    let _ = scheduler.await;
     app.db.close().await;
     Ok(())
 }

@@ -657,3 +657,64 @@ async fn readiness_reports_a_broken_storage() {
         .next()
         .await;
 }
+
+#[tokio::test]
+async fn scheduler_enqueues_once_across_instances_and_housekeeping_purges() {
+    for backend in backends().await {
+        let t = TestApp::start(backend).await;
+        // Two "instances" tick at once: the periodic job is enqueued exactly once.
+        let (a, b) = tokio::join!(satchel::scheduler::tick(&t.app), satchel::scheduler::tick(&t.app));
+        assert_eq!(a.unwrap() + b.unwrap(), 1, "{backend:?}");
+        assert_eq!(
+            satchel::scheduler::tick(&t.app).await.unwrap(),
+            0,
+            "not due again within the hour"
+        );
+        // An old finished job and an expired session are purged; a fresh done job stays.
+        jobs::enqueue(&t.app.db, &Record { n: 1 }).await.unwrap();
+        t.app
+            .db
+            .execute(sql!(
+                "UPDATE jobs SET status = 'done', updated_at = 1 WHERE kind = 'test.record'"
+            ))
+            .await
+            .unwrap();
+        let sid = seller(&t, "h@example.com").await;
+        let uid: (String,) = t
+            .app
+            .db
+            .fetch_one(sql!("SELECT id FROM users WHERE seller_id = $1", &sid))
+            .await
+            .unwrap();
+        t.app
+            .db
+            .execute(sql!(
+                "INSERT INTO sessions (token_hash, user_id, csrf_token, created_at, expires_at) VALUES ('h', $1, 'c', 1, 2)",
+                &uid.0
+            ))
+            .await
+            .unwrap();
+        assert_eq!(t.drain_jobs().await, 1);
+        assert_eq!(
+            t.app
+                .db
+                .fetch_i64(sql!("SELECT COUNT(*) FROM jobs WHERE kind = 'test.record'"))
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            t.app.db.fetch_i64(sql!("SELECT COUNT(*) FROM sessions")).await.unwrap(),
+            0
+        );
+        let hk = t
+            .app
+            .db
+            .fetch_i64(sql!(
+                "SELECT COUNT(*) FROM jobs WHERE kind = 'housekeeping' AND status = 'done'"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(hk, 1, "the housekeeping job itself is recent and kept");
+    }
+}
