@@ -38,6 +38,7 @@ impl Deref for App {
 fn registry() -> Registry<App> {
     let mut r = Registry::default();
     r.register(crate::scheduler::run_housekeeping);
+    r.register(crate::mail::send);
     r
 }
 

@@ -58,11 +58,10 @@ pub async fn find_order(e: &impl Exec, id: &str) -> Result<Option<Order>, crate:
 /// Creates a pending order for one product. Returns the order and its access token
 /// (shown once; the database keeps its hash). Free products are fulfilled at once.
 pub async fn purchase(
+    app: &crate::app::App,
     tx: &Tx,
-    keys: &crate::keys::Keys,
     id_or_slug: &str,
     req: &PurchaseRequest,
-    test_mode: bool,
 ) -> ApiResult<(Order, String)> {
     let email = crate::accounts::normalize_email(&req.email)?;
     let product: Product = catalog::find_product(tx, id_or_slug)
@@ -96,7 +95,7 @@ pub async fn purchase(
     let order_id = new_id("ord");
     let t = now();
     let free = total == 0;
-    if !free && !test_mode {
+    if !free && !app.cfg.payments.test_mode_enabled() {
         return Err(unprocessable(
             "payments_unavailable",
             "card payments are not configured on this store yet; ask the seller to set up Stripe",
@@ -118,7 +117,7 @@ pub async fn purchase(
     .await?;
     add_item(tx, &order_id, &product, unit, req.quantity, None).await?;
     if free {
-        fulfill(tx, keys, &order_id, "free", None).await?;
+        fulfill(app, tx, &order_id, "free", None).await?;
     }
     let order = find_order(tx, &order_id)
         .await?
@@ -165,8 +164,8 @@ async fn add_item(
 /// Marks the order paid and issues its grants — exactly once, however often it is called.
 /// Returns whether this call did the work.
 pub async fn fulfill(
+    app: &crate::app::App,
     tx: &Tx,
-    keys: &crate::keys::Keys,
     order_id: &str,
     provider: &str,
     provider_ref: Option<&str>,
@@ -211,7 +210,7 @@ pub async fn fulfill(
             continue; // bundles and license-only items have no files of their own
         }
         let policy: DownloadPolicy = serde_json::from_str(&p.download_policy).unwrap_or_default();
-        crate::delivery::create_grant(tx, keys, &order, &item_id, &p, &policy).await?;
+        crate::delivery::create_grant(tx, &app.keys, &order, &item_id, &p, &policy).await?;
     }
     crate::db::Exec::execute(
         tx,
@@ -225,7 +224,87 @@ pub async fn fulfill(
         ),
     )
     .await?;
+    queue_receipt(app, tx, &order).await?;
     Ok(true)
+}
+
+/// The receipt: what was bought, the download buttons, and where to find it all again.
+async fn queue_receipt(app: &crate::app::App, tx: &Tx, order: &Order) -> ApiResult<()> {
+    use crate::mail::{button, escape};
+    let brand = crate::mail::Brand::of_seller(tx, &order.seller_id).await?;
+    let base = app.cfg.public_url();
+    let items: Vec<(String, String, i64, i64)> = tx
+        .fetch_all(sql!(
+            "SELECT id, title, unit_price, quantity FROM order_items WHERE order_id = $1 AND parent_item_id IS NULL ORDER BY id",
+            &order.id
+        ))
+        .await?;
+    let grants: Vec<(String, String, i64, i64)> = tx
+        .fetch_all(sql!(
+            "SELECT g.order_item_id, g.id, g.expires_at, g.max_downloads FROM download_grants g WHERE g.order_id = $1 ORDER BY g.id",
+            &order.id
+        ))
+        .await?;
+    let titles: Vec<(String, String)> = tx
+        .fetch_all(sql!("SELECT id, title FROM order_items WHERE order_id = $1", &order.id))
+        .await?;
+    let title_of = |id: &str| {
+        titles
+            .iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_default()
+    };
+    let mut html = String::from("<p>Thank you for your purchase! Everything you bought is ready below.</p>");
+    let mut text = format!("Thank you for your purchase from {}!\n\n", brand.store_name);
+    html.push_str("<table role=\"presentation\" width=\"100%\" style=\"border-collapse:collapse;margin:8px 0 16px;\">");
+    for (_, title, unit, qty) in &items {
+        let line = catalog::format_money(unit * qty, &order.currency);
+        let q = if *qty > 1 { format!(" × {qty}") } else { String::new() };
+        html.push_str(&format!(
+            "<tr><td style=\"padding:6px 0;border-bottom:1px solid #e5e7eb;\">{}{q}</td><td align=\"right\" style=\"padding:6px 0;border-bottom:1px solid #e5e7eb;\">{line}</td></tr>",
+            escape(title)
+        ));
+        text.push_str(&format!("  {title}{q}  {line}\n"));
+    }
+    let total = catalog::format_money(order.total, &order.currency);
+    html.push_str(&format!("<tr><td style=\"padding:8px 0;font-weight:700;\">Total</td><td align=\"right\" style=\"padding:8px 0;font-weight:700;\">{total}</td></tr></table>"));
+    text.push_str(&format!("  Total  {total}\n\n"));
+    for (item_id, grant_id, exp, max) in &grants {
+        let token = crate::delivery::sign(&app.keys, "d1", &[grant_id, &exp.to_string()]);
+        let url = format!("{base}/api/v1/downloads/{token}");
+        let t = title_of(item_id);
+        html.push_str(&button(&url, &format!("Download {t}")));
+        text.push_str(&format!("Download {t}: {url}\n"));
+        html.push_str(&format!(
+            "<p style=\"color:#6b7280;font-size:13px;margin-top:-12px;\">{max} downloads, link valid for 30 days.</p>"
+        ));
+        let _ = exp;
+    }
+    text.push_str(&format!("\nOrder {}\n", order.id));
+    html.push_str(&format!(
+        "<p style=\"color:#6b7280;font-size:13px;\">Order <code>{}</code></p>",
+        escape(&order.id)
+    ));
+    let subject = format!(
+        "Your {} order: {}",
+        brand.store_name,
+        items.first().map(|i| i.1.as_str()).unwrap_or("receipt")
+    );
+    let html = crate::mail::render_html(&brand, "Your purchase is ready", "Your downloads and receipt", &html)?;
+    crate::mail::queue(
+        tx,
+        &crate::mail::Email {
+            to: order.email.clone(),
+            subject,
+            text,
+            html,
+            kind: "receipt".into(),
+            seller_id: Some(order.seller_id.clone()),
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 /// Marks a pending order failed (test-mode "failed", a failed async payment).

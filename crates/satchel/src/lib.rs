@@ -25,6 +25,7 @@ pub mod http;
 pub mod ids;
 pub mod jobs;
 pub mod keys;
+pub mod mail;
 pub mod markdown;
 pub mod scheduler;
 pub mod storage;

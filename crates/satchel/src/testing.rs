@@ -242,3 +242,82 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// A real SMTP server (`aiosmtpd` from PyPI) storing every message in a maildir.
+pub struct SmtpServer {
+    pub url: String,
+    pub maildir: PathBuf,
+    child: Child,
+    _root: tempfile::TempDir,
+}
+
+impl SmtpServer {
+    pub async fn start() -> Option<Self> {
+        let ok = Command::new("python3")
+            .args(["-c", "import aiosmtpd"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            skip("SMTP tests: aiosmtpd is not installed (pip install aiosmtpd)");
+            return None;
+        }
+        let root = tempfile::tempdir().expect("tempdir");
+        let maildir = root.path().join("maildir");
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(&maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn aiosmtpd");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "aiosmtpd did not start listening on {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Some(Self {
+            url: format!("smtp://127.0.0.1:{port}"),
+            maildir,
+            child,
+            _root: root,
+        })
+    }
+
+    /// Every delivered message, raw.
+    pub fn messages(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(rd) = std::fs::read_dir(self.maildir.join(sub)) {
+                for e in rd.flatten() {
+                    if let Ok(s) = std::fs::read_to_string(e.path()) {
+                        out.push(s);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -380,7 +380,7 @@ async fn fulfillment_is_idempotent() {
         let mut did = 0;
         for _ in 0..3 {
             let tx = t.app.db.begin().await.unwrap();
-            if satchel::checkout::fulfill(&tx, &t.app.keys, id, "test", Some("pi_1"))
+            if satchel::checkout::fulfill(&t.app, &tx, id, "test", Some("pi_1"))
                 .await
                 .unwrap()
             {

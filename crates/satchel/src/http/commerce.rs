@@ -38,9 +38,9 @@ async fn purchase(
     ApiJson(req): ApiJson<PurchaseRequest>,
 ) -> ApiResult<Response> {
     let tx = app.db.begin().await?;
-    let (order, token) =
-        checkout::purchase(&tx, &app.keys, &product_id, &req, app.cfg.payments.test_mode_enabled()).await?;
+    let (order, token) = checkout::purchase(&app, &tx, &product_id, &req).await?;
     tx.commit().await?;
+    app.jobs_enqueued();
     let body = checkout::order_json(&app, &order, Some(&token)).await?;
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -147,7 +147,7 @@ async fn test_checkout_complete(
     let tx = app.db.begin().await?;
     match f.outcome.as_str() {
         "succeeded" => {
-            checkout::fulfill(&tx, &app.keys, &order_id, "test", Some(&format!("test_{order_id}"))).await?;
+            checkout::fulfill(&app, &tx, &order_id, "test", Some(&format!("test_{order_id}"))).await?;
         }
         "failed" => {
             checkout::fail(&tx, &order_id).await?;

@@ -1,0 +1,123 @@
+//! Receipts through the outbox: `.eml` files in the embedded shape, a real SMTP server when
+//! configured, and a failing transport that never touches the order.
+
+#![allow(clippy::unwrap_used)]
+
+use satchel::db::Exec;
+use satchel::sql;
+use satchel::testing::{backends, SmtpServer, TestApp};
+use serde_json::{json, Value};
+
+async fn buy_and_pay(t: &TestApp, slug: &str, email: &str) -> Value {
+    let r = t
+        .client
+        .post(t.url(&format!("/api/v1/products/{slug}/purchase")))
+        .json(&json!({"email": email}))
+        .send()
+        .await
+        .unwrap();
+    let order: Value = r.json().await.unwrap();
+    if let Some(c) = order["checkout_url"].as_str() {
+        let r = t.client.post(c).form(&[("outcome", "succeeded")]).send().await.unwrap();
+        assert_eq!(r.status(), 303);
+    }
+    order
+}
+
+fn decoded(raw: &str) -> String {
+    // Bodies may be quoted-printable: undo soft breaks and =3D so assertions read plainly.
+    raw.replace("=\r\n", "").replace("=\n", "").replace("=3D", "=")
+}
+
+#[tokio::test]
+async fn receipt_lands_in_the_outbox_as_eml() {
+    for backend in backends().await {
+        let t = TestApp::start(backend).await;
+        satchel::demo::seed(&t.app).await.unwrap();
+        let order = buy_and_pay(&t, "demo-ebook", "reader@example.com").await;
+        assert!(t.drain_jobs().await >= 1);
+        let files: Vec<_> = std::fs::read_dir(t.data_dir.join("outbox"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(files.len(), 1, "{backend:?}: one receipt");
+        let raw = decoded(&std::fs::read_to_string(files[0].path()).unwrap());
+        assert!(raw.contains("To: reader@example.com"));
+        assert!(raw.contains("Subject: Your Satchel Demo Store order"), "{raw}");
+        assert!(raw.contains("text/plain") && raw.contains("text/html"));
+        assert!(
+            raw.contains("/api/v1/downloads/d1."),
+            "receipt carries the download link"
+        );
+        assert!(raw.contains(order["order_id"].as_str().unwrap()));
+        let (status,): (String,) = t
+            .app
+            .db
+            .fetch_one(sql!("SELECT status FROM email_outbox"))
+            .await
+            .unwrap();
+        assert_eq!(status, "sent");
+        // The link in the receipt works.
+        let link = raw
+            .split("Download The Indie Maker's Handbook: ")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .trim();
+        assert_eq!(t.client.get(link).send().await.unwrap().status(), 302);
+    }
+}
+
+#[tokio::test]
+async fn receipts_go_through_a_real_smtp_server_and_failures_never_touch_the_order() {
+    let Some(smtp) = SmtpServer::start().await else { return };
+    for backend in backends().await {
+        let url = smtp.url.clone();
+        let t = TestApp::start_with(backend, |c| c.email.smtp_url = Some(satchel::config::Secret::new(url))).await;
+        satchel::demo::seed(&t.app).await.unwrap();
+        let before = smtp.messages().len();
+        let who = format!("{}@example.com", backend.name());
+        buy_and_pay(&t, "demo-templates", &who).await;
+        t.drain_jobs().await;
+        let msgs = smtp.messages();
+        assert_eq!(msgs.len(), before + 1, "{backend:?}");
+        let m = msgs.iter().find(|m| m.contains(&who)).map(|m| decoded(m)).unwrap();
+        assert!(m.contains("Notion Life OS Templates"));
+
+        // SMTP down: the order is paid anyway; the email waits to retry with the error recorded.
+        let t = TestApp::start_with(backend, |c| {
+            c.email.smtp_url = Some(satchel::config::Secret::new("smtp://127.0.0.1:1".to_string()));
+        })
+        .await;
+        satchel::demo::seed(&t.app).await.unwrap();
+        let order = buy_and_pay(&t, "demo-templates", "x@example.com").await;
+        t.drain_jobs().await;
+        let (status, err): (String, Option<String>) = t
+            .app
+            .db
+            .fetch_one(sql!("SELECT status, last_error FROM email_outbox"))
+            .await
+            .unwrap();
+        assert_eq!(status, "retrying");
+        assert!(err.unwrap().contains("SMTP"));
+        let (o,): (String,) = t
+            .app
+            .db
+            .fetch_one(sql!(
+                "SELECT status FROM orders WHERE id = $1",
+                order["order_id"].as_str().unwrap()
+            ))
+            .await
+            .unwrap();
+        assert_eq!(o, "paid");
+        let (js,): (String,) = t
+            .app
+            .db
+            .fetch_one(sql!("SELECT status FROM jobs WHERE kind = 'email.send'"))
+            .await
+            .unwrap();
+        assert_eq!(js, "queued", "retried later with backoff");
+    }
+}
