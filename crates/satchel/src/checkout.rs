@@ -55,67 +55,350 @@ pub async fn find_order(e: &impl Exec, id: &str) -> Result<Option<Order>, crate:
         .await
 }
 
+/// One line of a cart.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CartLine {
+    /// Product id or slug.
+    pub product_id: String,
+    #[serde(default = "one")]
+    pub quantity: i64,
+    /// Pay-what-you-want amount in minor units.
+    pub amount: Option<i64>,
+}
+
+/// `POST /api/v1/checkout`: a cart of one or more products from one store, in one currency.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CartRequest {
+    pub email: String,
+    pub items: Vec<CartLine>,
+    pub discount_code: Option<String>,
+}
+
 /// Creates a pending order for one product. Returns the order and its access token
-/// (shown once; the database keeps its hash). Free products are fulfilled at once.
+/// (shown once; the database keeps its hash). Free orders are fulfilled at once.
 pub async fn purchase(
     app: &crate::app::App,
     tx: &Tx,
     id_or_slug: &str,
     req: &PurchaseRequest,
 ) -> ApiResult<(Order, String)> {
-    let email = crate::accounts::normalize_email(&req.email)?;
-    let product: Product = catalog::find_product(tx, id_or_slug)
-        .await?
-        .filter(|p| p.status == "published")
-        .ok_or_else(|| not_found("product"))?;
-    if !(1..=100).contains(&req.quantity) {
-        return Err(unprocessable("invalid_quantity", "quantity must be between 1 and 100").field("quantity"));
-    }
-    let unit = match (product.pwyw_min, req.amount) {
-        (Some(min), Some(a)) if a >= min => a,
-        (Some(min), Some(_)) => {
-            return Err(unprocessable(
-                "amount_below_minimum",
-                format!("pay at least {}", catalog::format_money(min, &product.currency)),
-            )
-            .field("amount"))
-        }
-        (Some(_), None) => product.price,
-        (None, Some(a)) if a != product.price => {
-            return Err(
-                unprocessable("amount_not_allowed", "this product has a fixed price; omit amount").field("amount"),
-            )
-        }
-        (None, _) => product.price,
+    let line = CartLine {
+        product_id: id_or_slug.to_string(),
+        quantity: req.quantity,
+        amount: req.amount,
     };
-    let total = unit
-        .checked_mul(req.quantity)
-        .ok_or_else(|| unprocessable("invalid_quantity", "total too large"))?;
-    let token = random_token(24);
-    let order_id = new_id("ord");
-    let t = now();
+    create_order(app, tx, &req.email, &[line], None).await
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Discount {
+    pub id: String,
+    pub seller_id: String,
+    pub code: String,
+    pub kind: String,
+    pub amount: i64,
+    pub currency: Option<String>,
+    pub product_id: Option<String>,
+    pub max_redemptions: Option<i64>,
+    pub redemptions: i64,
+    pub once_per_customer: bool,
+    pub expires_at: Option<i64>,
+    pub active: bool,
+}
+
+const DISCOUNT_COLS: &str =
+    "id, seller_id, code, kind, amount, currency, product_id, max_redemptions, redemptions, once_per_customer, expires_at, active";
+
+/// What a seller sends to create a discount code.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDiscount {
+    pub code: String,
+    /// `percent` (amount 1–100) or `fixed` (amount in minor units of `currency`).
+    pub kind: String,
+    pub amount: i64,
+    pub currency: Option<String>,
+    pub product_id: Option<String>,
+    pub max_redemptions: Option<i64>,
+    #[serde(default)]
+    pub once_per_customer: bool,
+    pub expires_at: Option<i64>,
+}
+
+pub async fn create_discount(e: &impl Exec, seller_id: &str, d: &NewDiscount) -> ApiResult<Discount> {
+    let code = d.code.trim().to_ascii_uppercase();
+    if code.is_empty() || code.len() > 40 || !code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(unprocessable("invalid_code", "code must be 1–40 letters, digits, '-' or '_'").field("code"));
+    }
+    let currency = match d.kind.as_str() {
+        "percent" if (1..=100).contains(&d.amount) => None,
+        "percent" => return Err(unprocessable("invalid_amount", "a percent discount is 1–100").field("amount")),
+        "fixed" if d.amount > 0 => {
+            let c = d.currency.clone().unwrap_or_default().to_ascii_uppercase();
+            if catalog::currency_exponent(&c).is_none() {
+                return Err(
+                    unprocessable("invalid_currency", "a fixed discount needs its ISO currency").field("currency"),
+                );
+            }
+            Some(c)
+        }
+        "fixed" => return Err(unprocessable("invalid_amount", "a fixed discount is a positive amount").field("amount")),
+        _ => return Err(unprocessable("invalid_kind", "kind must be percent or fixed").field("kind")),
+    };
+    if d.max_redemptions.is_some_and(|m| m < 1) {
+        return Err(
+            unprocessable("invalid_max_redemptions", "max_redemptions must be at least 1").field("max_redemptions"),
+        );
+    }
+    if let Some(pid) = &d.product_id {
+        let owned = catalog::find_product(e, pid)
+            .await?
+            .filter(|p| p.seller_id == seller_id);
+        if owned.is_none() {
+            return Err(
+                unprocessable("invalid_product", "product_id must be one of your products").field("product_id"),
+            );
+        }
+    }
+    let id = new_id("dsc");
+    let r = e
+        .execute(sql!(
+            "INSERT INTO discount_codes (id, seller_id, code, kind, amount, currency, product_id, max_redemptions, once_per_customer, expires_at, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &id,
+            seller_id,
+            &code,
+            &d.kind,
+            d.amount,
+            currency,
+            d.product_id.clone(),
+            d.max_redemptions,
+            d.once_per_customer,
+            d.expires_at,
+            now()
+        ))
+        .await;
+    match r {
+        Ok(_) => {}
+        Err(err) if crate::db::is_unique_violation(&err) => {
+            return Err(crate::error::conflict("code_taken", format!("you already have a code {code}")).field("code"))
+        }
+        Err(err) => return Err(err.into()),
+    }
+    Ok(e.fetch_one(sql!(
+        format!("SELECT {DISCOUNT_COLS} FROM discount_codes WHERE id = $1"),
+        &id
+    ))
+    .await?)
+}
+
+/// Finds a usable code for this seller and buyer, or says why not (422 naming `discount_code`).
+async fn usable_discount(e: &impl Exec, seller_id: &str, code: &str, email: &str) -> ApiResult<Discount> {
+    let bad = |code: &'static str, msg: &str| unprocessable(code, msg.to_string()).field("discount_code");
+    let d: Discount = e
+        .fetch_optional(sql!(
+            format!("SELECT {DISCOUNT_COLS} FROM discount_codes WHERE seller_id = $1 AND code = $2"),
+            seller_id,
+            code.trim().to_ascii_uppercase()
+        ))
+        .await?
+        .ok_or_else(|| bad("invalid_discount_code", "this discount code does not exist"))?;
+    if !d.active {
+        return Err(bad("discount_inactive", "this discount code is no longer active"));
+    }
+    if d.expires_at.is_some_and(|x| x <= now()) {
+        return Err(bad("discount_expired", "this discount code has expired"));
+    }
+    if d.max_redemptions.is_some_and(|m| d.redemptions >= m) {
+        return Err(bad("discount_used_up", "this discount code has been used up"));
+    }
+    if d.once_per_customer {
+        let used = e
+            .fetch_i64(sql!(
+                "SELECT COUNT(*) FROM orders WHERE discount_code_id = $1 AND email = $2 AND status IN ('paid', 'partially_refunded', 'refunded')",
+                &d.id,
+                email
+            ))
+            .await?;
+        if used > 0 {
+            return Err(bad("discount_already_used", "you have already used this discount code"));
+        }
+    }
+    Ok(d)
+}
+
+struct Priced {
+    product: Product,
+    unit: i64,
+    quantity: i64,
+    discount: i64,
+}
+
+/// Prices a cart and writes a pending order (fulfilled at once when the total is zero).
+pub async fn create_order(
+    app: &crate::app::App,
+    tx: &Tx,
+    email: &str,
+    lines: &[CartLine],
+    discount_code: Option<&str>,
+) -> ApiResult<(Order, String)> {
+    let email = crate::accounts::normalize_email(email)?;
+    if lines.is_empty() || lines.len() > 50 {
+        return Err(unprocessable("invalid_items", "a cart holds 1–50 products").field("items"));
+    }
+    let mut priced: Vec<Priced> = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let field = format!("items[{i}]");
+        let product: Product = catalog::find_product(tx, &line.product_id)
+            .await?
+            .filter(|p| p.status == "published")
+            .ok_or_else(|| {
+                crate::error::ApiError::new(
+                    axum::http::StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("product {:?} not found", line.product_id),
+                )
+                .field(&format!("{field}.product_id"))
+            })?;
+        if priced.iter().any(|p| p.product.id == product.id) {
+            return Err(unprocessable("duplicate_item", "list each product once and use quantity").field(&field));
+        }
+        if !(1..=100).contains(&line.quantity) {
+            return Err(unprocessable("invalid_quantity", "quantity must be between 1 and 100")
+                .field(&format!("{field}.quantity")));
+        }
+        let unit = match (product.pwyw_min, line.amount) {
+            (Some(min), Some(a)) if a >= min && a <= 100_000_000 => a,
+            (Some(min), Some(_)) => {
+                return Err(unprocessable(
+                    "amount_below_minimum",
+                    format!("pay at least {}", catalog::format_money(min, &product.currency)),
+                )
+                .field(&format!("{field}.amount")))
+            }
+            (Some(_), None) => product.price,
+            (None, Some(a)) if a != product.price => {
+                return Err(
+                    unprocessable("amount_not_allowed", "this product has a fixed price; omit amount")
+                        .field(&format!("{field}.amount")),
+                )
+            }
+            (None, _) => product.price,
+        };
+        if let Some(first) = priced.first() {
+            if first.product.currency != product.currency {
+                return Err(unprocessable(
+                    "mixed_currencies",
+                    "every product in a cart must be priced in the same currency",
+                )
+                .field(&field));
+            }
+            if first.product.seller_id != product.seller_id {
+                return Err(
+                    unprocessable("mixed_stores", "a cart can only hold products from one store").field(&field),
+                );
+            }
+        }
+        priced.push(Priced {
+            product,
+            unit,
+            quantity: line.quantity,
+            discount: 0,
+        });
+    }
+    let seller_id = priced[0].product.seller_id.clone();
+    let currency = priced[0].product.currency.clone();
+    let subtotal: i64 = priced.iter().map(|p| p.unit * p.quantity).sum();
+    let discount = match discount_code.map(str::trim).filter(|c| !c.is_empty()) {
+        Some(code) => Some(usable_discount(tx, &seller_id, code, &email).await?),
+        None => None,
+    };
+    if let Some(d) = &discount {
+        let eligible: Vec<usize> = (0..priced.len())
+            .filter(|&i| d.product_id.as_ref().is_none_or(|pid| *pid == priced[i].product.id))
+            .collect();
+        if eligible.is_empty() {
+            return Err(unprocessable(
+                "discount_not_applicable",
+                "this code does not apply to the products in your cart",
+            )
+            .field("discount_code"));
+        }
+        let base: i64 = eligible.iter().map(|&i| priced[i].unit * priced[i].quantity).sum();
+        let total_off = match d.kind.as_str() {
+            "percent" => base * d.amount / 100,
+            _ => {
+                if d.currency.as_deref() != Some(currency.as_str()) {
+                    return Err(
+                        unprocessable("discount_not_applicable", "this code is for another currency")
+                            .field("discount_code"),
+                    );
+                }
+                d.amount.min(base)
+            }
+        };
+        // Spread the discount over eligible lines in proportion to their value; the last line
+        // takes the rounding remainder so the parts add up exactly.
+        let mut left = total_off;
+        for (n, &i) in eligible.iter().enumerate() {
+            let line = priced[i].unit * priced[i].quantity;
+            let share = if n + 1 == eligible.len() {
+                left
+            } else if base > 0 {
+                total_off * line / base
+            } else {
+                0
+            };
+            priced[i].discount = share.min(line);
+            left -= priced[i].discount;
+        }
+    }
+    let discount_total: i64 = priced.iter().map(|p| p.discount).sum();
+    let total = subtotal - discount_total;
     let free = total == 0;
-    if !free && !app.cfg.payments.test_mode_enabled() {
+    if !free && !app.cfg.payments.test_mode_enabled() && app.cfg.payments.stripe_secret_key.is_none() {
         return Err(unprocessable(
             "payments_unavailable",
             "card payments are not configured on this store yet; ask the seller to set up Stripe",
         ));
     }
+    let token = random_token(24);
+    let order_id = new_id("ord");
+    let t = now();
+    let mode = if priced.iter().any(|p| p.product.kind == "subscription") {
+        "subscription"
+    } else {
+        "payment"
+    };
     tx.execute(sql!(
-        "INSERT INTO orders (id, seller_id, email, status, currency, subtotal, total, access_token_hash, provider, mode, created_at, updated_at)
-         VALUES ($1, $2, $3, 'pending', $4, $5, $5, $6, $7, $8, $9, $9)",
+        "INSERT INTO orders (id, seller_id, email, status, currency, subtotal, discount_total, total, discount_code_id,
+            access_token_hash, provider, mode, created_at, updated_at)
+         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
         &order_id,
-        &product.seller_id,
+        &seller_id,
         &email,
-        &product.currency,
+        &currency,
+        subtotal,
+        discount_total,
         total,
+        discount.as_ref().map(|d| d.id.clone()),
         hash_secret(&token),
-        if free { "free" } else { "test" },
-        if product.kind == "subscription" { "subscription" } else { "payment" },
+        if free {
+            "free"
+        } else if app.cfg.payments.test_mode_enabled() {
+            "test"
+        } else {
+            "stripe"
+        },
+        mode,
         t
     ))
     .await?;
-    add_item(tx, &order_id, &product, unit, req.quantity, None).await?;
+    for p in &priced {
+        add_item(tx, &order_id, &p.product, p.unit, p.quantity, p.discount, None).await?;
+    }
     if free {
         fulfill(app, tx, &order_id, "free", None).await?;
     }
@@ -131,12 +414,13 @@ async fn add_item(
     p: &Product,
     unit: i64,
     qty: i64,
+    discount: i64,
     parent: Option<&str>,
 ) -> ApiResult<String> {
     let item_id = new_id("itm");
     tx.execute(sql!(
-        "INSERT INTO order_items (id, order_id, product_id, parent_item_id, title, unit_price, quantity, total)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO order_items (id, order_id, product_id, parent_item_id, title, unit_price, quantity, discount, total)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         &item_id,
         order_id,
         &p.id,
@@ -144,7 +428,8 @@ async fn add_item(
         &p.title,
         unit,
         qty,
-        unit * qty
+        discount,
+        unit * qty - discount
     ))
     .await?;
     if p.kind == "bundle" {
@@ -155,7 +440,7 @@ async fn add_item(
             ))
             .await?;
         for m in members {
-            Box::pin(add_item(tx, order_id, &m, 0, qty, Some(&item_id))).await?;
+            Box::pin(add_item(tx, order_id, &m, 0, qty, 0, Some(&item_id))).await?;
         }
     }
     Ok(item_id)
@@ -184,6 +469,11 @@ pub async fn fulfill(
         return Ok(false);
     }
     let order = find_order(tx, order_id).await?.ok_or_else(|| not_found("order"))?;
+    tx.execute(sql!(
+        "UPDATE discount_codes SET redemptions = redemptions + 1 WHERE id = (SELECT discount_code_id FROM orders WHERE id = $1)",
+        order_id
+    ))
+    .await?;
     tx.execute(sql!(
         "INSERT INTO payments (id, order_id, provider, provider_ref, amount, currency, status, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, 'succeeded', $7)",

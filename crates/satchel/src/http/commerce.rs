@@ -19,6 +19,7 @@ use crate::http::extract::ApiJson;
 pub fn routes() -> OpenApiRouter<App> {
     OpenApiRouter::new()
         .routes(routes!(purchase))
+        .routes(routes!(cart_checkout))
         .routes(routes!(get_order))
         .routes(routes!(download))
         .routes(routes!(test_checkout_page, test_checkout_complete))
@@ -39,6 +40,20 @@ async fn purchase(
 ) -> ApiResult<Response> {
     let tx = app.db.begin().await?;
     let (order, token) = checkout::purchase(&app, &tx, &product_id, &req).await?;
+    tx.commit().await?;
+    app.jobs_enqueued();
+    let body = checkout::order_json(&app, &order, Some(&token)).await?;
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Checks out a cart: products of one store in one currency, with an optional discount code.
+/// Same response shape as the purchase endpoint.
+#[utoipa::path(post, path = "/api/v1/checkout", tag = "checkout", request_body = checkout::CartRequest,
+    responses((status = 201, description = "Order created"), (status = 404, description = "Unknown product"), (status = 422, description = "Invalid field (named in error.field)")))]
+async fn cart_checkout(State(app): State<App>, ApiJson(req): ApiJson<checkout::CartRequest>) -> ApiResult<Response> {
+    let tx = app.db.begin().await?;
+    let (order, token) =
+        checkout::create_order(&app, &tx, &req.email, &req.items, req.discount_code.as_deref()).await?;
     tx.commit().await?;
     app.jobs_enqueued();
     let body = checkout::order_json(&app, &order, Some(&token)).await?;
