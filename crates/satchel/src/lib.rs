@@ -27,6 +27,7 @@ pub mod jobs;
 pub mod keys;
 pub mod mail;
 pub mod markdown;
+pub mod refunds;
 pub mod scheduler;
 pub mod storage;
 pub mod testing;
