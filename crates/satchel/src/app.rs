@@ -39,6 +39,7 @@ fn registry() -> Registry<App> {
     let mut r = Registry::default();
     r.register(crate::scheduler::run_housekeeping);
     r.register(crate::mail::send);
+    r.register(crate::affiliates::run_release);
     r
 }
 

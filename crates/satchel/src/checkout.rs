@@ -26,6 +26,8 @@ pub struct PurchaseRequest {
     pub quantity: i64,
     /// For pay-what-you-want products: the amount in minor units (≥ the minimum).
     pub amount: Option<i64>,
+    /// Affiliate code (browsers carry it in the `satchel_ref` cookie instead).
+    pub affiliate_code: Option<String>,
 }
 
 fn one() -> i64 {
@@ -74,6 +76,8 @@ pub struct CartRequest {
     pub email: String,
     pub items: Vec<CartLine>,
     pub discount_code: Option<String>,
+    /// Affiliate code (browsers carry it in the `satchel_ref` cookie instead).
+    pub affiliate_code: Option<String>,
 }
 
 /// Creates a pending order for one product. Returns the order and its access token
@@ -83,13 +87,15 @@ pub async fn purchase(
     tx: &Tx,
     id_or_slug: &str,
     req: &PurchaseRequest,
+    ref_cookie: Option<&str>,
 ) -> ApiResult<(Order, String)> {
     let line = CartLine {
         product_id: id_or_slug.to_string(),
         quantity: req.quantity,
         amount: req.amount,
     };
-    create_order(app, tx, &req.email, &[line], None).await
+    let affiliate = req.affiliate_code.as_deref().or(ref_cookie);
+    create_order(app, tx, &req.email, &[line], None, affiliate).await
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -243,6 +249,7 @@ pub async fn create_order(
     email: &str,
     lines: &[CartLine],
     discount_code: Option<&str>,
+    affiliate_code: Option<&str>,
 ) -> ApiResult<(Order, String)> {
     let email = crate::accounts::normalize_email(email)?;
     if lines.is_empty() || lines.len() > 50 {
@@ -364,6 +371,8 @@ pub async fn create_order(
             "card payments are not configured on this store yet; ask the seller to set up Stripe",
         ));
     }
+    let product_ids: Vec<String> = priced.iter().map(|p| p.product.id.clone()).collect();
+    let affiliate = crate::affiliates::resolve(tx, affiliate_code, &seller_id, &email, &product_ids).await?;
     let token = random_token(24);
     let order_id = new_id("ord");
     let t = now();
@@ -374,8 +383,8 @@ pub async fn create_order(
     };
     tx.execute(sql!(
         "INSERT INTO orders (id, seller_id, email, status, currency, subtotal, discount_total, total, discount_code_id,
-            access_token_hash, provider, mode, created_at, updated_at)
-         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+            access_token_hash, provider, mode, created_at, updated_at, affiliate_id)
+         VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13)",
         &order_id,
         &seller_id,
         &email,
@@ -393,7 +402,8 @@ pub async fn create_order(
             "stripe"
         },
         mode,
-        t
+        t,
+        affiliate.map(|a| a.id)
     ))
     .await?;
     for p in &priced {
@@ -514,6 +524,7 @@ pub async fn fulfill(
         ),
     )
     .await?;
+    crate::affiliates::on_paid(tx, order_id, app.cfg.affiliates.refund_window_days).await?;
     queue_receipt(app, tx, &order).await?;
     Ok(true)
 }

@@ -63,6 +63,20 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub keys: KeysConfig,
     pub jobs: JobsConfig,
+    pub affiliates: AffiliatesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AffiliatesConfig {
+    /// Days a commission stays pending (refundable) before it becomes payable.
+    pub refund_window_days: i64,
+}
+
+impl Default for AffiliatesConfig {
+    fn default() -> Self {
+        Self { refund_window_days: 30 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -180,6 +194,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             keys: KeysConfig::default(),
             jobs: JobsConfig::default(),
+            affiliates: AffiliatesConfig::default(),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - domain modules: [`catalog`], [`demo`].
 
 pub mod accounts;
+pub mod affiliates;
 pub mod app;
 pub mod catalog;
 pub mod checkout;
@@ -27,6 +28,7 @@ pub mod jobs;
 pub mod keys;
 pub mod mail;
 pub mod markdown;
+pub mod reconcile;
 pub mod refunds;
 pub mod scheduler;
 pub mod storage;

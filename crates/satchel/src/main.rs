@@ -80,6 +80,8 @@ enum Admin {
     },
     /// Add a new signing key of each kind; old keys keep verifying what they signed.
     RotateKeys,
+    /// Check every order's invariants (access, refunds, commissions); exits 1 on a violation.
+    Reconcile,
 }
 
 fn init_logging(format: LogFormat) {
@@ -216,6 +218,19 @@ async fn admin(cfg: Config, cmd: Admin) -> anyhow::Result<()> {
             let ed = satchel::keys::Keys::generate_ed25519(&dir)?;
             println!("new download MAC key: {mac}\nnew Ed25519 license key: {ed}\nrestart every instance to start signing with them");
             Ok(())
+        }
+        Admin::Reconcile => {
+            let app = App::open(cfg).await?;
+            let violations = satchel::reconcile::check(&app.db).await?;
+            for v in &violations {
+                println!("{}\t{}\t{}", v.order_id, v.rule, v.detail);
+            }
+            if violations.is_empty() {
+                println!("reconciliation ok");
+                Ok(())
+            } else {
+                anyhow::bail!("{} violation(s) found", violations.len())
+            }
         }
         Admin::CreateSeller {
             email,

@@ -91,6 +91,16 @@ pub async fn tick(app: &App) -> anyhow::Result<usize> {
     {
         n += 1;
     }
+    if enqueue_if_due(
+        &app.db,
+        crate::affiliates::ReleaseCommissions::KIND,
+        3600,
+        &crate::affiliates::ReleaseCommissions,
+    )
+    .await?
+    {
+        n += 1;
+    }
     if n > 0 {
         app.jobs_enqueued();
     }

@@ -664,7 +664,18 @@ async fn scheduler_enqueues_once_across_instances_and_housekeeping_purges() {
         let t = TestApp::start(backend).await;
         // Two "instances" tick at once: the periodic job is enqueued exactly once.
         let (a, b) = tokio::join!(satchel::scheduler::tick(&t.app), satchel::scheduler::tick(&t.app));
-        assert_eq!(a.unwrap() + b.unwrap(), 1, "{backend:?}");
+        assert_eq!(
+            a.unwrap() + b.unwrap(),
+            2,
+            "{backend:?}: each of the two schedules once"
+        );
+        let per_kind = t
+            .app
+            .db
+            .fetch_i64(sql!("SELECT COUNT(*) FROM jobs WHERE kind = 'housekeeping'"))
+            .await
+            .unwrap();
+        assert_eq!(per_kind, 1);
         assert_eq!(
             satchel::scheduler::tick(&t.app).await.unwrap(),
             0,
@@ -694,7 +705,7 @@ async fn scheduler_enqueues_once_across_instances_and_housekeeping_purges() {
             ))
             .await
             .unwrap();
-        assert_eq!(t.drain_jobs().await, 1);
+        assert_eq!(t.drain_jobs().await, 2, "housekeeping and commission release");
         assert_eq!(
             t.app
                 .db

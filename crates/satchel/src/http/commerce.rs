@@ -20,6 +20,7 @@ pub fn routes() -> OpenApiRouter<App> {
     OpenApiRouter::new()
         .routes(routes!(purchase))
         .routes(routes!(cart_checkout))
+        .routes(routes!(referral))
         .routes(routes!(get_order))
         .routes(routes!(download))
         .routes(routes!(test_checkout_page, test_checkout_complete))
@@ -36,10 +37,11 @@ pub fn routes() -> OpenApiRouter<App> {
 async fn purchase(
     State(app): State<App>,
     Path(product_id): Path<String>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<PurchaseRequest>,
 ) -> ApiResult<Response> {
     let tx = app.db.begin().await?;
-    let (order, token) = checkout::purchase(&app, &tx, &product_id, &req).await?;
+    let (order, token) = checkout::purchase(&app, &tx, &product_id, &req, ref_cookie(&headers).as_deref()).await?;
     tx.commit().await?;
     app.jobs_enqueued();
     let body = checkout::order_json(&app, &order, Some(&token)).await?;
@@ -50,14 +52,74 @@ async fn purchase(
 /// Same response shape as the purchase endpoint.
 #[utoipa::path(post, path = "/api/v1/checkout", tag = "checkout", request_body = checkout::CartRequest,
     responses((status = 201, description = "Order created"), (status = 404, description = "Unknown product"), (status = 422, description = "Invalid field (named in error.field)")))]
-async fn cart_checkout(State(app): State<App>, ApiJson(req): ApiJson<checkout::CartRequest>) -> ApiResult<Response> {
+async fn cart_checkout(
+    State(app): State<App>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<checkout::CartRequest>,
+) -> ApiResult<Response> {
     let tx = app.db.begin().await?;
-    let (order, token) =
-        checkout::create_order(&app, &tx, &req.email, &req.items, req.discount_code.as_deref()).await?;
+    let cookie = ref_cookie(&headers);
+    let affiliate = req.affiliate_code.as_deref().or(cookie.as_deref());
+    let (order, token) = checkout::create_order(
+        &app,
+        &tx,
+        &req.email,
+        &req.items,
+        req.discount_code.as_deref(),
+        affiliate,
+    )
+    .await?;
     tx.commit().await?;
     app.jobs_enqueued();
     let body = checkout::order_json(&app, &order, Some(&token)).await?;
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// The affiliate code from the `satchel_ref` cookie, if any.
+pub fn ref_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == crate::affiliates::REF_COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct RefQuery {
+    /// Where to go next: a path on this store (default `/`).
+    to: Option<String>,
+}
+
+/// An affiliate link: counts the click, remembers the code for 30 days (newest click wins),
+/// and continues to `to`.
+#[utoipa::path(get, path = "/r/{code}", tag = "checkout", params(("code" = String, Path), RefQuery),
+    responses((status = 303, description = "Cookie set; on to the store")))]
+async fn referral(State(app): State<App>, Path(code): Path<String>, Query(q): Query<RefQuery>) -> ApiResult<Response> {
+    let to =
+        q.to.filter(|t| t.starts_with('/') && !t.starts_with("//") && !t.contains('\\'))
+            .unwrap_or_else(|| "/".into());
+    let mut resp = Redirect::to(&to).into_response();
+    if crate::affiliates::record_click(&app.db, &code).await? {
+        if let Some(code) = crate::affiliates::normalize_code(&code) {
+            let secure = if app.cfg.public_url().starts_with("https://") {
+                "; Secure"
+            } else {
+                ""
+            };
+            let cookie = format!(
+                "{}={code}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax{secure}",
+                crate::affiliates::REF_COOKIE,
+                crate::affiliates::REF_COOKIE_DAYS * 86_400
+            );
+            if let Ok(v) = axum::http::HeaderValue::from_str(&cookie) {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
+        }
+    }
+    Ok(resp)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
