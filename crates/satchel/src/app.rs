@@ -40,6 +40,7 @@ fn registry() -> Registry<App> {
     r.register(crate::scheduler::run_housekeeping);
     r.register(crate::mail::send);
     r.register(crate::affiliates::run_release);
+    r.register(crate::subscriptions::run_expire);
     r
 }
 

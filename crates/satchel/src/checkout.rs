@@ -525,6 +525,7 @@ pub async fn fulfill(
     )
     .await?;
     crate::affiliates::on_paid(tx, order_id, app.cfg.affiliates.refund_window_days).await?;
+    crate::subscriptions::start(tx, order_id, None).await?;
     queue_receipt(app, tx, &order).await?;
     Ok(true)
 }

@@ -3,7 +3,11 @@
 //!
 //! A download token is `d1.{grant_id}.{expires_at}.{kid}.{mac}` — the MAC (HMAC-SHA256,
 //! truncated to 128 bits, base64url) is checked before the database is touched, so forged,
-//! truncated or expired tokens cost nothing. The database keeps only the token's sha256.
+//! truncated or expired tokens cost nothing. The token's expiry is the link's own; the grant's
+//! access window is a separate column that subscriptions move forward, so links minted before
+//! a renewal keep working until their own expiry and newly shown links carry the new one.
+//! The database never holds a usable token: it keeps the sha256 of the first one issued
+//! (for support look-ups), and the MAC over the grant id is what authorizes a redemption.
 //! Redemption is one conditional UPDATE that decrements `remaining` only for a live grant
 //! (order paid, grant active and unexpired, count left, IP policy met): exact under any
 //! concurrency. It answers a 302 to a delivery URL `f1.{grant}.{file}.{exp}.{kid}.{mac}`
@@ -166,20 +170,18 @@ pub async fn redeem(
         ));
     }
     let prefix = ip_prefix(ip);
-    let token_hash = hash_secret(token);
     let tx = app.db.begin().await?;
     let updated: Option<(String, String)> = tx
         .fetch_optional(sql!(
             "UPDATE download_grants
-             SET remaining = remaining - 1, updated_at = $3,
-                 ip_bound = CASE WHEN ip_policy = 'bind_first' AND ip_bound IS NULL THEN $4 ELSE ip_bound END
-             WHERE id = $1 AND token_hash = $2 AND status = 'active' AND remaining > 0 AND expires_at > $3
-               AND (ip_policy <> 'bind_first' OR ip_bound IS NULL OR ip_bound = $4)
-               AND (ip_policy <> 'allow_list' OR (',' || ip_allow || ',') LIKE ('%,' || $5 || ',%'))
+             SET remaining = remaining - 1, updated_at = $2,
+                 ip_bound = CASE WHEN ip_policy = 'bind_first' AND ip_bound IS NULL THEN $3 ELSE ip_bound END
+             WHERE id = $1 AND status = 'active' AND remaining > 0 AND expires_at > $2
+               AND (ip_policy <> 'bind_first' OR ip_bound IS NULL OR ip_bound = $3)
+               AND (ip_policy <> 'allow_list' OR (',' || ip_allow || ',') LIKE ('%,' || $4 || ',%'))
                AND EXISTS (SELECT 1 FROM orders o WHERE o.id = download_grants.order_id AND o.status IN ('paid', 'partially_refunded'))
              RETURNING id, product_id",
             grant_id,
-            &token_hash,
             t,
             &prefix,
             ip.to_string()
@@ -187,7 +189,7 @@ pub async fn redeem(
         .await?;
     let Some((gid, product_id)) = updated else {
         drop(tx);
-        return Err(explain_refusal(app, grant_id, &token_hash, &prefix, t).await?);
+        return Err(explain_refusal(app, grant_id, &prefix, t).await?);
     };
     let file = pick_file(&tx, &product_id, file_name).await?;
     tx.execute(sql!(
@@ -223,14 +225,13 @@ async fn pick_file(e: &impl Exec, product_id: &str, name: Option<&str>) -> ApiRe
     }
 }
 
-async fn explain_refusal(app: &App, grant_id: &str, token_hash: &str, prefix: &str, t: i64) -> ApiResult<ApiError> {
+async fn explain_refusal(app: &App, grant_id: &str, prefix: &str, t: i64) -> ApiResult<ApiError> {
     let g: Option<GrantState> = app
         .db
         .fetch_optional(sql!(
             "SELECT g.id, g.product_id, g.remaining, g.expires_at, g.status, g.ip_policy, g.ip_bound, g.ip_allow, o.status AS order_status
-             FROM download_grants g JOIN orders o ON o.id = g.order_id WHERE g.id = $1 AND g.token_hash = $2",
-            grant_id,
-            token_hash
+             FROM download_grants g JOIN orders o ON o.id = g.order_id WHERE g.id = $1",
+            grant_id
         ))
         .await?;
     let Some(g) = g else {

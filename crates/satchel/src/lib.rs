@@ -32,4 +32,5 @@ pub mod reconcile;
 pub mod refunds;
 pub mod scheduler;
 pub mod storage;
+pub mod subscriptions;
 pub mod testing;

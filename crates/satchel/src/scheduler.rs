@@ -101,6 +101,16 @@ pub async fn tick(app: &App) -> anyhow::Result<usize> {
     {
         n += 1;
     }
+    if enqueue_if_due(
+        &app.db,
+        crate::subscriptions::ExpireAccess::KIND,
+        600,
+        &crate::subscriptions::ExpireAccess,
+    )
+    .await?
+    {
+        n += 1;
+    }
     if n > 0 {
         app.jobs_enqueued();
     }
