@@ -465,11 +465,24 @@ pub async fn fulfill(
     provider: &str,
     provider_ref: Option<&str>,
 ) -> ApiResult<bool> {
+    fulfill_with(app, tx, order_id, provider, provider_ref, None).await
+}
+
+/// [`fulfill`] with the provider's subscription id for subscription orders. A confirmed
+/// payment always wins: a declined or expired order that is then paid (a retry) is fulfilled.
+pub async fn fulfill_with(
+    app: &crate::app::App,
+    tx: &Tx,
+    order_id: &str,
+    provider: &str,
+    provider_ref: Option<&str>,
+    provider_subscription: Option<&str>,
+) -> ApiResult<bool> {
     let t = now();
     let flipped = tx
         .execute(sql!(
             "UPDATE orders SET status = 'paid', paid_at = $2, updated_at = $2, provider_payment_id = COALESCE(provider_payment_id, $3)
-             WHERE id = $1 AND status = 'pending'",
+             WHERE id = $1 AND status IN ('pending', 'failed', 'expired')",
             order_id,
             t,
             provider_ref
@@ -525,7 +538,7 @@ pub async fn fulfill(
     )
     .await?;
     crate::affiliates::on_paid(tx, order_id, app.cfg.affiliates.refund_window_days).await?;
-    crate::subscriptions::start(tx, order_id, None).await?;
+    crate::subscriptions::start(tx, order_id, provider_subscription).await?;
     queue_receipt(app, tx, &order).await?;
     Ok(true)
 }

@@ -28,6 +28,7 @@ pub mod jobs;
 pub mod keys;
 pub mod mail;
 pub mod markdown;
+pub mod payments;
 pub mod reconcile;
 pub mod refunds;
 pub mod scheduler;

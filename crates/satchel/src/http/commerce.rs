@@ -21,6 +21,7 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(purchase))
         .routes(routes!(cart_checkout))
         .routes(routes!(referral))
+        .routes(routes!(stripe_webhook))
         .routes(routes!(get_order))
         .routes(routes!(download))
         .routes(routes!(test_checkout_page, test_checkout_complete))
@@ -120,6 +121,26 @@ async fn referral(State(app): State<App>, Path(code): Path<String>, Query(q): Qu
         }
     }
     Ok(resp)
+}
+
+/// Stripe webhooks: verified (`Stripe-Signature`, 5-minute tolerance), deduplicated by event
+/// id, applied in one transaction; 2xx only once the resulting state is committed.
+#[utoipa::path(post, path = "/api/v1/webhooks/stripe", tag = "checkout",
+    request_body(content = String, content_type = "application/json", description = "A Stripe event"),
+    responses((status = 200, description = "Applied, duplicate or ignored"), (status = 400, description = "Missing, wrong or stale signature; malformed event"),
+        (status = 409, description = "Conflicting state; Stripe retries")))]
+async fn stripe_webhook(State(app): State<App>, headers: HeaderMap, body: axum::body::Bytes) -> ApiResult<Json<Value>> {
+    let sig = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
+    let outcome = crate::payments::stripe_webhook::handle(&app, &body, sig).await?;
+    let (status, note) = match outcome {
+        crate::payments::stripe_webhook::Outcome::Applied(n) => ("applied", n),
+        crate::payments::stripe_webhook::Outcome::Duplicate => ("duplicate", "already processed"),
+        crate::payments::stripe_webhook::Outcome::Ignored(n) => ("ignored", n),
+        crate::payments::stripe_webhook::Outcome::Deferred(_) => ("deferred", "waiting for the payment it refers to"),
+    };
+    Ok(Json(
+        serde_json::json!({ "received": true, "status": status, "note": note }),
+    ))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
