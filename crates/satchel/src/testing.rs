@@ -147,6 +147,88 @@ impl TestApp {
         format!("{}{path}", self.base_url)
     }
 
+    /// A store with the demo seller and products.
+    pub async fn start_demo(backend: Backend) -> Self {
+        Self::start_demo_with(backend, |_| {}).await
+    }
+
+    pub async fn start_demo_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
+        let t = Self::start_with(backend, tweak).await;
+        crate::demo::seed(&t.app).await.expect("seed demo");
+        t
+    }
+
+    /// The demo seller's id.
+    pub async fn demo_seller(&self) -> String {
+        let user = crate::accounts::find_user(&self.app.db, crate::demo::DEMO_EMAIL)
+            .await
+            .expect("db")
+            .expect("demo seller");
+        user.seller_id.expect("seller")
+    }
+
+    /// POSTs JSON; returns the status and the JSON body (`Null` if none).
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Buys one product (pending unless free); asserts 201.
+    pub async fn purchase(&self, slug: &str, email: &str) -> serde_json::Value {
+        let (status, order) = self
+            .post_json(
+                &format!("/api/v1/products/{slug}/purchase"),
+                &serde_json::json!({ "email": email }),
+            )
+            .await;
+        assert_eq!(status, 201, "purchase {slug}: {order}");
+        order
+    }
+
+    /// Completes a pending order's TEST MODE checkout; asserts the redirect to the success page.
+    pub async fn pay(&self, order: &serde_json::Value) {
+        let checkout = order["checkout_url"].as_str().expect("checkout_url");
+        let r = self
+            .client
+            .post(checkout)
+            .form(&[("outcome", "succeeded")])
+            .send()
+            .await
+            .expect("pay");
+        assert_eq!(r.status(), 303, "test checkout redirects to the success page");
+    }
+
+    /// The order as its buyer reads it (`GET /api/v1/orders/{id}` with the access token).
+    pub async fn order(&self, order: &serde_json::Value) -> serde_json::Value {
+        let id = order["order_id"].as_str().expect("order_id");
+        let token = order["access_token"].as_str().expect("access_token");
+        let r = self
+            .client
+            .get(self.url(&format!("/api/v1/orders/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("order");
+        assert_eq!(r.status(), 200);
+        r.json().await.expect("order json")
+    }
+
+    /// Buys and pays for one product; returns the paid order as the buyer sees it.
+    pub async fn buy_paid(&self, slug: &str, email: &str) -> serde_json::Value {
+        let order = self.purchase(slug, email).await;
+        if order["status"] == "pending" {
+            self.pay(&order).await;
+        }
+        self.order(&order).await
+    }
+
     /// Runs every job that is due (deterministic stand-in for the background worker).
     pub async fn drain_jobs(&self) -> usize {
         self.app.worker("test-worker".into()).drain().await.expect("drain jobs")

@@ -10,14 +10,8 @@ use satchel::testing::{backends, TestApp};
 use serde_json::{json, Value};
 
 async fn setup(backend: satchel::db::Backend, window_days: i64) -> (TestApp, String) {
-    let t = TestApp::start_with(backend, |c| c.affiliates.refund_window_days = window_days).await;
-    satchel::demo::seed(&t.app).await.unwrap();
-    let (seller,): (String,) = t
-        .app
-        .db
-        .fetch_one(sql!("SELECT seller_id FROM products WHERE slug = 'demo-ebook'"))
-        .await
-        .unwrap();
+    let t = TestApp::start_demo_with(backend, |c| c.affiliates.refund_window_days = window_days).await;
+    let seller = t.demo_seller().await;
     (t, seller)
 }
 

@@ -9,18 +9,6 @@ use satchel::sql;
 use satchel::testing::{backends, TestApp};
 use serde_json::{json, Value};
 
-async fn setup(backend: satchel::db::Backend) -> (TestApp, String) {
-    let t = TestApp::start(backend).await;
-    satchel::demo::seed(&t.app).await.unwrap();
-    let (seller,): (String,) = t
-        .app
-        .db
-        .fetch_one(sql!("SELECT seller_id FROM products WHERE slug = 'demo-ebook'"))
-        .await
-        .unwrap();
-    (t, seller)
-}
-
 fn discount(code: &str, kind: &str, amount: i64) -> NewDiscount {
     NewDiscount {
         code: code.into(),
@@ -45,21 +33,11 @@ async fn checkout(t: &TestApp, body: Value) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
-async fn pay(t: &TestApp, order: &Value) {
-    let r = t
-        .client
-        .post(order["checkout_url"].as_str().unwrap())
-        .form(&[("outcome", "succeeded")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303);
-}
-
 #[tokio::test]
 async fn a_cart_with_a_bundle_and_a_discount_gets_the_right_totals_and_grants() {
     for backend in backends().await {
-        let (t, seller) = setup(backend).await;
+        let t = TestApp::start_demo(backend).await;
+        let seller = t.demo_seller().await;
         let ebook = satchel::catalog::find_product(&t.app.db, "demo-ebook")
             .await
             .unwrap()
@@ -107,7 +85,7 @@ async fn a_cart_with_a_bundle_and_a_discount_gets_the_right_totals_and_grants() 
             .await
             .unwrap();
         assert_eq!(line_discounts, 500, "line discounts add up to the order's");
-        pay(&t, &order).await;
+        t.pay(&order).await;
 
         let grants: Vec<(String,)> = t
             .app
@@ -144,7 +122,8 @@ async fn a_cart_with_a_bundle_and_a_discount_gets_the_right_totals_and_grants() 
 #[tokio::test]
 async fn bad_carts_and_codes_are_refused_with_the_field_named_and_nothing_created() {
     for backend in backends().await {
-        let (t, seller) = setup(backend).await;
+        let t = TestApp::start_demo(backend).await;
+        let seller = t.demo_seller().await;
         let eur: satchel::catalog::NewProduct = serde_json::from_value(
             json!({"title": "Euro thing", "slug": "euro", "price": 900, "currency": "EUR", "status": "published"}),
         )
@@ -171,7 +150,7 @@ async fn bad_carts_and_codes_are_refused_with_the_field_named_and_nothing_create
             json!({"email": "first@example.com", "items": [{"product_id": "demo-ebook"}], "discount_code": "ONCE"}),
         )
         .await;
-        pay(&t, &o).await;
+        t.pay(&o).await;
 
         let before = t.app.db.fetch_i64(sql!("SELECT COUNT(*) FROM orders")).await.unwrap();
         for (body, status, code, field) in [

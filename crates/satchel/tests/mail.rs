@@ -6,23 +6,6 @@
 use satchel::db::Exec;
 use satchel::sql;
 use satchel::testing::{backends, SmtpServer, TestApp};
-use serde_json::{json, Value};
-
-async fn buy_and_pay(t: &TestApp, slug: &str, email: &str) -> Value {
-    let r = t
-        .client
-        .post(t.url(&format!("/api/v1/products/{slug}/purchase")))
-        .json(&json!({"email": email}))
-        .send()
-        .await
-        .unwrap();
-    let order: Value = r.json().await.unwrap();
-    if let Some(c) = order["checkout_url"].as_str() {
-        let r = t.client.post(c).form(&[("outcome", "succeeded")]).send().await.unwrap();
-        assert_eq!(r.status(), 303);
-    }
-    order
-}
 
 fn decoded(raw: &str) -> String {
     // Bodies may be quoted-printable: undo soft breaks and =3D so assertions read plainly.
@@ -32,9 +15,8 @@ fn decoded(raw: &str) -> String {
 #[tokio::test]
 async fn receipt_lands_in_the_outbox_as_eml() {
     for backend in backends().await {
-        let t = TestApp::start(backend).await;
-        satchel::demo::seed(&t.app).await.unwrap();
-        let order = buy_and_pay(&t, "demo-ebook", "reader@example.com").await;
+        let t = TestApp::start_demo(backend).await;
+        let order = t.buy_paid("demo-ebook", "reader@example.com").await;
         assert!(t.drain_jobs().await >= 1);
         let files: Vec<_> = std::fs::read_dir(t.data_dir.join("outbox"))
             .unwrap()
@@ -75,11 +57,10 @@ async fn receipts_go_through_a_real_smtp_server_and_failures_never_touch_the_ord
     let Some(smtp) = SmtpServer::start().await else { return };
     for backend in backends().await {
         let url = smtp.url.clone();
-        let t = TestApp::start_with(backend, |c| c.email.smtp_url = Some(satchel::config::Secret::new(url))).await;
-        satchel::demo::seed(&t.app).await.unwrap();
+        let t = TestApp::start_demo_with(backend, |c| c.email.smtp_url = Some(satchel::config::Secret::new(url))).await;
         let before = smtp.messages().len();
         let who = format!("{}@example.com", backend.name());
-        buy_and_pay(&t, "demo-templates", &who).await;
+        t.buy_paid("demo-templates", &who).await;
         t.drain_jobs().await;
         let msgs = smtp.messages();
         assert_eq!(msgs.len(), before + 1, "{backend:?}");
@@ -87,12 +68,11 @@ async fn receipts_go_through_a_real_smtp_server_and_failures_never_touch_the_ord
         assert!(m.contains("Notion Life OS Templates"));
 
         // SMTP down: the order is paid anyway; the email waits to retry with the error recorded.
-        let t = TestApp::start_with(backend, |c| {
+        let t = TestApp::start_demo_with(backend, |c| {
             c.email.smtp_url = Some(satchel::config::Secret::new("smtp://127.0.0.1:1".to_string()));
         })
         .await;
-        satchel::demo::seed(&t.app).await.unwrap();
-        let order = buy_and_pay(&t, "demo-templates", "x@example.com").await;
+        let order = t.buy_paid("demo-templates", "x@example.com").await;
         t.drain_jobs().await;
         let (status, err): (String, Option<String>) = t
             .app

@@ -9,12 +9,6 @@ use satchel::testing::{backends, TestApp};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-async fn demo_app(backend: satchel::db::Backend) -> TestApp {
-    let t = TestApp::start(backend).await;
-    satchel::demo::seed(&t.app).await.unwrap();
-    t
-}
-
 async fn buy(t: &TestApp, slug: &str, body: Value) -> reqwest::Response {
     t.client
         .post(t.url(&format!("/api/v1/products/{slug}/purchase")))
@@ -59,7 +53,7 @@ async fn buy_paid(t: &TestApp, slug: &str) -> Value {
 #[tokio::test]
 async fn test_mode_purchase_to_ranged_download_on_both_backends() {
     for backend in backends().await {
-        let t = demo_app(backend).await;
+        let t = TestApp::start_demo(backend).await;
         let order = buy_paid(&t, "demo-ebook").await;
         assert_eq!(order["status"], "paid", "{backend:?}");
         assert_eq!(order["email"], "buyer@example.com");
@@ -221,7 +215,7 @@ async fn test_mode_purchase_to_ranged_download_on_both_backends() {
 #[tokio::test]
 async fn concurrent_redemptions_of_a_grant_of_5_yield_exactly_5() {
     for backend in backends().await {
-        let t = demo_app(backend).await;
+        let t = TestApp::start_demo(backend).await;
         let order = buy_paid(&t, "demo-templates").await;
         let link = order["items"][0]["download_url"].as_str().unwrap().to_string();
         let mut tasks = Vec::new();
@@ -254,7 +248,7 @@ async fn concurrent_redemptions_of_a_grant_of_5_yield_exactly_5() {
 #[tokio::test]
 async fn free_products_bad_input_and_order_access() {
     for backend in backends().await {
-        let t = demo_app(backend).await;
+        let t = TestApp::start_demo(backend).await;
         let r = buy(&t, "demo-free", json!({"email": "fan@example.com"})).await;
         assert_eq!(r.status(), 201);
         let order: Value = r.json().await.unwrap();
@@ -373,7 +367,7 @@ async fn free_products_bad_input_and_order_access() {
 #[tokio::test]
 async fn fulfillment_is_idempotent() {
     for backend in backends().await {
-        let t = demo_app(backend).await;
+        let t = TestApp::start_demo(backend).await;
         let r = buy(&t, "demo-ebook", json!({"email": "c@example.com"})).await;
         let pending: Value = r.json().await.unwrap();
         let id = pending["order_id"].as_str().unwrap();

@@ -9,28 +9,12 @@ use satchel::testing::{backends, TestApp};
 use serde_json::{json, Value};
 
 async fn paid_cart(t: &TestApp) -> Value {
-    let r = t
-        .client
-        .post(t.url("/api/v1/checkout"))
-        .json(&json!({"email": "r@example.com", "items": [{"product_id": "demo-ebook"}, {"product_id": "demo-templates"}]}))
-        .send()
-        .await
-        .unwrap();
-    let order: Value = r.json().await.unwrap();
-    t.client
-        .post(order["checkout_url"].as_str().unwrap())
-        .form(&[("outcome", "succeeded")])
-        .send()
-        .await
-        .unwrap();
-    let r = t
-        .client
-        .get(t.url(&format!("/api/v1/orders/{}", order["order_id"].as_str().unwrap())))
-        .bearer_auth(order["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    r.json().await.unwrap()
+    let body =
+        json!({"email": "r@example.com", "items": [{"product_id": "demo-ebook"}, {"product_id": "demo-templates"}]});
+    let (status, order) = t.post_json("/api/v1/checkout", &body).await;
+    assert_eq!(status, 201);
+    t.pay(&order).await;
+    t.order(&order).await
 }
 
 fn req(amount: Option<i64>, items: Vec<String>) -> RefundRequest {
@@ -58,8 +42,7 @@ async fn refund(
 #[tokio::test]
 async fn partial_then_full_refund_revokes_exactly_what_was_refunded() {
     for backend in backends().await {
-        let t = TestApp::start(backend).await;
-        satchel::demo::seed(&t.app).await.unwrap();
+        let t = TestApp::start_demo(backend).await;
         let order = paid_cart(&t).await;
         let id = order["order_id"].as_str().unwrap();
         let (ebook_item, ebook_link) = (
@@ -160,8 +143,7 @@ async fn partial_then_full_refund_revokes_exactly_what_was_refunded() {
 #[tokio::test]
 async fn concurrent_full_refunds_apply_once_and_unpaid_orders_refuse() {
     for backend in backends().await {
-        let t = TestApp::start(backend).await;
-        satchel::demo::seed(&t.app).await.unwrap();
+        let t = TestApp::start_demo(backend).await;
         let order = paid_cart(&t).await;
         let id = order["order_id"].as_str().unwrap().to_string();
         let mut tasks = Vec::new();

@@ -61,24 +61,17 @@ async fn deliver(t: &TestApp, payload: &str, ts: i64) -> (u16, Value) {
 }
 
 async fn app(backend: satchel::db::Backend) -> TestApp {
-    let t = TestApp::start_with(backend, |c| {
+    TestApp::start_demo_with(backend, |c| {
         c.payments.stripe_webhook_secret = Some(satchel::config::Secret::new(SECRET))
     })
-    .await;
-    satchel::demo::seed(&t.app).await.unwrap();
-    t
+    .await
 }
 
 async fn pending_order(t: &TestApp, slug: &str) -> String {
-    let r = t
-        .client
-        .post(t.url(&format!("/api/v1/products/{slug}/purchase")))
-        .json(&json!({"email": "buyer@example.com"}))
-        .send()
-        .await
-        .unwrap();
-    let o: Value = r.json().await.unwrap();
-    o["order_id"].as_str().unwrap().to_string()
+    t.purchase(slug, "buyer@example.com").await["order_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 async fn state(t: &TestApp, order: &str) -> (String, i64, i64, i64) {

@@ -6,7 +6,7 @@ use satchel::db::Exec;
 use satchel::sql;
 use satchel::subscriptions as subs;
 use satchel::testing::{backends, TestApp};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 async fn grant_expiry(t: &TestApp, order_id: &str) -> i64 {
     t.app
@@ -33,22 +33,9 @@ where
 #[tokio::test]
 async fn paid_renewed_past_due_canceled_expired() {
     for backend in backends().await {
-        let t = TestApp::start(backend).await;
-        satchel::demo::seed(&t.app).await.unwrap();
-        let r = t
-            .client
-            .post(t.url("/api/v1/products/demo-pro/purchase"))
-            .json(&json!({"email": "sub@example.com"}))
-            .send()
-            .await
-            .unwrap();
-        let order: Value = r.json().await.unwrap();
-        t.client
-            .post(order["checkout_url"].as_str().unwrap())
-            .form(&[("outcome", "succeeded")])
-            .send()
-            .await
-            .unwrap();
+        let t = TestApp::start_demo(backend).await;
+        let order = t.purchase("demo-pro", "sub@example.com").await;
+        t.pay(&order).await;
         let id = order["order_id"].as_str().unwrap().to_string();
         let sub_ref = format!("test_sub_{id}");
         let s = subs::find_by_provider(&t.app.db, &sub_ref).await.unwrap().unwrap();
