@@ -545,68 +545,55 @@ pub async fn fulfill_with(
 
 /// The receipt: what was bought, the download buttons, and where to find it all again.
 async fn queue_receipt(app: &crate::app::App, tx: &Tx, order: &Order) -> ApiResult<()> {
-    use crate::mail::{button, escape};
     let brand = crate::mail::Brand::of_seller(tx, &order.seller_id).await?;
     let base = app.cfg.public_url();
+    let money = |v: i64| catalog::format_money(v, &order.currency);
     let items: Vec<(String, String, i64, i64)> = tx
         .fetch_all(sql!(
-            "SELECT id, title, unit_price, quantity FROM order_items WHERE order_id = $1 AND parent_item_id IS NULL ORDER BY id",
+            "SELECT id, title, quantity, unit_price * quantity FROM order_items WHERE order_id = $1 AND parent_item_id IS NULL ORDER BY id",
             &order.id
         ))
         .await?;
-    let grants: Vec<(String, String, i64, i64)> = tx
+    let downloads: Vec<(String, String, i64, i64)> = tx
         .fetch_all(sql!(
-            "SELECT g.order_item_id, g.id, g.expires_at, g.max_downloads FROM download_grants g WHERE g.order_id = $1 ORDER BY g.id",
+            "SELECT g.id, i.title, g.expires_at, g.max_downloads FROM download_grants g JOIN order_items i ON i.id = g.order_item_id
+             WHERE g.order_id = $1 ORDER BY g.id",
             &order.id
         ))
         .await?;
-    let titles: Vec<(String, String)> = tx
-        .fetch_all(sql!("SELECT id, title FROM order_items WHERE order_id = $1", &order.id))
+    let licenses: Vec<(String, String)> = tx
+        .fetch_all(sql!(
+            "SELECT i.title, l.license_key FROM license_keys l JOIN order_items i ON i.id = l.order_item_id WHERE l.order_id = $1 ORDER BY l.id",
+            &order.id
+        ))
         .await?;
-    let title_of = |id: &str| {
-        titles
-            .iter()
-            .find(|(i, _)| i == id)
-            .map(|(_, t)| t.clone())
-            .unwrap_or_default()
-    };
-    let mut html = String::from("<p>Thank you for your purchase! Everything you bought is ready below.</p>");
-    let mut text = format!("Thank you for your purchase from {}!\n\n", brand.store_name);
-    html.push_str("<table role=\"presentation\" width=\"100%\" style=\"border-collapse:collapse;margin:8px 0 16px;\">");
-    for (_, title, unit, qty) in &items {
-        let line = catalog::format_money(unit * qty, &order.currency);
-        let q = if *qty > 1 { format!(" × {qty}") } else { String::new() };
-        html.push_str(&format!(
-            "<tr><td style=\"padding:6px 0;border-bottom:1px solid #e5e7eb;\">{}{q}</td><td align=\"right\" style=\"padding:6px 0;border-bottom:1px solid #e5e7eb;\">{line}</td></tr>",
-            escape(title)
-        ));
-        text.push_str(&format!("  {title}{q}  {line}\n"));
-    }
-    let total = catalog::format_money(order.total, &order.currency);
-    html.push_str(&format!("<tr><td style=\"padding:8px 0;font-weight:700;\">Total</td><td align=\"right\" style=\"padding:8px 0;font-weight:700;\">{total}</td></tr></table>"));
-    text.push_str(&format!("  Total  {total}\n\n"));
-    for (item_id, grant_id, exp, max) in &grants {
-        let token = crate::delivery::sign(&app.keys, "d1", &[grant_id, &exp.to_string()]);
-        let url = format!("{base}/api/v1/downloads/{token}");
-        let t = title_of(item_id);
-        html.push_str(&button(&url, &format!("Download {t}")));
-        text.push_str(&format!("Download {t}: {url}\n"));
-        html.push_str(&format!(
-            "<p style=\"color:#6b7280;font-size:13px;margin-top:-12px;\">{max} downloads, link valid for 30 days.</p>"
-        ));
-        let _ = exp;
-    }
-    text.push_str(&format!("\nOrder {}\n", order.id));
-    html.push_str(&format!(
-        "<p style=\"color:#6b7280;font-size:13px;\">Order <code>{}</code></p>",
-        escape(&order.id)
-    ));
+    let ctx = json!({
+        "order_id": order.id,
+        "items": items.iter().map(|(_, title, qty, total)| json!({"title": title, "quantity": qty, "total": money(*total)})).collect::<Vec<_>>(),
+        "discount": (order.discount_total > 0).then(|| money(order.discount_total)),
+        "total": money(order.total),
+        "downloads": downloads.iter().map(|(gid, title, exp, max)| json!({
+            "title": title,
+            "url": format!("{base}/api/v1/downloads/{}", crate::delivery::sign(&app.keys, "d1", &[gid, &exp.to_string()])),
+            "max_downloads": max,
+            "valid_until": crate::mail::date(*exp),
+        })).collect::<Vec<_>>(),
+        "licenses": licenses.iter().map(|(title, key)| json!({"title": title, "key": key})).collect::<Vec<_>>(),
+        "library_url": format!("{base}/library"),
+    });
+    let (text, html) = crate::mail::render(
+        app.cfg.email.templates_dir.as_deref(),
+        &brand,
+        "receipt",
+        "Your purchase is ready",
+        "Your downloads and receipt",
+        &ctx,
+    )?;
     let subject = format!(
         "Your {} order: {}",
         brand.store_name,
-        items.first().map(|i| i.1.as_str()).unwrap_or("receipt")
+        items.first().map_or("receipt", |i| i.1.as_str())
     );
-    let html = crate::mail::render_html(&brand, "Your purchase is ready", "Your downloads and receipt", &html)?;
     crate::mail::queue(
         tx,
         &crate::mail::Email {

@@ -101,6 +101,62 @@ pub fn render_html(brand: &Brand, title: &str, preheader: &str, body_html: &str)
     .render()?)
 }
 
+/// Email bodies compiled into the binary; a file of the same name in `email.templates_dir`
+/// replaces one (read at each render, so edits apply without a restart).
+const BUILTIN: &[(&str, &str)] = &[
+    ("receipt.html", include_str!("../templates/email/receipt.html")),
+    ("receipt.txt", include_str!("../templates/email/receipt.txt")),
+    ("refund.html", include_str!("../templates/email/refund.html")),
+    ("refund.txt", include_str!("../templates/email/refund.txt")),
+    ("new_version.html", include_str!("../templates/email/new_version.html")),
+    ("new_version.txt", include_str!("../templates/email/new_version.txt")),
+    ("magic_link.html", include_str!("../templates/email/magic_link.html")),
+    ("magic_link.txt", include_str!("../templates/email/magic_link.txt")),
+];
+
+/// Renders the `kind` email (`receipt`, `refund`, `new_version`, `magic_link`) with `ctx`:
+/// returns (plain text, full branded HTML). `.html` templates auto-escape their values.
+pub fn render(
+    templates_dir: Option<&std::path::Path>,
+    brand: &Brand,
+    kind: &str,
+    title: &str,
+    preheader: &str,
+    ctx: &serde_json::Value,
+) -> anyhow::Result<(String, String)> {
+    let dir = templates_dir.map(std::path::Path::to_path_buf);
+    let mut env = minijinja::Environment::new();
+    env.set_keep_trailing_newline(true);
+    env.set_loader(move |name| {
+        if let Some(d) = &dir {
+            let path = d.join(name);
+            if !name.contains(['/', '\\']) && path.is_file() {
+                return std::fs::read_to_string(&path).map(Some).map_err(|e| {
+                    minijinja::Error::new(
+                        minijinja::ErrorKind::InvalidOperation,
+                        format!("{}: {e}", path.display()),
+                    )
+                });
+            }
+        }
+        Ok(BUILTIN.iter().find(|(n, _)| *n == name).map(|(_, t)| (*t).to_string()))
+    });
+    let mut full = ctx.clone();
+    if let Some(obj) = full.as_object_mut() {
+        obj.insert("store_name".into(), serde_json::json!(brand.store_name));
+    }
+    let text = env.get_template(&format!("{kind}.txt"))?.render(&full)?;
+    let body = env.get_template(&format!("{kind}.html"))?.render(&full)?;
+    Ok((text, render_html(brand, title, preheader, &body)?))
+}
+
+/// A UTC date for people: `2026-12-22`.
+pub fn date(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .map(|t| t.date().to_string())
+        .unwrap_or_default()
+}
+
 /// A call-to-action button for email bodies (href must already be a trusted URL).
 pub fn button(href: &str, label: &str) -> String {
     format!(

@@ -43,6 +43,7 @@ pub enum RefundOutcome {
 
 /// Applies a refund. `provider_ref` is the provider's refund id (Stripe `re_…`) when known.
 pub async fn apply(
+    app: &crate::app::App,
     tx: &Tx,
     order_id: &str,
     req: &RefundRequest,
@@ -195,7 +196,7 @@ pub async fn apply(
         t
     ))
     .await?;
-    queue_refund_email(tx, &order, amount, full).await?;
+    queue_refund_email(tx, app.cfg.email.templates_dir.as_deref(), &order, amount, full).await?;
     Ok(RefundOutcome::Applied {
         refund_id,
         status: status.to_string(),
@@ -203,24 +204,23 @@ pub async fn apply(
     })
 }
 
-async fn queue_refund_email(tx: &Tx, order: &Order, amount: i64, full: bool) -> ApiResult<()> {
+async fn queue_refund_email(
+    tx: &Tx,
+    templates_dir: Option<&std::path::Path>,
+    order: &Order,
+    amount: i64,
+    full: bool,
+) -> ApiResult<()> {
     let brand = crate::mail::Brand::of_seller(tx, &order.seller_id).await?;
     let money = crate::catalog::format_money(amount, &order.currency);
-    let what = if full {
-        "Your download links and license keys for this order no longer work."
-    } else {
-        "Access to the refunded items has ended; everything else in your order keeps working."
-    };
-    let html_body = format!(
-        "<p>We have refunded <strong>{money}</strong> for order <code>{}</code>. It usually reaches your account within 5–10 business days.</p><p>{what}</p>",
-        crate::mail::escape(&order.id)
-    );
-    let text = format!("We have refunded {money} for order {}.\n{what}\n", order.id);
-    let html = crate::mail::render_html(
+    let ctx = json!({"amount": money, "order_id": order.id, "full": full});
+    let (text, html) = crate::mail::render(
+        templates_dir,
         &brand,
+        "refund",
         "Your refund is on its way",
         &format!("{money} refunded"),
-        &html_body,
+        &ctx,
     )?;
     crate::mail::queue(
         tx,

@@ -228,7 +228,8 @@ async fn reconciliation_holds_after_a_randomized_event_storm() {
                     // A refund that arrives before the payment is refused and retried by the sender later;
                     // refusals must leave no trace.
                     matches!(
-                        satchel::refunds::apply(&tx, id, &req, "stripe", Some(&format!("re_{idx}_{amount}"))).await,
+                        satchel::refunds::apply(&t.app, &tx, id, &req, "stripe", Some(&format!("re_{idx}_{amount}")))
+                            .await,
                         Ok(RefundOutcome::Applied { .. } | RefundOutcome::AlreadyApplied)
                     )
                 }

@@ -101,3 +101,44 @@ async fn receipts_go_through_a_real_smtp_server_and_failures_never_touch_the_ord
         assert_eq!(js, "queued", "retried later with backoff");
     }
 }
+
+#[tokio::test]
+async fn an_override_folder_replaces_built_in_templates_and_html_escapes_values() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("receipt.txt"),
+        "Custom receipt for {{ order_id }} at {{ store_name }}: {{ total }}\n",
+    )
+    .unwrap();
+    let templates = dir.path().to_path_buf();
+    let t = TestApp::start_demo_with(satchel::db::Backend::Sqlite, |c| {
+        c.email.templates_dir = Some(templates)
+    })
+    .await;
+    let seller = t.demo_seller().await;
+    let evil: satchel::catalog::NewProduct = serde_json::from_value(serde_json::json!({
+        "title": "<script>alert(1)</script> Kit", "slug": "evil-kit", "price": 500, "currency": "USD", "status": "published"
+    }))
+    .unwrap();
+    satchel::catalog::create_product(&t.app.db, &seller, evil)
+        .await
+        .unwrap();
+    let order = t.buy_paid("evil-kit", "o@example.com").await;
+    t.drain_jobs().await;
+    let (text, html): (String, String) = t
+        .app
+        .db
+        .fetch_one(sql!("SELECT body_text, body_html FROM email_outbox"))
+        .await
+        .unwrap();
+    assert_eq!(
+        text,
+        format!(
+            "Custom receipt for {} at Satchel Demo Store: $5.00\n",
+            order["order_id"].as_str().unwrap()
+        )
+    );
+    assert!(!html.contains("<script>alert"), "titles are escaped in HTML");
+    assert!(html.contains("&lt;script&gt;alert(1)"), "{html}");
+    assert!(html.contains("Satchel Demo Store"), "the built-in HTML is still used");
+}

@@ -32,7 +32,7 @@ async fn refund(
     provider_ref: Option<&str>,
 ) -> Result<RefundOutcome, satchel::error::ApiError> {
     let tx = t.app.db.begin().await.unwrap();
-    let out = apply(&tx, order_id, r, "seller", provider_ref).await;
+    let out = apply(&t.app, &tx, order_id, r, "seller", provider_ref).await;
     if out.is_ok() {
         tx.commit().await.unwrap();
     }
@@ -148,10 +148,10 @@ async fn concurrent_full_refunds_apply_once_and_unpaid_orders_refuse() {
         let id = order["order_id"].as_str().unwrap().to_string();
         let mut tasks = Vec::new();
         for i in 0..6 {
-            let (db, id) = (t.app.db.clone(), id.clone());
+            let (app, id) = (t.app.clone(), id.clone());
             tasks.push(tokio::spawn(async move {
-                let tx = db.begin().await.unwrap();
-                match apply(&tx, &id, &req(None, vec![]), "seller", Some(&format!("re_{i}"))).await {
+                let tx = app.db.begin().await.unwrap();
+                match apply(&app, &tx, &id, &req(None, vec![]), "seller", Some(&format!("re_{i}"))).await {
                     Ok(RefundOutcome::Applied { .. }) => {
                         tx.commit().await.unwrap();
                         1

@@ -306,7 +306,7 @@ async fn apply(app: &App, tx: &Tx, kind: &str, event: &Value) -> ApiResult<Outco
                     reason: "refunded in Stripe".into(),
                     items: Vec::new(),
                 };
-                match crate::refunds::apply(tx, &order_id, &req, "stripe", Some(&refund_id)).await {
+                match crate::refunds::apply(app, tx, &order_id, &req, "stripe", Some(&refund_id)).await {
                     Ok(crate::refunds::RefundOutcome::Applied { .. }) => applied += 1,
                     Ok(crate::refunds::RefundOutcome::AlreadyApplied) => {}
                     // Already fully refunded through another path (e.g. a dispute): nothing left to do.
@@ -359,7 +359,7 @@ async fn apply(app: &App, tx: &Tx, kind: &str, event: &Value) -> ApiResult<Outco
                         reason: "chargeback lost".into(),
                         items: Vec::new(),
                     };
-                    match crate::refunds::apply(tx, &order_id, &req, "dispute", Some(dispute)).await {
+                    match crate::refunds::apply(app, tx, &order_id, &req, "dispute", Some(dispute)).await {
                         Ok(_) => {}
                         Err(e) if e.code() == "order_not_refundable" || e.code() == "invalid_amount" => {}
                         Err(e) => return Err(e),
