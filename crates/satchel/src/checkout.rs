@@ -537,6 +537,7 @@ pub async fn fulfill_with(
         ),
     )
     .await?;
+    crate::licensing::issue_for_order(tx, order_id, &order.email).await?;
     crate::affiliates::on_paid(tx, order_id, app.cfg.affiliates.refund_window_days).await?;
     crate::subscriptions::start(tx, order_id, provider_subscription).await?;
     queue_receipt(app, tx, &order).await?;
@@ -652,6 +653,17 @@ pub async fn order_json(app: &crate::app::App, order: &Order, access_token: Opti
         if paid {
             if let Some(url) = crate::delivery::grant_url_for_item(app, &item_id).await? {
                 item["download_url"] = json!(url);
+            }
+            let keys: Vec<(String,)> = app
+                .db
+                .fetch_all(sql!(
+                    "SELECT license_key FROM license_keys WHERE order_item_id = $1 ORDER BY id",
+                    &item_id
+                ))
+                .await?;
+            if let Some((first,)) = keys.first() {
+                item["license_key"] = json!(first);
+                item["license_keys"] = json!(keys.iter().map(|k| &k.0).collect::<Vec<_>>());
             }
         }
         out_items.push(item);

@@ -26,6 +26,7 @@ pub mod http;
 pub mod ids;
 pub mod jobs;
 pub mod keys;
+pub mod licensing;
 pub mod mail;
 pub mod markdown;
 pub mod payments;

@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod commerce;
 pub mod extract;
+pub mod licenses;
 pub mod metrics;
 pub mod ops;
 pub mod ranges;
@@ -32,6 +33,7 @@ use crate::error::{ApiError, REQUEST_ID};
         (name = "ops", description = "Health, readiness and metrics"),
         (name = "checkout", description = "Purchases, orders and the test-mode checkout"),
         (name = "delivery", description = "Counted downloads and file delivery"),
+        (name = "licenses", description = "License activation, validation and offline verification keys"),
     )
 )]
 struct ApiDoc;
@@ -42,6 +44,7 @@ pub fn routes() -> (Router<App>, utoipa::openapi::OpenApi) {
         .merge(ops::routes())
         .merge(catalog::routes())
         .merge(commerce::routes())
+        .merge(licenses::routes())
         .split_for_parts()
 }
 
