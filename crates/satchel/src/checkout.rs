@@ -48,9 +48,11 @@ pub struct Order {
     pub provider: String,
     pub created_at: i64,
     pub paid_at: Option<i64>,
+    pub checkout_url: Option<String>,
 }
 
-const ORDER_COLS: &str = "id, seller_id, email, status, currency, subtotal, discount_total, total, access_token_hash, provider, created_at, paid_at";
+const ORDER_COLS: &str =
+    "id, seller_id, email, status, currency, subtotal, discount_total, total, access_token_hash, provider, created_at, paid_at, checkout_url";
 
 pub async fn find_order(e: &impl Exec, id: &str) -> Result<Option<Order>, crate::db::DbError> {
     e.fetch_optional(sql!(format!("SELECT {ORDER_COLS} FROM orders WHERE id = $1"), id))
@@ -610,6 +612,79 @@ async fn queue_receipt(app: &crate::app::App, tx: &Tx, order: &Order) -> ApiResu
     Ok(())
 }
 
+/// Opens a Stripe Checkout Session for a pending Stripe order (after the order committed —
+/// never inside a transaction) and records its id and URL. Idempotent per order.
+pub async fn start_stripe_checkout(app: &crate::app::App, order: &Order, access_token: &str) -> ApiResult<Order> {
+    if order.provider != "stripe" || order.status != "pending" || order.checkout_url.is_some() {
+        return Ok(order.clone());
+    }
+    let unavailable = |m: String| {
+        crate::error::ApiError::new(
+            axum::http::StatusCode::BAD_GATEWAY,
+            "payment_provider_unavailable",
+            format!("{m}. Nothing was charged; try again in a moment."),
+        )
+    };
+    let client = crate::payments::stripe_client::StripeClient::from_config(&app.cfg.payments)
+        .ok_or_else(|| unavailable("card payments are not configured".into()))?;
+    let rows: Vec<(String, i64, i64, Option<String>, String)> = app
+        .db
+        .fetch_all(sql!(
+            "SELECT i.title, i.quantity, i.total, p.billing_interval, p.slug FROM order_items i JOIN products p ON p.id = i.product_id
+             WHERE i.order_id = $1 AND i.parent_item_id IS NULL ORDER BY i.id",
+            &order.id
+        ))
+        .await?;
+    // One line per order line at its final price, so Stripe charges exactly our total.
+    let lines: Vec<crate::payments::stripe_client::Line> = rows
+        .iter()
+        .map(
+            |(title, qty, total, interval, _)| crate::payments::stripe_client::Line {
+                name: if *qty > 1 {
+                    format!("{title} × {qty}")
+                } else {
+                    title.clone()
+                },
+                amount: *total,
+                interval: interval.clone(),
+            },
+        )
+        .collect();
+    let base = app.cfg.public_url();
+    let cancel = rows
+        .first()
+        .map_or_else(|| format!("{base}/"), |r| format!("{base}/p/{}", r.4));
+    let params = crate::payments::stripe_client::checkout_params(
+        &order.id,
+        &order.currency,
+        &order.email,
+        &lines,
+        &format!("{base}/orders/{}/success?token={access_token}", order.id),
+        &cancel,
+    );
+    let session = client
+        .post(
+            "/v1/checkout/sessions",
+            &params,
+            &format!("satchel-checkout-{}", order.id),
+        )
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let (Some(id), Some(url)) = (session["id"].as_str(), session["url"].as_str()) else {
+        return Err(unavailable("Stripe answered without a session URL".into()));
+    };
+    app.db
+        .execute(sql!(
+            "UPDATE orders SET provider_session_id = $2, checkout_url = $3, updated_at = $4 WHERE id = $1",
+            &order.id,
+            id,
+            url,
+            now()
+        ))
+        .await?;
+    find_order(&app.db, &order.id).await?.ok_or_else(|| not_found("order"))
+}
+
 /// Marks a pending order failed (test-mode "failed", a failed async payment).
 pub async fn fail(tx: &Tx, order_id: &str) -> ApiResult<bool> {
     let n = tx
@@ -668,9 +743,11 @@ pub async fn order_json(app: &crate::app::App, order: &Order, access_token: Opti
         }
         out_items.push(item);
     }
-    let checkout_url = (order.status == "pending")
-        .then(|| access_token.map(|t| format!("{base}/checkout/test/{}?token={t}", order.id)))
-        .flatten();
+    let checkout_url = match (order.status.as_str(), order.provider.as_str()) {
+        ("pending", "stripe") => order.checkout_url.clone(),
+        ("pending", _) => access_token.map(|t| format!("{base}/checkout/test/{}?token={t}", order.id)),
+        _ => None,
+    };
     let mut v = json!({
         "order_id": order.id,
         "status": order.status,

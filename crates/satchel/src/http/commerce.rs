@@ -45,6 +45,7 @@ async fn purchase(
     let (order, token) = checkout::purchase(&app, &tx, &product_id, &req, ref_cookie(&headers).as_deref()).await?;
     tx.commit().await?;
     app.jobs_enqueued();
+    let order = checkout::start_stripe_checkout(&app, &order, &token).await?;
     let body = checkout::order_json(&app, &order, Some(&token)).await?;
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -72,6 +73,7 @@ async fn cart_checkout(
     .await?;
     tx.commit().await?;
     app.jobs_enqueued();
+    let order = checkout::start_stripe_checkout(&app, &order, &token).await?;
     let body = checkout::order_json(&app, &order, Some(&token)).await?;
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
