@@ -14,9 +14,12 @@ use satchel::sql;
 use satchel::testing::{backends, TestApp};
 use serde_json::json;
 
+/// One request the mock received: its headers and decoded form.
+type Seen = (HeaderMap, HashMap<String, String>);
+
 #[derive(Clone, Default)]
 struct Mock {
-    seen: Arc<Mutex<Vec<(HeaderMap, HashMap<String, String>)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
     /// Status codes to answer before succeeding.
     failures: Arc<Mutex<Vec<u16>>>,
 }
