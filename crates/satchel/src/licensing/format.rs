@@ -3,8 +3,8 @@
 //! The offline verifier sellers embed lives in the `satchel-license` crate; this adapter is
 //! the server's side of the same formats (documented in docs/licensing.md):
 //!
-//! - **Key**: optional product prefix, then 21 random Crockford base32 symbols (105 bits) and
-//!   one check symbol, grouped by five: `PXL-7K2QM-XW9D4-HT3NB-R8C6F-PA1V9`. The check symbol
+//! - **Key**: optional product prefix, then 23 random Crockford base32 symbols (115 bits) and
+//!   one check symbol, in six groups of four: `PXL-7K2Q-MXW9-D4HT-3NBR-8C6F-PA1V`. The check symbol
 //!   is Σ αⁱ·vᵢ computed in GF(32) (polynomial x⁵+x²+1, α = x): the weights are distinct and
 //!   non-zero, so every single-symbol substitution and every adjacent transposition changes
 //!   it; typing is lenient (case, spaces, O→0, I/L→1, missing dashes).
@@ -22,7 +22,7 @@ use serde_json::Value;
 use crate::keys::Keys;
 
 const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-const BODY: usize = 21;
+const BODY: usize = 23;
 
 fn value_of(c: u8) -> Option<u32> {
     let c = match c.to_ascii_uppercase() {
@@ -67,7 +67,7 @@ fn check_symbol(values: &[u32]) -> u8 {
 fn group(symbols: &str) -> String {
     symbols
         .as_bytes()
-        .chunks(5)
+        .chunks(4)
         .map(|c| String::from_utf8_lossy(c).into_owned())
         .collect::<Vec<_>>()
         .join("-")
@@ -102,7 +102,7 @@ pub fn canonical_key(input: &str) -> Result<String, KeyError> {
     if cleaned.is_empty() || cleaned.len() > 64 || !cleaned.is_ascii() {
         return Err(KeyError::Malformed);
     }
-    // The body is always the last 22 symbols; anything before it is the product prefix.
+    // The body is always the last 24 symbols; anything before it is the product prefix.
     let joined: String = cleaned.split('-').collect();
     if joined.len() < BODY + 1 {
         return Err(KeyError::Malformed);
@@ -206,7 +206,7 @@ mod tests {
         );
         assert_eq!(canonical_key(&"A".repeat(500)), Err(KeyError::Malformed));
         let plain = new_key(None);
-        assert_eq!(plain.len(), 22 + 4);
+        assert_eq!(plain.len(), 24 + 5);
         assert_eq!(canonical_key(&plain).unwrap(), plain);
     }
 
