@@ -546,6 +546,46 @@ pub async fn fulfill_with(
     Ok(true)
 }
 
+/// Sends the receipt again (buyer lookup, seller "resend receipt"). Returns whether the order
+/// was paid and so had something to send.
+pub async fn resend_receipt(app: &crate::app::App, order_id: &str) -> ApiResult<bool> {
+    let tx = app.db.begin().await?;
+    let Some(order) = find_order(&tx, order_id).await? else {
+        return Ok(false);
+    };
+    if !matches!(order.status.as_str(), "paid" | "partially_refunded") {
+        return Ok(false);
+    }
+    queue_receipt(app, &tx, &order).await?;
+    tx.commit().await?;
+    app.jobs_enqueued();
+    Ok(true)
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LookupRequest {
+    pub email: String,
+    pub order_id: String,
+}
+
+/// "Email me my links": if the order exists, belongs to this email and is paid, its receipt
+/// is sent again — to that email only. The answer is the same either way, so the endpoint
+/// reveals nothing about who bought what.
+pub async fn lookup(app: &crate::app::App, req: &LookupRequest) -> ApiResult<()> {
+    let email = crate::accounts::normalize_email(&req.email)?;
+    if req.order_id.len() > 64 {
+        return Ok(());
+    }
+    if let Some(order) = find_order(&app.db, req.order_id.trim()).await? {
+        use subtle::ConstantTimeEq;
+        if bool::from(order.email.as_bytes().ct_eq(email.as_bytes())) {
+            resend_receipt(app, &order.id).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The receipt: what was bought, the download buttons, and where to find it all again.
 async fn queue_receipt(app: &crate::app::App, tx: &Tx, order: &Order) -> ApiResult<()> {
     let brand = crate::mail::Brand::of_seller(tx, &order.seller_id).await?;

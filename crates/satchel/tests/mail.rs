@@ -142,3 +142,56 @@ async fn an_override_folder_replaces_built_in_templates_and_html_escapes_values(
     assert!(html.contains("&lt;script&gt;alert(1)"), "{html}");
     assert!(html.contains("Satchel Demo Store"), "the built-in HTML is still used");
 }
+
+#[tokio::test]
+async fn email_me_my_links_reveals_nothing_and_sends_only_to_the_buyer() {
+    for backend in backends().await {
+        let t = TestApp::start_demo(backend).await;
+        let order = t.buy_paid("demo-ebook", "reader@example.com").await;
+        let id = order["order_id"].as_str().unwrap();
+        t.drain_jobs().await;
+        let before = t
+            .app
+            .db
+            .fetch_i64(sql!("SELECT COUNT(*) FROM email_outbox"))
+            .await
+            .unwrap();
+        let mut answers = Vec::new();
+        for (email, order_id) in [
+            ("Reader@Example.com", id),
+            ("other@example.com", id),
+            ("reader@example.com", "ord_nope"),
+        ] {
+            let (s, body) = t
+                .post_json(
+                    "/api/v1/orders/lookup",
+                    &serde_json::json!({"email": email, "order_id": order_id}),
+                )
+                .await;
+            assert_eq!(s, 202, "{backend:?}");
+            answers.push(body);
+        }
+        assert!(
+            answers.windows(2).all(|w| w[0] == w[1]),
+            "identical answers whatever matched"
+        );
+        let sent: Vec<(String, String)> = t
+            .app
+            .db
+            .fetch_all(sql!("SELECT to_email, kind FROM email_outbox ORDER BY id"))
+            .await
+            .unwrap();
+        assert_eq!(sent.len() as i64, before + 1, "only the matching lookup sent anything");
+        assert_eq!(
+            sent.last().unwrap(),
+            &("reader@example.com".to_string(), "receipt".to_string())
+        );
+        let (s, _) = t
+            .post_json(
+                "/api/v1/orders/lookup",
+                &serde_json::json!({"email": "nope", "order_id": id}),
+            )
+            .await;
+        assert_eq!(s, 422);
+    }
+}

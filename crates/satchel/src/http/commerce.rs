@@ -21,6 +21,7 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(purchase))
         .routes(routes!(cart_checkout))
         .routes(routes!(referral))
+        .routes(routes!(lookup))
         .routes(routes!(stripe_webhook))
         .routes(routes!(get_order))
         .routes(routes!(download))
@@ -143,6 +144,16 @@ async fn stripe_webhook(State(app): State<App>, headers: HeaderMap, body: axum::
     Ok(Json(
         serde_json::json!({ "received": true, "status": status, "note": note }),
     ))
+}
+
+/// "Email me my links": sends the order's receipt again to its buyer. Always 202 with the same
+/// body, whether or not the email and order matched, so it reveals nothing.
+#[utoipa::path(post, path = "/api/v1/orders/lookup", tag = "checkout", request_body = checkout::LookupRequest,
+    responses((status = 202, description = "If the order matches, its links are on their way"), (status = 422, description = "Malformed email")))]
+async fn lookup(State(app): State<App>, ApiJson(req): ApiJson<checkout::LookupRequest>) -> ApiResult<Response> {
+    checkout::lookup(&app, &req).await?;
+    let body = serde_json::json!({ "status": "accepted", "message": "If this order was paid with this email address, its download links are on their way there." });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
