@@ -658,13 +658,8 @@ pub async fn start_stripe_checkout(app: &crate::app::App, order: &Order, access_
     if order.provider != "stripe" || order.status != "pending" || order.checkout_url.is_some() {
         return Ok(order.clone());
     }
-    let unavailable = |m: String| {
-        crate::error::ApiError::new(
-            axum::http::StatusCode::BAD_GATEWAY,
-            "payment_provider_unavailable",
-            format!("{m}. Nothing was charged; try again in a moment."),
-        )
-    };
+    let unavailable =
+        |m: String| crate::error::provider_unavailable(format!("{m}. Nothing was charged; try again in a moment."));
     let client = crate::payments::stripe_client::StripeClient::from_config(&app.cfg.payments)
         .ok_or_else(|| unavailable("card payments are not configured".into()))?;
     let rows: Vec<(String, i64, i64, Option<String>, String)> = app

@@ -79,6 +79,11 @@ pub fn forbidden(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, code, message)
 }
 
+/// The payment provider could not do what was asked (nothing was charged or refunded).
+pub fn provider_unavailable(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, "payment_provider_unavailable", message)
+}
+
 impl<E: Into<anyhow::Error>> From<E> for ApiError {
     fn from(e: E) -> Self {
         ApiError::Internal(e.into())

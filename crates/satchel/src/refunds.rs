@@ -236,3 +236,53 @@ async fn queue_refund_email(
     .await?;
     Ok(())
 }
+
+/// A seller's refund: through Stripe's refund API for Stripe orders (recorded under Stripe's
+/// refund id), recorded directly for test-mode and free orders. Validates before calling
+/// Stripe, so a refused refund never reaches the provider.
+pub async fn seller_refund(
+    app: &crate::app::App,
+    seller_id: &str,
+    order_id: &str,
+    req: &RefundRequest,
+) -> ApiResult<RefundOutcome> {
+    let order = find_order(&app.db, order_id)
+        .await?
+        .filter(|o| o.seller_id == seller_id)
+        .ok_or_else(|| not_found("order"))?;
+    // Dry run in a transaction that is rolled back: every check, no effect.
+    {
+        let tx = app.db.begin().await?;
+        apply(app, &tx, order_id, req, "seller", None).await?;
+    }
+    let provider_ref = if order.provider == "stripe" {
+        let client = crate::payments::stripe_client::StripeClient::from_config(&app.cfg.payments).ok_or_else(|| {
+            crate::error::provider_unavailable(
+                "Stripe is not configured on this store, so this card payment cannot be refunded here",
+            )
+        })?;
+        let (pi,): (Option<String>,) = app
+            .db
+            .fetch_one(sql!("SELECT provider_payment_id FROM orders WHERE id = $1", order_id))
+            .await?;
+        let pi = pi.ok_or_else(|| conflict("no_payment", "this order has no recorded Stripe payment to refund"))?;
+        let refunded_so_far = app
+            .db
+            .fetch_i64(sql!("SELECT refunded_total FROM orders WHERE id = $1", order_id))
+            .await?;
+        let amount = req.amount.unwrap_or(order.total - refunded_so_far);
+        // One key per (order, amount already refunded, amount): a retried request is the same refund.
+        let key = format!("satchel-refund-{order_id}-{refunded_so_far}-{amount}");
+        let id = crate::payments::stripe_client::refund(&client, &pi, amount, order_id, &key)
+            .await
+            .map_err(|e| crate::error::provider_unavailable(format!("Stripe refused the refund: {e}")))?;
+        Some(id)
+    } else {
+        None
+    };
+    let tx = app.db.begin().await?;
+    let out = apply(app, &tx, order_id, req, "seller", provider_ref.as_deref()).await?;
+    tx.commit().await?;
+    app.jobs_enqueued();
+    Ok(out)
+}

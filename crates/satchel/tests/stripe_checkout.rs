@@ -17,11 +17,20 @@ use serde_json::json;
 /// One request the mock received: its headers and decoded form.
 type Seen = (HeaderMap, HashMap<String, String>);
 
+const SECRET: &str = "whsec_checkout_test";
+
 #[derive(Clone, Default)]
 struct Mock {
     seen: Arc<Mutex<Vec<Seen>>>,
     /// Status codes to answer before succeeding.
     failures: Arc<Mutex<Vec<u16>>>,
+}
+
+async fn refunds(State(m): State<Mock>, headers: HeaderMap, body: String) -> axum::response::Response {
+    let form: HashMap<String, String> = serde_urlencoded::from_str(&body).unwrap();
+    m.seen.lock().unwrap().push((headers, form.clone()));
+    axum::Json(json!({"id": format!("re_{}_{}", form["payment_intent"], form["amount"]), "object": "refund", "amount": form["amount"].parse::<i64>().unwrap(), "status": "succeeded"}))
+        .into_response()
 }
 
 async fn sessions(State(m): State<Mock>, headers: HeaderMap, body: String) -> axum::response::Response {
@@ -42,6 +51,7 @@ async fn mock() -> (String, Mock) {
     let m = Mock::default();
     let app = axum::Router::new()
         .route("/v1/checkout/sessions", axum::routing::post(sessions))
+        .route("/v1/refunds", axum::routing::post(refunds))
         .with_state(m.clone());
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -54,6 +64,7 @@ async fn stripe_app(backend: satchel::db::Backend, base: &str) -> TestApp {
     TestApp::start_demo_with(backend, move |c| {
         c.payments.stripe_secret_key = Some(satchel::config::Secret::new("sk_test_123"));
         c.payments.stripe_api_base = base;
+        c.payments.stripe_webhook_secret = Some(satchel::config::Secret::new(SECRET));
         c.payments.test_mode = None; // default: off once Stripe is configured
     })
     .await
@@ -156,4 +167,98 @@ async fn retries_reuse_the_idempotency_key_and_refusals_are_a_clear_502() {
         .as_str()
         .unwrap()
         .contains("Nothing was charged"));
+}
+
+#[tokio::test]
+async fn a_seller_refund_goes_through_stripe_and_applies_once_in_either_order() {
+    for backend in backends().await {
+        let (base, m) = mock().await;
+        let t = stripe_app(backend, &base).await;
+        let seller = t.demo_seller().await;
+        for (first, label) in [("seller", "our call first"), ("stripe", "Stripe's event first")] {
+            let order = t.purchase("demo-ebook", "refund@example.com").await;
+            let id = order["order_id"].as_str().unwrap().to_string();
+            let session = json!({"id": format!("cs_{id}"), "object": "checkout.session", "payment_status": "paid", "status": "complete",
+                "metadata": {"order_id": id}, "payment_intent": format!("pi_{id}"), "client_reference_id": id});
+            let paid = satchel::testing::stripe_event(
+                &format!("evt_p_{id}"),
+                "checkout.session.completed",
+                satchel::ids::now(),
+                session,
+            );
+            assert_eq!(t.deliver_stripe(&paid, SECRET).await.0, 200);
+            // Stripe's charge.refunded for the refund the mock will create.
+            let charge = json!({"id": format!("ch_{id}"), "object": "charge", "amount": 1900, "amount_refunded": 500, "payment_intent": format!("pi_{id}"),
+                "refunds": {"data": [{"id": format!("re_pi_{id}_500"), "amount": 500, "status": "succeeded"}]}});
+            let event =
+                satchel::testing::stripe_event(&format!("evt_r_{id}"), "charge.refunded", satchel::ids::now(), charge);
+            let req = satchel::refunds::RefundRequest {
+                amount: Some(500),
+                reason: "asked nicely".into(),
+                items: vec![],
+            };
+            if first == "stripe" {
+                assert_eq!(t.deliver_stripe(&event, SECRET).await.0, 200);
+            }
+            let out = satchel::refunds::seller_refund(&t.app, &seller, &id, &req)
+                .await
+                .unwrap();
+            if first == "seller" {
+                assert!(
+                    matches!(out, satchel::refunds::RefundOutcome::Applied { .. }),
+                    "{label}"
+                );
+                assert_eq!(t.deliver_stripe(&event, SECRET).await.0, 200);
+            } else {
+                assert_eq!(out, satchel::refunds::RefundOutcome::AlreadyApplied, "{label}");
+            }
+            let (status, refunded): (String, i64) = t
+                .app
+                .db
+                .fetch_one(sql!("SELECT status, refunded_total FROM orders WHERE id = $1", &id))
+                .await
+                .unwrap();
+            assert_eq!(
+                (status.as_str(), refunded),
+                ("partially_refunded", 500),
+                "{backend:?}: {label}"
+            );
+            let seen = m.seen.lock().unwrap();
+            let (h, f) = seen.last().unwrap();
+            assert_eq!(f["payment_intent"], format!("pi_{id}"));
+            assert_eq!(f["amount"], "500");
+            assert!(h["idempotency-key"]
+                .to_str()
+                .unwrap()
+                .starts_with(&format!("satchel-refund-{id}-")));
+        }
+        // Another seller cannot refund, and too much is refused before Stripe is called.
+        let (other, _) =
+            satchel::accounts::create_seller_account(&t.app.db, "o@example.com", "password123", "O", "seller")
+                .await
+                .unwrap();
+        let order = t.purchase("demo-ebook", "x@example.com").await;
+        let id = order["order_id"].as_str().unwrap();
+        let calls = m.seen.lock().unwrap().len();
+        let req = satchel::refunds::RefundRequest {
+            amount: Some(100),
+            reason: String::new(),
+            items: vec![],
+        };
+        assert_eq!(
+            satchel::refunds::seller_refund(&t.app, &other.id, id, &req)
+                .await
+                .unwrap_err()
+                .status(),
+            404
+        );
+        assert_eq!(
+            satchel::refunds::seller_refund(&t.app, &seller, id, &req)
+                .await
+                .unwrap_err()
+                .code(),
+            "order_not_refundable"
+        );
+        assert_eq!(m.seen.lock().unwrap().len(), calls, "nothing reached Stripe");
+    }
 }

@@ -3,29 +3,19 @@
 
 #![allow(clippy::unwrap_used)]
 
-use hmac::{Hmac, Mac};
 use satchel::db::Exec;
 use satchel::sql;
 use satchel::testing::{backends, TestApp};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 const SECRET: &str = "whsec_test_5up3r5ecret";
 
-/// A header exactly as Stripe's libraries build it (`generateTestHeaderString`).
 fn stripe_header(payload: &str, t: i64) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(format!("{t}.{payload}").as_bytes());
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+    satchel::testing::stripe_signature(payload, SECRET, t)
 }
 
 fn event(id: &str, kind: &str, created: i64, object: Value) -> String {
-    json!({
-        "id": id, "object": "event", "api_version": "2024-06-20", "created": created, "livemode": false,
-        "pending_webhooks": 1, "request": {"id": null, "idempotency_key": null}, "type": kind,
-        "data": {"object": object},
-    })
-    .to_string()
+    satchel::testing::stripe_event(id, kind, created, object)
 }
 
 fn session(order_id: &str, payment_status: &str, subscription: Option<&str>) -> Value {

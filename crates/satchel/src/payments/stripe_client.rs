@@ -149,3 +149,25 @@ pub fn checkout_params(
     }
     p
 }
+
+/// `POST /v1/refunds` for an order's payment; returns Stripe's refund id (`re_…`), which the
+/// refund is recorded under so Stripe's own `charge.refunded` for it applies once.
+pub async fn refund(
+    client: &StripeClient,
+    payment_intent: &str,
+    amount: i64,
+    order_id: &str,
+    idempotency_key: &str,
+) -> Result<String, StripeError> {
+    let params = vec![
+        ("payment_intent".to_string(), payment_intent.to_string()),
+        ("amount".to_string(), amount.to_string()),
+        ("metadata[order_id]".to_string(), order_id.to_string()),
+    ];
+    let r = client.post("/v1/refunds", &params, idempotency_key).await?;
+    r["id"].as_str().map(str::to_string).ok_or_else(|| StripeError::Api {
+        status: 200,
+        code: None,
+        message: "Stripe answered without a refund id".into(),
+    })
+}
