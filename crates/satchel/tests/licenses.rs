@@ -365,3 +365,120 @@ async fn bad_license_input_is_a_clear_4xx_and_changes_nothing() {
         );
     }
 }
+
+/// The documented verifiers — Python (`cryptography`), JavaScript (Node's crypto) and Rust
+/// (`satchel-license`) — accept what the server issued and reject tampering.
+#[tokio::test]
+async fn the_python_javascript_and_rust_verifiers_accept_server_issued_licenses() {
+    let t = TestApp::start_demo(satchel::db::Backend::Sqlite).await;
+    let key = t.buy_paid("demo-app", "v@example.com").await["items"][0]["license_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, act) = post(&t, &key, "activate", json!({"device_fingerprint": "dev-1"})).await;
+    let (_, answer) = post(
+        &t,
+        &key,
+        "validate",
+        json!({"device_fingerprint": "dev-1", "nonce": "nonce-42"}),
+    )
+    .await;
+    let keys_doc = t
+        .client
+        .get(t.url("/api/v1/licenses/public-keys"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (keys_path, cert_path, answer_path, bad_path) = (
+        dir.path().join("keys.json"),
+        dir.path().join("cert.txt"),
+        dir.path().join("answer.json"),
+        dir.path().join("bad.txt"),
+    );
+    std::fs::write(&keys_path, &keys_doc).unwrap();
+    let cert = act["certificate"].as_str().unwrap();
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&answer_path, answer.to_string()).unwrap();
+    let (payload, sig) = cert.rsplit_once('.').unwrap();
+    let mut bad_sig: Vec<char> = sig.chars().collect();
+    bad_sig[3] = if bad_sig[3] == 'A' { 'B' } else { 'A' };
+    std::fs::write(
+        &bad_path,
+        format!("{payload}.{}", bad_sig.into_iter().collect::<String>()),
+    )
+    .unwrap();
+    let license_id = act["license"]["id"].as_str().unwrap();
+
+    // Rust, through the crate sellers embed.
+    let pk = satchel_license::PublicKeys::from_json(&keys_doc).unwrap();
+    let claims = satchel_license::verify_certificate(cert, &pk, Some("dev-1"), satchel::ids::now()).unwrap();
+    assert_eq!(claims["license_id"], license_id);
+    assert_eq!(
+        satchel_license::verify_response(&answer, &pk, Some("nonce-42")).unwrap()["code"],
+        "VALID"
+    );
+    assert!(satchel_license::verify_certificate(&std::fs::read_to_string(&bad_path).unwrap(), &pk, None, 0).is_err());
+    assert_eq!(satchel_license::parse_key(&key.to_lowercase()).unwrap(), key);
+
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/license-verify");
+    for (tool, script, probe) in [
+        ("python3", "verify.py", "import cryptography"),
+        ("node", "verify.mjs", ""),
+    ] {
+        let available = if probe.is_empty() {
+            std::process::Command::new(tool).arg("--version").output().is_ok()
+        } else {
+            std::process::Command::new(tool)
+                .args(["-c", probe])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !available {
+            satchel::testing::skip(&format!("{tool} verifier: runtime or package missing"));
+            continue;
+        }
+        let run = |cert: &std::path::Path, extra: &[&str]| {
+            std::process::Command::new(tool)
+                .arg(examples.join(script))
+                .arg(&keys_path)
+                .arg(cert)
+                .args(extra)
+                .output()
+                .unwrap()
+        };
+        let ok = run(
+            &cert_path,
+            &[
+                "--fingerprint",
+                "dev-1",
+                "--response",
+                answer_path.to_str().unwrap(),
+                "--nonce",
+                "nonce-42",
+            ],
+        );
+        assert!(
+            ok.status.success(),
+            "{tool}: {}{}",
+            String::from_utf8_lossy(&ok.stdout),
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), format!("OK {license_id}"));
+        for (cert, extra) in [
+            (bad_path.as_path(), vec![]),
+            (cert_path.as_path(), vec!["--fingerprint", "other-device"]),
+            (
+                cert_path.as_path(),
+                vec!["--response", answer_path.to_str().unwrap(), "--nonce", "replayed"],
+            ),
+        ] {
+            let out = run(cert, &extra);
+            assert!(!out.status.success(), "{tool} must reject {extra:?}");
+            assert!(String::from_utf8_lossy(&out.stdout).starts_with("FAILED"));
+        }
+    }
+}

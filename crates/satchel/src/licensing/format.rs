@@ -1,7 +1,8 @@
 //! Wire formats of license keys, certificates and signed validation responses.
 //!
-//! The offline verifier sellers embed lives in the `satchel-license` crate; this adapter is
-//! the server's side of the same formats (documented in docs/licensing.md):
+//! Key parsing and the check symbol come from the `satchel-license` crate that sellers embed,
+//! so the server and their software share one implementation; signing lives here.
+//! Formats (documented byte by byte in docs/licensing.md):
 //!
 //! - **Key**: optional product prefix, then 23 random Crockford base32 symbols (115 bits) and
 //!   one check symbol, in six groups of four: `PXL-7K2Q-MXW9-D4HT-3NBR-8C6F-PA1V`. The check symbol
@@ -21,57 +22,7 @@ use serde_json::Value;
 
 use crate::keys::Keys;
 
-const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-const BODY: usize = 23;
-
-fn value_of(c: u8) -> Option<u32> {
-    let c = match c.to_ascii_uppercase() {
-        b'O' => b'0',
-        b'I' | b'L' => b'1',
-        other => other,
-    };
-    ALPHABET
-        .iter()
-        .position(|&a| a == c)
-        .and_then(|p| u32::try_from(p).ok())
-}
-
-/// Multiplication in GF(32) modulo x⁵ + x² + 1.
-fn gf32_mul(mut a: u32, mut b: u32) -> u32 {
-    let mut p = 0;
-    while b != 0 {
-        if b & 1 != 0 {
-            p ^= a;
-        }
-        b >>= 1;
-        a <<= 1;
-        if a & 0b10_0000 != 0 {
-            a ^= 0b10_0101;
-        }
-    }
-    p & 0b1_1111
-}
-
-fn check_symbol(values: &[u32]) -> u8 {
-    // In a field, w·(a⊕b) ≠ 0 for a ≠ b and w ≠ 0 (substitutions), and (a⊕b)·(wᵢ⊕wᵢ₊₁) ≠ 0
-    // for distinct weights (adjacent transpositions). α = x generates all 31 non-zero elements.
-    let mut weight = 1;
-    let mut sum = 0;
-    for &v in values {
-        sum ^= gf32_mul(weight, v);
-        weight = gf32_mul(weight, 2);
-    }
-    ALPHABET[sum as usize]
-}
-
-fn group(symbols: &str) -> String {
-    symbols
-        .as_bytes()
-        .chunks(4)
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .collect::<Vec<_>>()
-        .join("-")
-}
+use satchel_license::{check_symbol, group, ALPHABET, KEY_SYMBOLS as BODY};
 
 /// A new key with an optional uppercase prefix (1–8 of A-Z0-9).
 pub fn new_key(prefix: Option<&str>) -> String {
@@ -85,48 +36,12 @@ pub fn new_key(prefix: Option<&str>) -> String {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum KeyError {
-    Malformed,
-    BadCheckCharacter,
-}
+pub use satchel_license::KeyError;
 
-/// Parses what a person typed into the canonical key, checking the check symbol offline.
+/// Parses what a person typed into the canonical key, checking the check symbol offline
+/// (the same code the sellers' software runs, from the `satchel-license` crate).
 pub fn canonical_key(input: &str) -> Result<String, KeyError> {
-    let cleaned: String = input
-        .trim()
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect::<String>()
-        .to_ascii_uppercase();
-    if cleaned.is_empty() || cleaned.len() > 64 || !cleaned.is_ascii() {
-        return Err(KeyError::Malformed);
-    }
-    // The body is always the last 24 symbols; anything before it is the product prefix.
-    let joined: String = cleaned.split('-').collect();
-    if joined.len() < BODY + 1 {
-        return Err(KeyError::Malformed);
-    }
-    let (prefix, body) = joined.split_at(joined.len() - (BODY + 1));
-    let prefix = (!prefix.is_empty()).then_some(prefix);
-    let values: Vec<u32> = body
-        .bytes()
-        .map(value_of)
-        .collect::<Option<Vec<_>>>()
-        .ok_or(KeyError::Malformed)?;
-    let symbols: String = values.iter().map(|&v| ALPHABET[v as usize] as char).collect();
-    if check_symbol(&values[..BODY]) != ALPHABET[values[BODY] as usize] {
-        return Err(KeyError::BadCheckCharacter);
-    }
-    if let Some(p) = prefix {
-        if p.len() > 8 || !p.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(KeyError::Malformed);
-        }
-    }
-    Ok(match prefix {
-        Some(p) => format!("{p}-{}", group(&symbols)),
-        None => group(&symbols),
-    })
+    satchel_license::parse_key(input)
 }
 
 /// Signs certificate claims (the signing `kid` is added to them).
