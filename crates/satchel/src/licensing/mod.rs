@@ -40,6 +40,9 @@ pub struct License {
     pub grace_days: i64,
 }
 
+/// Check-ins newer than this are not written again.
+const CHECK_IN_WRITE_SECS: i64 = 300;
+
 const LIC_COLS: &str =
     "id, license_key, order_id, product_id, email, license_type, max_activations, activations, status, \
     expires_at, paid_through, check_in_hours, grace_days";
@@ -412,11 +415,12 @@ async fn validation_code(
     if overdue && fp.is_none() {
         return Ok(("CHECK_IN_OVERDUE", a_json));
     }
-    if fp.is_some() {
-        // A validation from the activated device is its check-in.
+    if fp.is_some() && a.last_check_in_at < t - CHECK_IN_WRITE_SECS {
+        // A validation from the activated device is its check-in. Check-ins matter at hour
+        // and day scale, so one write per few minutes keeps validations mostly read-only.
         app.db
             .execute(sql!(
-                "UPDATE license_activations SET last_check_in_at = $2 WHERE id = $1",
+                "UPDATE license_activations SET last_check_in_at = $2 WHERE id = $1 AND last_check_in_at < $2",
                 &a.id,
                 t
             ))
