@@ -100,7 +100,7 @@ pub async fn purchase(
     create_order(app, tx, &req.email, &[line], None, affiliate).await
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct Discount {
     pub id: String,
     pub seller_id: String,
@@ -200,6 +200,15 @@ pub async fn create_discount(e: &impl Exec, seller_id: &str, d: &NewDiscount) ->
         &id
     ))
     .await?)
+}
+
+/// A seller's discount codes, newest first.
+pub async fn list_discounts(e: &impl Exec, seller_id: &str) -> Result<Vec<Discount>, crate::db::DbError> {
+    e.fetch_all(sql!(
+        format!("SELECT {DISCOUNT_COLS} FROM discount_codes WHERE seller_id = $1 ORDER BY id DESC"),
+        seller_id
+    ))
+    .await
 }
 
 /// Finds a usable code for this seller and buyer, or says why not (422 naming `discount_code`).

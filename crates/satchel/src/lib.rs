@@ -14,6 +14,7 @@
 pub mod accounts;
 pub mod affiliates;
 pub mod app;
+pub mod auth;
 pub mod catalog;
 pub mod checkout;
 pub mod config;

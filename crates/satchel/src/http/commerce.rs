@@ -81,14 +81,7 @@ async fn cart_checkout(
 
 /// The affiliate code from the `satchel_ref` cookie, if any.
 pub fn ref_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == crate::affiliates::REF_COOKIE)
-        .map(|(_, v)| v.to_string())
+    crate::auth::cookie(headers, crate::affiliates::REF_COOKIE)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -9,6 +9,7 @@ pub mod licenses;
 pub mod metrics;
 pub mod ops;
 pub mod ranges;
+pub mod seller;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -34,6 +35,7 @@ use crate::error::{ApiError, REQUEST_ID};
         (name = "checkout", description = "Purchases, orders and the test-mode checkout"),
         (name = "delivery", description = "Counted downloads and file delivery"),
         (name = "licenses", description = "License activation, validation and offline verification keys"),
+        (name = "seller", description = "Seller API: API key (Bearer) or dashboard session"),
     )
 )]
 struct ApiDoc;
@@ -45,6 +47,7 @@ pub fn routes() -> (Router<App>, utoipa::openapi::OpenApi) {
         .merge(catalog::routes())
         .merge(commerce::routes())
         .merge(licenses::routes())
+        .merge(seller::routes())
         .split_for_parts()
 }
 
