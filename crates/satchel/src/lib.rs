@@ -27,6 +27,7 @@ pub mod http;
 pub mod ids;
 pub mod jobs;
 pub mod keys;
+pub mod library;
 pub mod licensing;
 pub mod mail;
 pub mod markdown;

@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod commerce;
 pub mod extract;
+pub mod library;
 pub mod licenses;
 pub mod metrics;
 pub mod ops;
@@ -35,6 +36,7 @@ use crate::error::{ApiError, REQUEST_ID};
         (name = "checkout", description = "Purchases, orders and the test-mode checkout"),
         (name = "delivery", description = "Counted downloads and file delivery"),
         (name = "licenses", description = "License activation, validation and offline verification keys"),
+        (name = "library", description = "The buyer's library (magic-link sign-in)"),
         (name = "seller", description = "Seller API: API key (Bearer) or dashboard session"),
     )
 )]
@@ -48,6 +50,7 @@ pub fn routes() -> (Router<App>, utoipa::openapi::OpenApi) {
         .merge(commerce::routes())
         .merge(licenses::routes())
         .merge(seller::routes())
+        .merge(library::routes())
         .split_for_parts()
 }
 
