@@ -38,3 +38,4 @@ pub mod scheduler;
 pub mod storage;
 pub mod subscriptions;
 pub mod testing;
+pub mod versions;

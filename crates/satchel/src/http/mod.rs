@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod ops;
 pub mod ranges;
 pub mod seller;
+pub mod versions;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -51,6 +52,7 @@ pub fn routes() -> (Router<App>, utoipa::openapi::OpenApi) {
         .merge(licenses::routes())
         .merge(seller::routes())
         .merge(library::routes())
+        .merge(versions::routes().layer(axum::extract::DefaultBodyLimit::max(versions::MULTIPART_LIMIT)))
         .split_for_parts()
 }
 

@@ -1,0 +1,115 @@
+//! Publishing a product version: files stored under
+//! `{seller}/{product}/{version}/original/{name}` with size and sha256, the version made
+//! current, and — in the same transaction — one email to every buyer of the product and a
+//! `product.version_published` event. Buyers' libraries show the purchase as "updated".
+
+use serde_json::json;
+
+use crate::app::App;
+use crate::catalog::{self, NewFile};
+use crate::db::models::{Product, ProductVersion};
+use crate::db::{Exec, Tx};
+use crate::error::{unprocessable, ApiResult};
+use crate::ids::{new_id, now};
+use crate::sql;
+
+/// Checks a version string: 1–64 printable characters.
+pub fn validate_version(v: &str) -> ApiResult<String> {
+    let v = v.trim();
+    if v.is_empty() || v.len() > 64 || v.chars().any(char::is_control) {
+        return Err(unprocessable(
+            "invalid_version",
+            "version must be 1–64 printable characters, like 1.2.0",
+        )
+        .field("version"));
+    }
+    Ok(v.to_string())
+}
+
+/// Files of completed resumable uploads owned by this seller, ready to attach to a version.
+pub async fn files_from_uploads(e: &impl Exec, seller_id: &str, uploads: &[String]) -> ApiResult<Vec<NewFile>> {
+    let mut files = Vec::new();
+    for u in uploads {
+        // Accept the upload's URL or its bare id.
+        let id = u.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+        let row: Option<(String, Option<i64>, Option<String>, String, String)> = e
+            .fetch_optional(sql!(
+                "SELECT object_key, length, sha256, file_name, content_type FROM uploads WHERE id = $1 AND seller_id = $2 AND status = 'complete'",
+                id,
+                seller_id
+            ))
+            .await?;
+        let (object_key, length, sha256, name, content_type) = row.ok_or_else(|| {
+            unprocessable("invalid_upload", format!("{u} is not a completed upload of yours")).field("uploads")
+        })?;
+        files.push(NewFile {
+            name,
+            object_key,
+            size: length.unwrap_or(0),
+            sha256: sha256.unwrap_or_default(),
+            content_type,
+        });
+    }
+    Ok(files)
+}
+
+/// Inserts the version (409 on a duplicate), makes it current, and notifies every buyer.
+pub async fn publish(
+    app: &App,
+    tx: &Tx,
+    product: &Product,
+    version: &str,
+    changelog: &str,
+    files: &[NewFile],
+) -> ApiResult<ProductVersion> {
+    if files.is_empty() {
+        return Err(unprocessable("no_files", "a version needs at least one file").field("files"));
+    }
+    let v = catalog::insert_version(tx, &product.id, version, changelog, files).await?;
+    let buyers: Vec<(String,)> = tx
+        .fetch_all(sql!(
+            "SELECT DISTINCT o.email FROM orders o JOIN order_items i ON i.order_id = o.id
+             WHERE i.product_id = $1 AND o.status IN ('paid', 'partially_refunded') AND i.status <> 'refunded'
+             ORDER BY o.email",
+            &product.id
+        ))
+        .await?;
+    let brand = crate::mail::Brand::of_seller(tx, &product.seller_id).await?;
+    let library_url = format!("{}/library", app.cfg.public_url());
+    let ctx = json!({
+        "product": product.title, "version": version, "changelog": changelog,
+        "changelog_html": crate::markdown::to_html(changelog), "library_url": library_url,
+    });
+    let (text, html) = crate::mail::render(
+        app.cfg.email.templates_dir.as_deref(),
+        &brand,
+        "new_version",
+        &format!("{} {version} is out", product.title),
+        "A new version is ready in your library",
+        &ctx,
+    )?;
+    for (email,) in &buyers {
+        crate::mail::queue(
+            tx,
+            &crate::mail::Email {
+                to: email.clone(),
+                subject: format!("{} {version} is out", product.title),
+                text: text.clone(),
+                html: html.clone(),
+                kind: "new_version".into(),
+                seller_id: Some(product.seller_id.clone()),
+            },
+        )
+        .await?;
+    }
+    tx.execute(sql!(
+        "INSERT INTO domain_events (id, seller_id, event_type, subject_id, payload, created_at) VALUES ($1, $2, 'product.version_published', $3, $4, $5)",
+        new_id("evt"),
+        &product.seller_id,
+        &product.id,
+        json!({"product_id": product.id, "version": version, "version_id": v.id, "buyers_notified": buyers.len()}).to_string(),
+        now()
+    ))
+    .await?;
+    Ok(v)
+}

@@ -1,0 +1,175 @@
+//! Publishing a version: stored with sha256, current at once, every buyer emailed (seen at a
+//! real SMTP server), duplicates and strangers refused without side effects.
+
+#![allow(clippy::unwrap_used)]
+
+use satchel::db::Exec;
+use satchel::sql;
+use satchel::testing::{backends, SmtpServer, TestApp};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+fn form(version: &str, name: &str, bytes: Vec<u8>) -> reqwest::multipart::Form {
+    reqwest::multipart::Form::new()
+        .text("version", version.to_string())
+        .text(
+            "changelog",
+            "## What's new\n\n- A new chapter on pricing <script>x</script>",
+        )
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes)
+                .file_name(name.to_string())
+                .mime_str("application/pdf")
+                .unwrap(),
+        )
+}
+
+#[tokio::test]
+async fn a_new_version_reaches_every_buyer_and_nobody_else() {
+    let Some(smtp) = SmtpServer::start().await else { return };
+    for backend in backends().await {
+        let url = smtp.url.clone();
+        let t = TestApp::start_demo_with(backend, |c| c.email.smtp_url = Some(satchel::config::Secret::new(url))).await;
+        let key = satchel::accounts::create_api_key(&t.app.db, "demo@satchel.test", "ci")
+            .await
+            .unwrap();
+        satchel::accounts::create_seller_account(&t.app.db, "rival@example.com", "password123", "Rival", "seller")
+            .await
+            .unwrap();
+        let rival = satchel::accounts::create_api_key(&t.app.db, "rival@example.com", "ci")
+            .await
+            .unwrap();
+        let tag = backend.name();
+        let a = t.buy_paid("demo-ebook", &format!("a-{tag}@example.com")).await;
+        t.buy_paid("demo-ebook", &format!("b-{tag}@example.com")).await;
+        let refunded = t.buy_paid("demo-ebook", &format!("r-{tag}@example.com")).await;
+        let tx = t.app.db.begin().await.unwrap();
+        let req = satchel::refunds::RefundRequest {
+            amount: None,
+            reason: String::new(),
+            items: vec![],
+        };
+        satchel::refunds::apply(
+            &t.app,
+            &tx,
+            refunded["order_id"].as_str().unwrap(),
+            &req,
+            "seller",
+            None,
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        t.buy_paid("demo-album", &format!("c-{tag}@example.com")).await;
+        t.drain_jobs().await;
+        let before = smtp.messages().len();
+
+        let product = satchel::catalog::find_product(&t.app.db, "demo-ebook")
+            .await
+            .unwrap()
+            .unwrap();
+        let path = format!("/api/v1/products/{}/versions", product.id);
+        let new_pdf = satchel::demo_files::ebook_pdf("Second edition");
+        let r = t
+            .client
+            .post(t.url(&path))
+            .bearer_auth(&rival)
+            .multipart(form("2.0.0", "book.pdf", new_pdf.clone()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "another seller's product does not exist for them");
+        let r = t
+            .client
+            .post(t.url(&path))
+            .bearer_auth(&key)
+            .multipart(form("2.0.0", "../book v2.pdf", new_pdf.clone()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{backend:?}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["files"][0]["name"], "book v2.pdf", "file names never become paths");
+        assert_eq!(v["files"][0]["sha256"], hex::encode(Sha256::digest(&new_pdf)));
+        let r = t
+            .client
+            .post(t.url(&path))
+            .bearer_auth(&key)
+            .multipart(form("2.0.0", "again.pdf", vec![1, 2, 3]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409);
+        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "version_exists");
+        let (s, e) = t
+            .post_json(&path, &json!({"version": "2.1", "uploads": ["upl_nope"]}))
+            .await;
+        assert_eq!(s, 401, "{e}");
+        let r = t
+            .client
+            .post(t.url(&path))
+            .bearer_auth(&key)
+            .json(&json!({"version": "2.1", "uploads": ["upl_nope"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "invalid_upload");
+
+        // Exactly the two live buyers are emailed, through the real SMTP server.
+        t.drain_jobs().await;
+        let notices: Vec<(String,)> = t
+            .app
+            .db
+            .fetch_all(sql!(
+                "SELECT to_email FROM email_outbox WHERE kind = 'new_version' ORDER BY to_email"
+            ))
+            .await
+            .unwrap();
+        let to: Vec<&str> = notices.iter().map(|n| n.0.as_str()).collect();
+        assert_eq!(
+            to,
+            vec![format!("a-{tag}@example.com"), format!("b-{tag}@example.com")],
+            "{backend:?}"
+        );
+        let msgs = smtp.messages();
+        assert_eq!(msgs.len(), before + 2);
+        let mail = msgs
+            .iter()
+            .find(|m| m.contains(&format!("a-{tag}@example.com")) && m.contains("2.0.0"))
+            .unwrap();
+        assert!(
+            mail.contains("Subject: The Indie Maker's Handbook 2.0.0 is out"),
+            "{mail}"
+        );
+        let (html,): (String,) = t
+            .app
+            .db
+            .fetch_one(sql!(
+                "SELECT body_html FROM email_outbox WHERE kind = 'new_version' ORDER BY id LIMIT 1"
+            ))
+            .await
+            .unwrap();
+        assert!(!html.contains("<script>x"), "changelog HTML is sanitized");
+        assert!(html.contains("&lt;script&gt;x"), "and shown as text");
+        let events = t
+            .app
+            .db
+            .fetch_i64(sql!(
+                "SELECT COUNT(*) FROM domain_events WHERE event_type = 'product.version_published'"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(events, 1);
+
+        // The buyer's existing link now serves the new version.
+        let link = a["items"][0]["download_url"].as_str().unwrap();
+        let r = t.client.get(link).send().await.unwrap();
+        let file = r.headers()["location"].to_str().unwrap().to_string();
+        let body = t.client.get(&file).send().await.unwrap().bytes().await.unwrap();
+        assert_eq!(
+            hex::encode(Sha256::digest(&body)),
+            hex::encode(Sha256::digest(&new_pdf))
+        );
+    }
+}
