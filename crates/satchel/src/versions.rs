@@ -26,28 +26,37 @@ pub fn validate_version(v: &str) -> ApiResult<String> {
     Ok(v.to_string())
 }
 
+#[derive(sqlx::FromRow)]
+struct CompletedUpload {
+    object_key: String,
+    length: Option<i64>,
+    sha256: Option<String>,
+    file_name: String,
+    content_type: String,
+}
+
 /// Files of completed resumable uploads owned by this seller, ready to attach to a version.
 pub async fn files_from_uploads(e: &impl Exec, seller_id: &str, uploads: &[String]) -> ApiResult<Vec<NewFile>> {
     let mut files = Vec::new();
     for u in uploads {
         // Accept the upload's URL or its bare id.
         let id = u.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
-        let row: Option<(String, Option<i64>, Option<String>, String, String)> = e
+        let row: Option<CompletedUpload> = e
             .fetch_optional(sql!(
                 "SELECT object_key, length, sha256, file_name, content_type FROM uploads WHERE id = $1 AND seller_id = $2 AND status = 'complete'",
                 id,
                 seller_id
             ))
             .await?;
-        let (object_key, length, sha256, name, content_type) = row.ok_or_else(|| {
+        let up = row.ok_or_else(|| {
             unprocessable("invalid_upload", format!("{u} is not a completed upload of yours")).field("uploads")
         })?;
         files.push(NewFile {
-            name,
-            object_key,
-            size: length.unwrap_or(0),
-            sha256: sha256.unwrap_or_default(),
-            content_type,
+            name: up.file_name,
+            object_key: up.object_key,
+            size: up.length.unwrap_or(0),
+            sha256: up.sha256.unwrap_or_default(),
+            content_type: up.content_type,
         });
     }
     Ok(files)
