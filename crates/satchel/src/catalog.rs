@@ -396,6 +396,138 @@ pub async fn create_product(e: &impl Exec, seller_id: &str, mut p: NewProduct) -
     .await?)
 }
 
+/// A partial update: every field optional; what is given is validated like a new product.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProductPatch {
+    pub title: Option<String>,
+    pub slug: Option<String>,
+    pub summary: Option<String>,
+    pub description: Option<String>,
+    pub price: Option<i64>,
+    pub currency: Option<String>,
+    pub pwyw_min: Option<Option<i64>>,
+    pub category: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub license_policy: Option<LicensePolicy>,
+    pub download_policy: Option<DownloadPolicy>,
+    pub watermark_policy: Option<String>,
+    pub status: Option<String>,
+    pub featured: Option<bool>,
+}
+
+/// Applies a patch to one of `seller_id`'s products (404 for anyone else's).
+pub async fn update_product(e: &impl Exec, seller_id: &str, id: &str, patch: ProductPatch) -> ApiResult<Product> {
+    let p = find_product(e, id)
+        .await?
+        .filter(|p| p.seller_id == seller_id)
+        .ok_or_else(|| crate::error::not_found("product"))?;
+    let mut merged = NewProduct {
+        title: patch.title.unwrap_or(p.title.clone()),
+        slug: Some(patch.slug.unwrap_or(p.slug.clone())),
+        summary: patch.summary.unwrap_or(p.summary.clone()),
+        description: patch.description.unwrap_or(p.description_md.clone()),
+        price: patch.price.unwrap_or(p.price),
+        currency: patch.currency.unwrap_or(p.currency.clone()),
+        kind: p.kind.clone(),
+        billing_interval: p.billing_interval.clone(),
+        pwyw_min: patch.pwyw_min.unwrap_or(p.pwyw_min),
+        category: patch.category.unwrap_or(p.category.clone()),
+        tags: patch
+            .tags
+            .unwrap_or_else(|| p.tags.split_whitespace().map(str::to_string).collect()),
+        license_policy: match patch.license_policy {
+            Some(l) => l,
+            None => serde_json::from_str(&p.license_policy).unwrap_or(LicensePolicy::None),
+        },
+        download_policy: match patch.download_policy {
+            Some(d) => d,
+            None => serde_json::from_str(&p.download_policy).unwrap_or_default(),
+        },
+        watermark_policy: patch.watermark_policy.unwrap_or(p.watermark_policy.clone()),
+        status: patch.status.unwrap_or(p.status.clone()),
+        featured: patch.featured.unwrap_or(p.featured),
+        bundle_products: Vec::new(),
+    };
+    merged.validate()?;
+    let slug = merged.slug.clone().unwrap_or_default();
+    let r = e
+        .execute(sql!(
+            "UPDATE products SET slug = $2, title = $3, summary = $4, description_md = $5, price = $6, currency = $7, pwyw_min = $8,
+                category = $9, tags = $10, license_policy = $11, download_policy = $12, watermark_policy = $13, status = $14,
+                featured = $15, updated_at = $16
+             WHERE id = $1",
+            &p.id,
+            &slug,
+            &merged.title,
+            &merged.summary,
+            &merged.description,
+            merged.price,
+            &merged.currency,
+            merged.pwyw_min,
+            &merged.category,
+            merged.tags.join(" "),
+            serde_json::to_string(&merged.license_policy)?,
+            serde_json::to_string(&merged.download_policy)?,
+            &merged.watermark_policy,
+            &merged.status,
+            merged.featured,
+            now()
+        ))
+        .await;
+    match r {
+        Ok(_) => {}
+        Err(err) if crate::db::is_unique_violation(&err) => {
+            return Err(crate::error::conflict(
+                "slug_taken",
+                format!("the slug {slug:?} is already used by another product"),
+            )
+            .field("slug"));
+        }
+        Err(err) => return Err(err.into()),
+    }
+    e.execute(sql!("DELETE FROM product_tags WHERE product_id = $1", &p.id))
+        .await?;
+    for tag in &merged.tags {
+        e.execute(sql!(
+            "INSERT INTO product_tags (product_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &p.id,
+            tag
+        ))
+        .await?;
+    }
+    find_product(e, &p.id)
+        .await?
+        .ok_or_else(|| crate::error::not_found("product"))
+}
+
+/// Deletes a draft nobody bought; anything sold is archived instead (buyers keep access).
+/// Returns the resulting status (`deleted` or `archived`).
+pub async fn delete_product(e: &impl Exec, seller_id: &str, id: &str) -> ApiResult<&'static str> {
+    let p = find_product(e, id)
+        .await?
+        .filter(|p| p.seller_id == seller_id)
+        .ok_or_else(|| crate::error::not_found("product"))?;
+    let sold = e
+        .fetch_i64(sql!("SELECT COUNT(*) FROM order_items WHERE product_id = $1", &p.id))
+        .await?;
+    let bundled = e
+        .fetch_i64(sql!("SELECT COUNT(*) FROM bundle_items WHERE product_id = $1", &p.id))
+        .await?;
+    if p.status == "draft" && sold == 0 && bundled == 0 {
+        e.execute(sql!("DELETE FROM products WHERE id = $1", &p.id)).await?;
+        Ok("deleted")
+    } else {
+        e.execute(sql!(
+            "UPDATE products SET status = 'archived', updated_at = $2 WHERE id = $1",
+            &p.id,
+            now()
+        ))
+        .await?;
+        Ok("archived")
+    }
+}
+
 /// Finds a product by id (`prd_…`) or slug.
 pub async fn find_product(e: &impl Exec, id_or_slug: &str) -> Result<Option<Product>, crate::db::DbError> {
     let col = if id_or_slug.starts_with("prd_") { "id" } else { "slug" };

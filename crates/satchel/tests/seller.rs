@@ -262,3 +262,160 @@ async fn sellers_manage_orders_refunds_discounts_affiliates_licenses_and_only_th
         assert!(satchel::reconcile::check(&t.app.db).await.unwrap().is_empty());
     }
 }
+
+#[tokio::test]
+async fn product_crud_validates_names_fields_and_isolates_sellers() {
+    for backend in backends().await {
+        let t = TestApp::start_demo(backend).await;
+        let mine = satchel::accounts::create_api_key(&t.app.db, "demo@satchel.test", "ci")
+            .await
+            .unwrap();
+        satchel::accounts::create_seller_account(&t.app.db, "rival@example.com", "password123", "Rival", "seller")
+            .await
+            .unwrap();
+        let theirs = satchel::accounts::create_api_key(&t.app.db, "rival@example.com", "ci")
+            .await
+            .unwrap();
+
+        let body = json!({"title": "Figma UI Kit", "price": 4900, "currency": "usd", "description": "Hi <script>alert(1)</script>", "tags": ["Figma", "UI"]});
+        let (s, p) = call(&t, "POST", "/api/v1/products", &mine, Some(body)).await;
+        assert_eq!(
+            (s, p["slug"].as_str(), p["status"].as_str()),
+            (201, Some("figma-ui-kit"), Some("draft")),
+            "{backend:?} {p}"
+        );
+        assert!(!p["description_html"].as_str().unwrap().contains("<script>"));
+        let id = p["id"].as_str().unwrap().to_string();
+        assert_eq!(
+            t.client
+                .get(t.url("/api/v1/products/figma-ui-kit"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404,
+            "drafts are private"
+        );
+
+        for (body, status, code, field) in [
+            (
+                json!({"title": "X", "price": -1, "currency": "USD"}),
+                422,
+                "invalid_price",
+                "price",
+            ),
+            (
+                json!({"title": "X", "price": 1, "currency": "ZZZ"}),
+                422,
+                "invalid_currency",
+                "currency",
+            ),
+            (
+                json!({"title": "Kit", "slug": "figma-ui-kit", "price": 1, "currency": "USD"}),
+                409,
+                "slug_taken",
+                "slug",
+            ),
+            (
+                json!({"title": "", "price": 1, "currency": "USD"}),
+                422,
+                "invalid_title",
+                "title",
+            ),
+        ] {
+            let (s, e) = call(&t, "POST", "/api/v1/products", &mine, Some(body.clone())).await;
+            assert_eq!(
+                (s, e["error"]["code"].as_str(), e["error"]["field"].as_str()),
+                (status, Some(code), Some(field)),
+                "{body}"
+            );
+        }
+        let (s, e) = call(
+            &t,
+            "PATCH",
+            &format!("/api/v1/products/{id}"),
+            &mine,
+            Some(json!({"slug": "demo-ebook"})),
+        )
+        .await;
+        assert_eq!((s, e["error"]["code"].as_str()), (409, Some("slug_taken")));
+        assert_eq!(
+            call(
+                &t,
+                "PATCH",
+                &format!("/api/v1/products/{id}"),
+                &theirs,
+                Some(json!({"status": "published"}))
+            )
+            .await
+            .0,
+            404
+        );
+        assert_eq!(
+            call(&t, "DELETE", &format!("/api/v1/products/{id}"), &theirs, None)
+                .await
+                .0,
+            404
+        );
+        let (s, p) = call(
+            &t,
+            "PATCH",
+            &format!("/api/v1/products/{id}"),
+            &mine,
+            Some(json!({"status": "published", "price": 3900})),
+        )
+        .await;
+        assert_eq!(
+            (s, p["status"].as_str(), p["price"].as_i64()),
+            (200, Some("published"), Some(3900))
+        );
+        assert_eq!(
+            t.client
+                .get(t.url("/api/v1/products/figma-ui-kit"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        let (_, list) = call(&t, "GET", "/api/v1/seller/products?limit=100", &theirs, None).await;
+        assert!(list["items"].as_array().unwrap().is_empty());
+        let (_, list) = call(&t, "GET", "/api/v1/seller/products?limit=100", &mine, None).await;
+        assert_eq!(list["items"].as_array().unwrap().len(), 8);
+
+        // Deleting: a sold product is archived and stays downloadable; an unsold draft is gone.
+        let order = t.buy_paid("demo-templates", "keeper@example.com").await;
+        let templates = satchel::catalog::find_product(&t.app.db, "demo-templates")
+            .await
+            .unwrap()
+            .unwrap();
+        let (_, r) = call(&t, "DELETE", &format!("/api/v1/products/{}", templates.id), &mine, None).await;
+        assert_eq!(r["status"], "archived");
+        assert_eq!(
+            t.client
+                .get(order["items"][0]["download_url"].as_str().unwrap())
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            302
+        );
+        let (_, draft) = call(
+            &t,
+            "POST",
+            "/api/v1/products",
+            &mine,
+            Some(json!({"title": "Scratch", "price": 100, "currency": "USD"})),
+        )
+        .await;
+        let (_, r) = call(
+            &t,
+            "DELETE",
+            &format!("/api/v1/products/{}", draft["id"].as_str().unwrap()),
+            &mine,
+            None,
+        )
+        .await;
+        assert_eq!(r["status"], "deleted");
+    }
+}

@@ -32,6 +32,9 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(payable_csv))
         .routes(routes!(mark_paid))
         .routes(routes!(list_licenses))
+        .routes(routes!(create_product))
+        .routes(routes!(update_product, delete_product))
+        .routes(routes!(seller_products))
         .routes(routes!(license_action))
 }
 
@@ -379,4 +382,63 @@ async fn license_action(
         .fetch_one(sql!("SELECT status, activations FROM license_keys WHERE id = $1", &id))
         .await?;
     Ok(Json(json!({"id": id, "status": status, "activations": activations})))
+}
+
+/// Creates a product (draft unless `status` says otherwise).
+#[utoipa::path(post, path = "/api/v1/products", tag = "seller", request_body = crate::catalog::NewProduct,
+    responses((status = 201, description = "Created"), (status = 409, description = "slug_taken"), (status = 422, description = "Invalid field (named)")))]
+async fn create_product(
+    State(app): State<App>,
+    auth: SellerAuth,
+    ApiJson(p): ApiJson<crate::catalog::NewProduct>,
+) -> ApiResult<Response> {
+    let tx = app.db.begin().await?;
+    let created = crate::catalog::create_product(&tx, &auth.seller_id, p).await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(crate::catalog::product_json(&app.db, &created, true).await?),
+    )
+        .into_response())
+}
+
+/// Changes some fields of one of your products (publish or archive with `status`).
+#[utoipa::path(patch, path = "/api/v1/products/{id}", tag = "seller", params(("id" = String, Path)), request_body = crate::catalog::ProductPatch,
+    responses((status = 200, description = "Updated"), (status = 404, description = "Not one of your products"), (status = 409, description = "slug_taken"), (status = 422, description = "Invalid field")))]
+async fn update_product(
+    State(app): State<App>,
+    auth: SellerAuth,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<crate::catalog::ProductPatch>,
+) -> ApiResult<Json<Value>> {
+    let tx = app.db.begin().await?;
+    let p = crate::catalog::update_product(&tx, &auth.seller_id, &id, patch).await?;
+    tx.commit().await?;
+    Ok(Json(crate::catalog::product_json(&app.db, &p, true).await?))
+}
+
+/// Deletes a draft nobody bought; archives anything sold (past buyers keep their downloads).
+#[utoipa::path(delete, path = "/api/v1/products/{id}", tag = "seller", params(("id" = String, Path)),
+    responses((status = 200, description = "`{status: deleted | archived}`"), (status = 404, description = "Not one of your products")))]
+async fn delete_product(State(app): State<App>, auth: SellerAuth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let tx = app.db.begin().await?;
+    let status = crate::catalog::delete_product(&tx, &auth.seller_id, &id).await?;
+    tx.commit().await?;
+    Ok(Json(json!({"id": id, "status": status})))
+}
+
+/// All of your products, any status: `{items, next_cursor}`.
+#[utoipa::path(get, path = "/api/v1/seller/products", tag = "seller", params(crate::catalog::ListParams),
+    responses((status = 200, description = "`{items, next_cursor}`")))]
+async fn seller_products(
+    State(app): State<App>,
+    auth: SellerAuth,
+    ApiQuery(params): ApiQuery<crate::catalog::ListParams>,
+) -> ApiResult<Json<Value>> {
+    let (rows, next) = crate::catalog::list_products(&app.db, &params, Some(&auth.seller_id)).await?;
+    let mut items = Vec::with_capacity(rows.len());
+    for p in &rows {
+        items.push(crate::catalog::product_json(&app.db, p, false).await?);
+    }
+    Ok(Json(json!({"items": items, "next_cursor": next})))
 }
