@@ -1,0 +1,499 @@
+//! `cargo run --release -p satchel-bench -- --quick`
+//!
+//! Measures Satchel's hot paths and, in the same run on the same machine, a reference for
+//! each: nginx `secure_link` answering signed requests (download start), nginx `sendfile`
+//! (file bytes), `openssl speed ed25519` (offline certificate checks). Traffic goes only to
+//! 127.0.0.1. Prints one table; figures are measurements, not pass/fail thresholds.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use satchel::db::{Backend, Exec};
+use satchel::testing::TestApp;
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(about = "Satchel benchmarks, each figure beside a reference measured in the same run")]
+struct Args {
+    /// A few minutes in all: shorter load phases and smaller files.
+    #[arg(long)]
+    quick: bool,
+    /// Concurrent clients for the request-rate phases.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Skip the PostgreSQL runs.
+    #[arg(long)]
+    sqlite_only: bool,
+}
+
+struct Row {
+    what: String,
+    satchel: String,
+    reference: String,
+    ratio: String,
+}
+
+struct Load {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: usize,
+}
+
+/// Runs `concurrency` clients for `dur`, each sending GETs from its own list of URLs (no
+/// redirects followed), counting a response as success when `ok(status)`.
+async fn load(urls: Vec<String>, concurrency: usize, dur: Duration, ok: fn(u16) -> bool) -> Load {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .expect("client");
+    let urls = Arc::new(urls);
+    let deadline = Instant::now() + dur;
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let (client, urls) = (client.clone(), urls.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0;
+            let mut i = w;
+            while Instant::now() < deadline {
+                let url = &urls[i % urls.len()];
+                i += concurrency;
+                let t0 = Instant::now();
+                match client.get(url).send().await {
+                    Ok(r) if ok(r.status().as_u16()) => {
+                        let _ = r.bytes().await;
+                        lat.push(t0.elapsed());
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let started = Instant::now();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.expect("worker");
+        all.extend(l);
+        errors += e;
+    }
+    let secs = started.elapsed().as_secs_f64().max(dur.as_secs_f64());
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    Load {
+        rps: all.len() as f64 / secs,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        errors,
+    }
+}
+
+fn fmt_load(l: &Load) -> String {
+    format!(
+        "{:.0}/s p50 {:.2} ms p99 {:.2} ms{}",
+        l.rps,
+        l.p50_ms,
+        l.p99_ms,
+        if l.errors > 0 {
+            format!(" ({} errors)", l.errors)
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// An nginx with a generated config on a free port; stopped on drop.
+struct Nginx {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(files_root: &std::path::Path) -> Option<Self> {
+        let bin = ["/usr/sbin/nginx", "nginx"]
+            .into_iter()
+            .find(|b| Command::new(b).arg("-v").stderr(Stdio::null()).status().is_ok())?;
+        let dir = tempfile::tempdir().ok()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        std::fs::create_dir_all(dir.path().join("logs")).ok()?;
+        let conf = format!(
+            "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/logs/error.log crit;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location /dl/ {{
+      secure_link $arg_md5,$arg_expires;
+      secure_link_md5 \"$secure_link_expires$uri bench-secret\";
+      if ($secure_link = \"\") {{ return 403; }}
+      if ($secure_link = \"0\") {{ return 410; }}
+      return 302 /files/ok;
+    }}
+    location /raw/ {{ alias {root}/; }}
+  }}
+}}",
+            d = dir.path().display(),
+            root = files_root.display()
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).ok()?;
+        let child = Command::new(bin)
+            .args(["-p", &dir.path().display().to_string(), "-c"])
+            .arg(dir.path().join("nginx.conf"))
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Self { port, child, _dir: dir })
+    }
+
+    /// A `secure_link`-signed URL (md5 of expiry + uri + secret, base64url).
+    fn signed(&self, uri: &str) -> String {
+        use base64::Engine;
+        use md5::Digest;
+        let expires = satchel::ids::now() + 3600;
+        let digest = md5::Md5::digest(format!("{expires}{uri} bench-secret").as_bytes());
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+        format!("http://127.0.0.1:{}{uri}?md5={token}&expires={expires}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn product_with_file(t: &TestApp, slug: &str, size: u64) -> anyhow::Result<()> {
+    let seller = t.demo_seller().await;
+    let p: satchel::catalog::NewProduct = serde_json::from_value(json!({
+        "title": slug, "slug": slug, "price": 500, "currency": "USD", "status": "published",
+        "download_policy": {"max_downloads": 1_000_000_000, "link_days": 30}
+    }))?;
+    let p = satchel::catalog::create_product(&t.app.db, &seller, p)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let key = satchel::catalog::original_key(&seller, &p.id, "1", "data.bin");
+    // A sparse file written straight into local storage: no gigabyte of real writes.
+    let path = t.data_dir.join("files").join(&key);
+    std::fs::create_dir_all(path.parent().ok_or_else(|| anyhow::anyhow!("path"))?)?;
+    std::fs::File::create(&path)?.set_len(size)?;
+    let file = satchel::catalog::NewFile {
+        name: "data.bin".into(),
+        object_key: key,
+        size: i64::try_from(size)?,
+        sha256: "sparse-zero-file-not-hashed-for-the-benchmark".into(),
+        content_type: "application/octet-stream".into(),
+    };
+    satchel::catalog::insert_version(&t.app.db, &p.id, "1", "", &[file])
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(())
+}
+
+async fn bench_backend(
+    backend: Backend,
+    args: &Args,
+    nginx_ref: Option<&Nginx>,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let dur = Duration::from_secs(if args.quick { 5 } else { 20 });
+    let secret = "whsec_bench";
+    let t = TestApp::start_demo_with(backend, |c| {
+        c.payments.stripe_webhook_secret = Some(satchel::config::Secret::new(secret));
+        c.database.max_connections = 32;
+    })
+    .await;
+    let db = backend.name();
+
+    // Download start: token check + atomic decrement + event + 302, one grant per client.
+    product_with_file(&t, "bench-small", 1024).await?;
+    let mut links = Vec::new();
+    for i in 0..args.concurrency {
+        let o = t.buy_paid("bench-small", &format!("b{i}@example.com")).await;
+        links.push(o["items"][0]["download_url"].as_str().unwrap_or_default().to_string());
+    }
+    let ours = load(links, args.concurrency, dur, |s| s == 302).await;
+    let (reference, ratio) = match nginx_ref {
+        Some(n) => {
+            let urls: Vec<String> = (0..args.concurrency).map(|i| n.signed(&format!("/dl/{i}"))).collect();
+            let r = load(urls, args.concurrency, dur, |s| s == 302).await;
+            (
+                format!("nginx secure_link {}", fmt_load(&r)),
+                format!("{:.2}x", ours.rps / r.rps.max(1.0)),
+            )
+        }
+        None => ("nginx not installed".into(), "-".into()),
+    };
+    rows.push(Row {
+        what: format!("download start ({db}, {} clients)", args.concurrency),
+        satchel: fmt_load(&ours),
+        reference,
+        ratio,
+    });
+
+    // One large stream through a delivery URL vs nginx sendfile of the same file.
+    let size: u64 = 1 << 30;
+    product_with_file(&t, "bench-big", size).await?;
+    let o = t.buy_paid("bench-big", "big@example.com").await;
+    let link = o["items"][0]["download_url"].as_str().unwrap_or_default().to_string();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let file_url = client
+        .get(&link)
+        .send()
+        .await?
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let stream_rate = |url: String| {
+        let client = client.clone();
+        async move {
+            use futures::StreamExt;
+            let t0 = Instant::now();
+            let mut body = client.get(&url).send().await?.bytes_stream();
+            let mut n = 0u64;
+            while let Some(c) = body.next().await {
+                n += c?.len() as u64;
+            }
+            anyhow::Ok((n, n as f64 / t0.elapsed().as_secs_f64() / 1e9))
+        }
+    };
+    let (n, ours_gbs) = stream_rate(file_url).await?;
+    let (reference, ratio) = match nginx_ref {
+        Some(n_ref) => {
+            // nginx serves the same bytes from a copy of the sparse file in its root.
+            let (_, r) = stream_rate(format!("http://127.0.0.1:{}/raw/big.bin", n_ref.port)).await?;
+            (
+                format!("nginx sendfile {r:.2} GB/s"),
+                format!("{:.2}x", ours_gbs / r.max(0.001)),
+            )
+        }
+        None => ("nginx not installed".into(), "-".into()),
+    };
+    rows.push(Row {
+        what: format!("1 GiB stream ({db}, {n} bytes)"),
+        satchel: format!("{ours_gbs:.2} GB/s"),
+        reference,
+        ratio,
+    });
+
+    // Online license validation from activated devices (signed answers).
+    let mut vals = Vec::new();
+    for i in 0..args.concurrency {
+        let o = t.buy_paid("demo-app", &format!("v{i}@example.com")).await;
+        let key = o["items"][0]["license_key"].as_str().unwrap_or_default().to_string();
+        t.post_json(
+            &format!("/api/v1/licenses/{key}/activate"),
+            &json!({"device_fingerprint": format!("dev-{i}")}),
+        )
+        .await;
+        vals.push((key, format!("dev-{i}")));
+    }
+    let vals = Arc::new(vals);
+    let deadline = Instant::now() + dur;
+    let mut tasks = Vec::new();
+    for w in 0..args.concurrency {
+        let (vals, client, base) = (vals.clone(), client.clone(), t.base_url.clone());
+        tasks.push(tokio::spawn(async move {
+            let (key, fp) = &vals[w];
+            let url = format!("{base}/api/v1/licenses/{key}/validate");
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                if let Ok(r) = client
+                    .post(&url)
+                    .json(&json!({"device_fingerprint": fp, "nonce": "n"}))
+                    .send()
+                    .await
+                {
+                    if r.status().is_success() && r.bytes().await.is_ok() {
+                        lat.push(t0.elapsed());
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await?);
+    }
+    lat.sort();
+    let p99 = lat.get(lat.len() * 99 / 100).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    rows.push(Row {
+        what: format!("license validate ({db}, {} clients)", args.concurrency),
+        satchel: format!("{:.0}/s p99 {p99:.2} ms", lat.len() as f64 / dur.as_secs_f64()),
+        reference: "goal 10 000/s".into(),
+        ratio: format!("{:.2}x goal", lat.len() as f64 / dur.as_secs_f64() / 10_000.0),
+    });
+
+    // Payment confirmed → order paid with grants, keys and the receipt queued (committed).
+    let mut orders = Vec::new();
+    for i in 0..if args.quick { 200 } else { 1000 } {
+        orders.push(
+            t.purchase("demo-app", &format!("w{i}@example.com")).await["order_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    let mut lat = Vec::new();
+    for id in &orders {
+        let ev = satchel::testing::stripe_event(
+            &format!("evt_{id}"),
+            "checkout.session.completed",
+            satchel::ids::now(),
+            json!({"id": format!("cs_{id}"), "object": "checkout.session", "payment_status": "paid", "metadata": {"order_id": id}, "payment_intent": format!("pi_{id}")}),
+        );
+        let t0 = Instant::now();
+        let (status, _) = t.deliver_stripe(&ev, secret).await;
+        if status == 200 {
+            lat.push(t0.elapsed());
+        }
+    }
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    let paid = t
+        .app
+        .db
+        .fetch_i64(satchel::sql!(
+            "SELECT COUNT(*) FROM orders WHERE status = 'paid' AND provider_payment_id LIKE 'pi_%'"
+        ))
+        .await?;
+    rows.push(Row {
+        what: format!(
+            "webhook → paid + link + key + email queued ({db}, {} orders)",
+            orders.len()
+        ),
+        satchel: format!("p50 {:.2} ms p99 {:.2} ms ({paid} paid)", pct(0.5), pct(0.99)),
+        reference: "budget 2 s; goal p99 < 20 ms".into(),
+        ratio: format!("{:.0}x under budget", 2000.0 / pct(0.99).max(0.001)),
+    });
+    Ok(())
+}
+
+fn openssl_verify_per_sec() -> Option<f64> {
+    let out = Command::new("openssl")
+        .args(["speed", "-seconds", "2", "ed25519"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains("Ed25519"))?;
+    line.split_whitespace().last()?.parse().ok()
+}
+
+fn offline_verify_per_sec(secs: f64) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let keys = satchel::keys::Keys::load_or_generate(dir.path())?;
+    let cert = satchel::licensing::format::certificate(
+        &keys,
+        json!({"license_id": "lic_1", "fingerprint": "f", "expires_at": null}),
+    );
+    let doc = json!({"items": satchel::licensing::format::public_keys(&keys)}).to_string();
+    let pk = satchel_license::PublicKeys::from_json(&doc).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    while t0.elapsed().as_secs_f64() < secs {
+        for _ in 0..100 {
+            satchel_license::verify_certificate(&cert, &pk, None, 0).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        n += 100;
+    }
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut rows = Vec::new();
+
+    // Offline verification, one core, against OpenSSL's Ed25519 verify on one core.
+    let ours = offline_verify_per_sec(if args.quick { 2.0 } else { 5.0 })?;
+    let (reference, ratio) = match openssl_verify_per_sec() {
+        Some(r) => (
+            format!("openssl speed ed25519 {r:.0} verify/s"),
+            format!("{:.2}x", ours / r),
+        ),
+        None => ("openssl not found".into(), "-".into()),
+    };
+    rows.push(Row {
+        what: "offline certificate verify (1 core)".into(),
+        satchel: format!("{ours:.0}/s"),
+        reference,
+        ratio,
+    });
+
+    // nginx serves the reference; its raw root holds a 1 GiB sparse file like ours.
+    let nginx_root = tempfile::tempdir()?;
+    std::fs::File::create(nginx_root.path().join("big.bin"))?.set_len(1 << 30)?;
+    let nginx = Nginx::start(nginx_root.path());
+    if nginx.is_none() {
+        eprintln!("nginx not found: install the Debian nginx package for the reference figures");
+    }
+    let mut backends = vec![Backend::Sqlite];
+    if !args.sqlite_only && sqlx_pg_ready().await {
+        backends.push(Backend::Postgres);
+    }
+    for b in backends {
+        eprintln!("running the {} phases…", b.name());
+        bench_backend(b, &args, nginx.as_ref(), &mut rows).await?;
+    }
+
+    let w0 = rows.iter().map(|r| r.what.len()).max().unwrap_or(10);
+    let w1 = rows.iter().map(|r| r.satchel.len()).max().unwrap_or(10);
+    let w2 = rows.iter().map(|r| r.reference.len()).max().unwrap_or(10);
+    println!(
+        "\n| {:w0$} | {:w1$} | {:w2$} | ratio |",
+        "benchmark", "satchel", "reference (same run)"
+    );
+    println!(
+        "|{}|{}|{}|-------|",
+        "-".repeat(w0 + 2),
+        "-".repeat(w1 + 2),
+        "-".repeat(w2 + 2)
+    );
+    for r in &rows {
+        println!(
+            "| {:w0$} | {:w1$} | {:w2$} | {} |",
+            r.what, r.satchel, r.reference, r.ratio
+        );
+    }
+    println!(
+        "\nmachine: {} cores; load generator and satchel share the process; nginx runs in its own process.",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    Ok(())
+}
+
+async fn sqlx_pg_ready() -> bool {
+    tokio::net::TcpStream::connect(("127.0.0.1", 5432)).await.is_ok()
+}
