@@ -210,19 +210,17 @@ pub async fn redeem(
 }
 
 async fn pick_file(e: &impl Exec, product_id: &str, name: Option<&str>) -> ApiResult<FileRow> {
-    let p = crate::catalog::find_product(e, product_id)
-        .await?
-        .ok_or_else(|| crate::error::not_found("product"))?;
-    let (_, files) = crate::catalog::current_version(e, &p)
-        .await?
-        .ok_or_else(|| crate::error::not_found("file"))?;
-    match name {
-        Some(n) => files
-            .into_iter()
-            .find(|f| f.name == n)
-            .ok_or_else(|| crate::error::not_found("file")),
-        None => files.into_iter().next().ok_or_else(|| crate::error::not_found("file")),
-    }
+    // One query: the named file (or the first by name) of the product's current version.
+    let file: Option<FileRow> = e
+        .fetch_optional(sql!(
+            "SELECT f.id, f.product_id, f.version_id, f.name, f.object_key, f.size, f.sha256, f.content_type, f.created_at
+             FROM products p JOIN files f ON f.version_id = p.current_version_id
+             WHERE p.id = $1 AND ($2 = '' OR f.name = $2) ORDER BY f.name LIMIT 1",
+            product_id,
+            name.unwrap_or("")
+        ))
+        .await?;
+    file.ok_or_else(|| crate::error::not_found("file"))
 }
 
 async fn explain_refusal(app: &App, grant_id: &str, prefix: &str, t: i64) -> ApiResult<ApiError> {
