@@ -42,13 +42,17 @@ async fn a_cart_with_a_bundle_and_a_discount_gets_the_right_totals_and_grants() 
             .await
             .unwrap()
             .unwrap();
+        let app = satchel::catalog::find_product(&t.app.db, "demo-app")
+            .await
+            .unwrap()
+            .unwrap();
         let album = satchel::catalog::find_product(&t.app.db, "demo-album")
             .await
             .unwrap()
             .unwrap();
         let bundle: satchel::catalog::NewProduct = serde_json::from_value(json!({
             "title": "Starter bundle", "slug": "starter-bundle", "price": 2500, "currency": "USD", "kind": "bundle",
-            "status": "published", "bundle_products": [ebook.id, album.id],
+            "status": "published", "bundle_products": [ebook.id, album.id, app.id],
         }))
         .unwrap();
         satchel::catalog::create_product(&t.app.db, &seller, bundle)
@@ -99,9 +103,29 @@ async fn a_cart_with_a_bundle_and_a_discount_gets_the_right_totals_and_grants() 
         let slugs: Vec<&str> = grants.iter().map(|g| g.0.as_str()).collect();
         assert_eq!(
             slugs,
-            vec!["demo-album", "demo-ebook", "demo-templates"],
+            vec!["demo-album", "demo-app", "demo-ebook", "demo-templates"],
             "{backend:?}: bundle members each granted"
         );
+        // The licensed bundle member gets its key, shown on the order.
+        let keys = t
+            .app
+            .db
+            .fetch_i64(sql!(
+                "SELECT COUNT(*) FROM license_keys WHERE order_id = $1",
+                order["order_id"].as_str().unwrap()
+            ))
+            .await
+            .unwrap();
+        assert_eq!(keys, 1);
+        let paid = t.order(&order).await;
+        let with_key: Vec<&Value> = paid["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["license_key"].is_string())
+            .collect();
+        assert_eq!(with_key.len(), 1);
+        assert!(with_key[0]["license_key"].as_str().unwrap().starts_with("PXL-"));
         let (redeemed,): (i64,) = t
             .app
             .db
