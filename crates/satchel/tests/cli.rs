@@ -234,6 +234,16 @@ async fn serve_demo_seeds_once_and_shuts_down_on_sigterm() {
         let f = &ebook["current_version"]["files"][0];
         assert_eq!(f["content_type"], "application/pdf");
         assert_eq!(f["sha256"].as_str().unwrap().len(), 64);
+        let cover = reqwest::get(format!("{base}{}", ebook["cover_url"].as_str().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(cover.status(), 200);
+        assert_eq!(cover.headers()["content-type"], "image/svg+xml");
+        assert!(cover.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'"));
+        assert!(cover.text().await.unwrap().starts_with("<svg"));
         let free: serde_json::Value = reqwest::get(format!("{base}/api/v1/products/demo-free"))
             .await
             .unwrap()

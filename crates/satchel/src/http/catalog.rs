@@ -15,6 +15,7 @@ pub fn routes() -> OpenApiRouter<App> {
     OpenApiRouter::new()
         .routes(routes!(list_products))
         .routes(routes!(get_product))
+        .routes(routes!(cover))
 }
 
 /// Published products, newest first, paged by cursor, with optional full-text search.
@@ -39,4 +40,41 @@ async fn get_product(State(app): State<App>, Path(id): Path<String>) -> ApiResul
         .filter(|p| p.status != "draft")
         .ok_or_else(|| not_found("product"))?;
     Ok(Json(catalog::product_json(&app.db, &p, true).await?))
+}
+
+/// A product's cover image. SVGs are served with a CSP that forbids scripts and `nosniff`.
+#[utoipa::path(get, path = "/media/products/{id}/cover", tag = "catalog", params(("id" = String, Path, description = "Product id or slug")),
+    responses((status = 200, description = "The image"), (status = 404, description = "No cover")))]
+async fn cover(State(app): State<App>, Path(id): Path<String>) -> ApiResult<axum::response::Response> {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let p = catalog::find_product(&app.db, &id)
+        .await?
+        .filter(|p| p.status != "draft")
+        .ok_or_else(|| not_found("product"))?;
+    let key = p.cover_key.ok_or_else(|| not_found("cover image"))?;
+    let content_type = match key.rsplit('.').next().unwrap_or_default() {
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "webp" => "image/webp",
+        _ => "application/octet-stream",
+    };
+    let got = app.storage.get(&key, None).await.map_err(|e| match e {
+        crate::storage::StorageError::NotFound(_) => not_found("cover image"),
+        other => other.into(),
+    })?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+            ),
+        ],
+        axum::body::Body::from_stream(got.body),
+    )
+        .into_response())
 }
