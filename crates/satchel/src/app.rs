@@ -19,6 +19,7 @@ pub struct AppInner {
     pub storage: DynStorage,
     pub keys: Keys,
     pub metrics: Metrics,
+    pub rate_limiter: crate::http::ratelimit::RateLimiter,
     /// Rung after a commit that enqueued jobs, so the in-process worker starts at once.
     pub job_wake: Arc<Notify>,
     pub registry: Arc<Registry<App>>,
@@ -72,6 +73,7 @@ impl App {
             storage,
             keys,
             metrics: Metrics::default(),
+            rate_limiter: crate::http::ratelimit::RateLimiter::default(),
             job_wake: Arc::new(Notify::new()),
             registry: Arc::new(registry()),
         })))

@@ -91,6 +91,8 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// Trust `X-Forwarded-For` from a reverse proxy for client addresses.
     pub trust_forwarded_for: bool,
+    /// Per-network rate limits on unauthenticated endpoints (downloads, licenses, sign-in, purchase).
+    pub rate_limits: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -207,6 +209,7 @@ impl Default for ServerConfig {
             log_format: LogFormat::Human,
             shutdown_grace_secs: 20,
             trust_forwarded_for: false,
+            rate_limits: true,
         }
     }
 }

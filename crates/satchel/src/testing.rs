@@ -105,6 +105,8 @@ impl TestApp {
         cfg.server.public_url = Some(format!("http://{addr}"));
         cfg.server.shutdown_grace_secs = 2;
         cfg.payments.test_mode = Some(true);
+        // Tests drive many requests from one address; the rate-limit test turns them back on.
+        cfg.server.rate_limits = false;
         let mut schema = None;
         if backend == Backend::Postgres {
             let name = format!(

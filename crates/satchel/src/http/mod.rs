@@ -10,6 +10,7 @@ pub mod licenses;
 pub mod metrics;
 pub mod ops;
 pub mod ranges;
+pub mod ratelimit;
 pub mod seller;
 pub mod versions;
 
@@ -68,6 +69,7 @@ pub fn router(app: App) -> Router {
             }),
         )
         .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), ratelimit::limit))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .with_state(app)
