@@ -70,6 +70,9 @@ mod tests {
     fn ids_sort_by_time_and_carry_prefix() {
         let ids: Vec<String> = (0..1000).map(|_| new_id("ord")).collect();
         assert!(ids[0].starts_with("ord_") && ids[0].len() == 30);
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids sort in creation order, even within a millisecond");
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ids sort in creation order, even within a millisecond"
+        );
     }
 }

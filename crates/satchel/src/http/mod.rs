@@ -7,6 +7,7 @@ pub mod commerce;
 pub mod extract;
 pub mod metrics;
 pub mod ops;
+pub mod pages;
 pub mod ranges;
 
 use std::net::SocketAddr;
@@ -56,7 +57,9 @@ pub fn router(app: App) -> Router {
                 async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], body) }
             }),
         )
+        .merge(pages::router())
         .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), pages::browser_layer))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .with_state(app)
