@@ -169,11 +169,13 @@ async fn buyer_finds_buys_and_downloads_in_a_real_browser() {
             .await
             .unwrap();
         c.find(Locator::Id("buy-now")).await.unwrap().click().await.unwrap();
+        c.wait().for_element(Locator::Id("pay")).await.unwrap();
         assert!(c.current_url().await.unwrap().path().starts_with("/checkout/test/"));
         assert!(b.text(".testmode").await.contains("TEST MODE"));
         b.shot(&format!("checkout-{tag}")).await;
 
         c.find(Locator::Id("pay")).await.unwrap().click().await.unwrap();
+        c.wait().for_element(Locator::Css(".downloads")).await.unwrap();
         assert!(c.current_url().await.unwrap().path().ends_with("/success"));
         assert_eq!(b.text("h1").await, "Thank you!");
         b.shot(&format!("success-{tag}")).await;
@@ -203,11 +205,18 @@ async fn buyer_finds_buys_and_downloads_in_a_real_browser() {
         b.shot(&format!("catalog-{tag}")).await;
         c.goto(&t.url("/no/such/page")).await.unwrap();
         assert_eq!(b.text("h1").await, "Page not found");
+        // A mobile-width view of the home page (mobile-first layout).
+        c.set_window_size(390, 844).await.unwrap();
+        c.goto(&t.url("/")).await.unwrap();
+        b.shot(&format!("home-mobile-{tag}")).await;
+        c.set_window_size(1280, 900).await.unwrap();
+        c.goto(&t.url("/no/such/page")).await.unwrap();
         b.shot(&format!("404-{tag}")).await;
 
         // A refused download: HTML for the browser, JSON for API clients.
         c.goto(&t.url("/api/v1/downloads/not-a-real-token")).await.unwrap();
         assert!(b.text(".status").await.starts_with('4'));
+        assert_eq!(b.text("h1").await, "This download link isn't valid");
         b.shot(&format!("download-refused-{tag}")).await;
         let r = t
             .client
@@ -323,4 +332,68 @@ async fn pages_send_security_headers_and_ref_cookie() {
         html.contains("value=\"not-an-email\"") && html.contains("role=\"alert\""),
         "{html}"
     );
+}
+
+#[tokio::test]
+async fn cart_with_two_products_and_a_discount_code() {
+    let Some(b) = Browser::start().await else { return };
+    let t = demo_app(satchel::db::Backend::Sqlite).await;
+    let seller = satchel::catalog::find_product(&t.app.db, "demo-templates")
+        .await
+        .unwrap()
+        .unwrap()
+        .seller_id;
+    satchel::checkout::create_discount(
+        &t.app.db,
+        &seller,
+        &satchel::checkout::NewDiscount {
+            code: "HALF".into(),
+            kind: "percent".into(),
+            amount: 50,
+            currency: None,
+            product_id: None,
+            max_redemptions: None,
+            once_per_customer: false,
+            expires_at: None,
+        },
+    )
+    .await
+    .unwrap();
+    let c = &b.client;
+    for slug in ["demo-templates", "demo-app"] {
+        c.goto(&t.url(&format!("/p/{slug}"))).await.unwrap();
+        c.find(Locator::Id("add-to-cart")).await.unwrap().click().await.unwrap();
+        c.wait().for_element(Locator::Id("cart-checkout")).await.unwrap();
+    }
+    // $29.00 + $49.00
+    assert!(
+        b.text(".price.big").await.contains("$78.00"),
+        "{}",
+        b.text(".price.big").await
+    );
+    c.find(Locator::Id("email"))
+        .await
+        .unwrap()
+        .send_keys("cart@example.com")
+        .await
+        .unwrap();
+    c.find(Locator::Id("discount_code"))
+        .await
+        .unwrap()
+        .send_keys("HALF")
+        .await
+        .unwrap();
+    b.shot("cart").await;
+    c.find(Locator::Id("checkout")).await.unwrap().click().await.unwrap();
+    c.wait().for_element(Locator::Id("pay")).await.unwrap();
+    assert_eq!(b.text("h1").await, "Pay $39.00");
+    c.find(Locator::Id("pay")).await.unwrap().click().await.unwrap();
+    c.wait().for_element(Locator::Css(".downloads")).await.unwrap();
+    assert_eq!(b.text("h1").await, "Thank you!");
+    let links = c.find_all(Locator::Css("a[href*='/api/v1/downloads/']")).await.unwrap();
+    assert_eq!(links.len(), 2);
+    // The cart is emptied after checkout.
+    c.goto(&t.url("/cart")).await.unwrap();
+    assert!(c.find(Locator::Css("a.button[href='/products']")).await.is_ok());
+    b.close().await;
 }

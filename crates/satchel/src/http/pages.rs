@@ -34,6 +34,8 @@ pub const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self
 pub const REF_COOKIE: &str = "satchel_ref";
 /// Double-submit CSRF cookie.
 pub const CSRF_COOKIE: &str = "satchel_csrf";
+/// The cart: `prd_a:1,prd_b:2` (product ids and quantities; prices are read at checkout).
+pub const CART_COOKIE: &str = "satchel_cart";
 
 const APP_CSS: &str = include_str!("../../static/app.css");
 
@@ -43,6 +45,10 @@ pub fn router() -> Router<App> {
         .route("/products", get(catalog_page))
         .route("/p/{slug}", get(product_page))
         .route("/p/{slug}/buy", post(buy))
+        .route("/cart", get(cart_page))
+        .route("/cart/add", post(cart_add))
+        .route("/cart/remove", post(cart_remove))
+        .route("/cart/checkout", post(cart_checkout))
         .route("/static/app.css", get(app_css))
         .route("/static/brand.css", get(brand_css))
 }
@@ -271,6 +277,7 @@ pub struct VersionView {
 struct ProductPage {
     brand: Brand,
     c: Card,
+    product_id: String,
     category: String,
     category_href: String,
     tags: Vec<Chip>,
@@ -388,6 +395,7 @@ async fn product_view(
     Ok(ProductPage {
         brand: brand(app).await,
         c: card(p),
+        product_id: p.id.clone(),
         category_href: format!("/products?category={}", enc(&p.category)),
         category: p.category.clone(),
         tags: p
@@ -510,6 +518,194 @@ async fn buy(
         Err(ApiError::Client { status, message, .. }) => {
             drop(tx);
             let page = product_view(&app, &p, f.csrf.clone(), Some(&f), Some(message)).await?;
+            Ok((status, render(&page)?).into_response())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+// ---------- cart ----------
+
+fn parse_cart(headers: &HeaderMap) -> Vec<(String, i64)> {
+    let mut out: Vec<(String, i64)> = Vec::new();
+    let Some(raw) = cookie(headers, CART_COOKIE) else {
+        return out;
+    };
+    for part in raw.split(',').take(50) {
+        let Some((id, q)) = part.split_once(':') else { continue };
+        let sane = id.starts_with("prd_")
+            && id.len() <= 40
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let Ok(q) = q.parse::<i64>() else { continue };
+        if sane && (1..=99).contains(&q) && !out.iter().any(|(i, _)| i == id) {
+            out.push((id.to_string(), q));
+        }
+    }
+    out
+}
+
+fn cart_cookie(lines: &[(String, i64)]) -> Option<HeaderValue> {
+    let v = lines
+        .iter()
+        .map(|(i, q)| format!("{i}:{q}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let max_age = if lines.is_empty() { 0 } else { 2_592_000 };
+    HeaderValue::from_str(&format!(
+        "{CART_COOKIE}={v}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax"
+    ))
+    .ok()
+}
+
+fn csrf_refused() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "csrf_failed",
+        "This form expired. Go back, reload the page and try again.",
+    )
+}
+
+pub struct CartLineView {
+    pub product_id: String,
+    pub quantity: i64,
+    pub card: Card,
+}
+
+#[derive(Template)]
+#[template(path = "store/cart.html")]
+struct CartPage {
+    brand: Brand,
+    lines: Vec<CartLineView>,
+    subtotal: String,
+    csrf: String,
+    email: String,
+    discount_code: String,
+    error: Option<String>,
+}
+
+async fn cart_view(
+    app: &App,
+    lines: &[(String, i64)],
+    csrf: String,
+    form: Option<&CartCheckoutForm>,
+    error: Option<String>,
+) -> ApiResult<CartPage> {
+    let mut views = Vec::new();
+    let mut subtotal = 0_i64;
+    let mut currency = String::from("USD");
+    for (id, q) in lines {
+        if let Some(p) = catalog::find_product(&app.db, id)
+            .await?
+            .filter(|p| p.status == "published")
+        {
+            subtotal += p.price.max(p.pwyw_min.unwrap_or(0)) * q;
+            currency.clone_from(&p.currency);
+            views.push(CartLineView {
+                product_id: p.id.clone(),
+                quantity: *q,
+                card: card(&p),
+            });
+        }
+    }
+    Ok(CartPage {
+        brand: brand(app).await,
+        lines: views,
+        subtotal: format_money(subtotal, &currency),
+        csrf,
+        email: form.map(|f| f.email.clone()).unwrap_or_default(),
+        discount_code: form.and_then(|f| f.discount_code.clone()).unwrap_or_default(),
+        error,
+    })
+}
+
+async fn cart_page(State(app): State<App>, headers: HeaderMap) -> ApiResult<Response> {
+    let (csrf, set) = csrf_token(&headers);
+    let page = cart_view(&app, &parse_cart(&headers), csrf, None, None).await?;
+    let mut resp = render(&page)?.into_response();
+    if let Some(v) = set {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+struct CartAddForm {
+    csrf: String,
+    product_id: String,
+}
+
+async fn cart_add(State(app): State<App>, headers: HeaderMap, Form(f): Form<CartAddForm>) -> ApiResult<Response> {
+    if !csrf_ok(&headers, &f.csrf) {
+        return Err(csrf_refused());
+    }
+    let p = published(&app, &f.product_id).await?;
+    let mut lines = parse_cart(&headers);
+    if let Some((_, q)) = lines.iter_mut().find(|(i, _)| *i == p.id) {
+        *q = (*q + 1).min(99);
+    } else if lines.len() < 50 {
+        lines.push((p.id.clone(), 1));
+    }
+    let mut resp = Redirect::to("/cart").into_response();
+    if let Some(v) = cart_cookie(&lines) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+async fn cart_remove(headers: HeaderMap, Form(f): Form<CartAddForm>) -> ApiResult<Response> {
+    if !csrf_ok(&headers, &f.csrf) {
+        return Err(csrf_refused());
+    }
+    let mut lines = parse_cart(&headers);
+    lines.retain(|(i, _)| *i != f.product_id);
+    let mut resp = Redirect::to("/cart").into_response();
+    if let Some(v) = cart_cookie(&lines) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+struct CartCheckoutForm {
+    csrf: String,
+    email: String,
+    discount_code: Option<String>,
+}
+
+/// "Checkout": one order for the whole cart (with the discount code), then the test
+/// checkout page, or the success page when nothing is left to pay. Empties the cart.
+async fn cart_checkout(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Form(f): Form<CartCheckoutForm>,
+) -> ApiResult<Response> {
+    if !csrf_ok(&headers, &f.csrf) {
+        return Err(csrf_refused());
+    }
+    let lines = parse_cart(&headers);
+    let cart: Vec<CartLine> = lines
+        .iter()
+        .map(|(id, q)| CartLine {
+            product_id: id.clone(),
+            quantity: *q,
+            amount: None,
+        })
+        .collect();
+    let code = f.discount_code.as_deref().map(str::trim).filter(|c| !c.is_empty());
+    let tx = app.db.begin().await?;
+    match checkout::create_order(&app, &tx, &f.email, &cart, code).await {
+        Ok((order, token)) => {
+            tx.commit().await?;
+            app.jobs_enqueued();
+            let mut resp = Redirect::to(&order_next_url(&order, &token)).into_response();
+            if let Some(v) = cart_cookie(&[]) {
+                resp.headers_mut().append(header::SET_COOKIE, v);
+            }
+            Ok(resp)
+        }
+        Err(ApiError::Client { status, message, .. }) => {
+            drop(tx);
+            let page = cart_view(&app, &lines, f.csrf.clone(), Some(&f), Some(message)).await?;
             Ok((status, render(&page)?).into_response())
         }
         Err(e) => Err(e),
@@ -670,7 +866,7 @@ pub async fn browser_layer(State(app): State<App>, req: Request, next: Next) -> 
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if html_client && !is_api && is_json && (resp.status().is_client_error() || resp.status().is_server_error()) {
-        resp = html_error(&app, resp).await;
+        resp = html_error(&app, resp, path.starts_with("/api/v1/downloads/")).await;
     }
 
     let h = resp.headers_mut();
@@ -690,7 +886,7 @@ pub async fn browser_layer(State(app): State<App>, req: Request, next: Next) -> 
     resp
 }
 
-async fn html_error(app: &App, resp: Response) -> Response {
+async fn html_error(app: &App, resp: Response, download: bool) -> Response {
     let (parts, body) = resp.into_parts();
     let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
     let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -698,6 +894,13 @@ async fn html_error(app: &App, resp: Response) -> Response {
     let status = parts.status;
     let message = if status.is_server_error() {
         "We hit a problem on our side. Please try again in a minute.".to_string()
+    } else if download {
+        format!(
+            "{} If you bought this, use the link in your receipt email or contact the store.",
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or("This download link can't be used.")
+        )
     } else if status == StatusCode::NOT_FOUND {
         "We couldn't find that page. It may have moved, or the link may be mistyped.".to_string()
     } else {
@@ -709,7 +912,11 @@ async fn html_error(app: &App, resp: Response) -> Response {
     let page = ErrorPage {
         brand: brand(app).await,
         status: status.as_u16(),
-        heading: heading_for(status, code).to_string(),
+        heading: if download && status == StatusCode::NOT_FOUND {
+            "This download link isn't valid".to_string()
+        } else {
+            heading_for(status, code).to_string()
+        },
         message,
     };
     match page.render() {
