@@ -387,6 +387,8 @@ async fn cart_with_two_products_and_a_discount_code() {
     c.find(Locator::Id("checkout")).await.unwrap().click().await.unwrap();
     c.wait().for_element(Locator::Id("pay")).await.unwrap();
     assert_eq!(b.text("h1").await, "Pay $39.00");
+    assert!(b.text(".discount").await.contains("$39.00"));
+    b.shot("checkout-cart").await;
     c.find(Locator::Id("pay")).await.unwrap().click().await.unwrap();
     c.wait().for_element(Locator::Css(".downloads")).await.unwrap();
     assert_eq!(b.text("h1").await, "Thank you!");

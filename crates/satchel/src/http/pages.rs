@@ -731,6 +731,7 @@ pub struct CheckoutPage {
     pub order_id: String,
     pub email: String,
     pub lines: Vec<String>,
+    pub discount: Option<String>,
 }
 
 pub async fn checkout_page(app: &App, order: &checkout::Order) -> ApiResult<Html<String>> {
@@ -756,6 +757,8 @@ pub async fn checkout_page(app: &App, order: &checkout::Order) -> ApiResult<Html
         order_id: order.id.clone(),
         email: order.email.clone(),
         lines,
+        discount: (order.discount_total > 0)
+            .then(|| format!("−{}", format_money(order.discount_total, &order.currency))),
     })
 }
 
