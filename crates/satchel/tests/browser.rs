@@ -161,6 +161,10 @@ async fn buyer_finds_buys_and_downloads_in_a_real_browser() {
             .unwrap()
             .unwrap();
         b.shot(&format!("product-{tag}")).await;
+        c.execute("document.querySelector('table.files').scrollIntoView()", vec![])
+            .await
+            .unwrap();
+        b.shot(&format!("product-files-{tag}")).await;
 
         c.find(Locator::Id("email"))
             .await
@@ -398,4 +402,29 @@ async fn cart_with_two_products_and_a_discount_code() {
     c.goto(&t.url("/cart")).await.unwrap();
     assert!(c.find(Locator::Css("a.button[href='/products']")).await.is_ok());
     b.close().await;
+}
+
+#[tokio::test]
+async fn success_page_refreshes_itself_while_payment_is_pending() {
+    for backend in backends().await {
+        let t = demo_app(backend).await;
+        let r = t
+            .client
+            .post(t.url("/api/v1/products/demo-ebook/purchase"))
+            .json(&json!({"email": "wait@example.com"}))
+            .send()
+            .await
+            .unwrap();
+        let order: serde_json::Value = r.json().await.unwrap();
+        let url = t.url(&format!(
+            "/orders/{}/success?token={}",
+            order["order_id"].as_str().unwrap(),
+            order["access_token"].as_str().unwrap()
+        ));
+        let html = t.client.get(&url).send().await.unwrap().text().await.unwrap();
+        assert!(
+            html.contains("Confirming payment") && html.contains("http-equiv=\"refresh\""),
+            "{html}"
+        );
+    }
 }
