@@ -31,6 +31,10 @@ struct Browser {
 impl Browser {
     /// Starts chromedriver on a free port, waits until it answers, opens headless Chromium.
     async fn start() -> Option<Self> {
+        Self::start_with(&[]).await
+    }
+
+    async fn start_with(extra_args: &[&str]) -> Option<Self> {
         if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists() {
             skip("chromium / chromium-driver not installed (apt-get install -y chromium chromium-driver)");
             return None;
@@ -63,19 +67,24 @@ impl Browser {
             panic!("chromedriver did not become ready on port {port}");
         }
         let profile = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1280,900",
+        ]
+        .iter()
+        .map(|a| (*a).to_string())
+        .collect();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
+        args.extend(extra_args.iter().map(|a| (*a).to_string()));
         let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    "--no-first-run", "--window-size=1280,900",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ]
-            }),
-        );
+        caps.insert("goog:chromeOptions".into(), json!({ "binary": CHROMIUM, "args": args }));
         let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
             .connect(&format!("http://127.0.0.1:{port}"))
@@ -427,4 +436,28 @@ async fn success_page_refreshes_itself_while_payment_is_pending() {
             "{html}"
         );
     }
+}
+
+#[tokio::test]
+async fn dark_mode_pages() {
+    // Blink's preferredColorScheme 0 = dark: the pages follow prefers-color-scheme.
+    let Some(b) = Browser::start_with(&["--blink-settings=preferredColorScheme=0"]).await else {
+        return;
+    };
+    let t = demo_app(satchel::db::Backend::Sqlite).await;
+    let c = &b.client;
+    c.goto(&t.url("/")).await.unwrap();
+    let dark = c
+        .execute("return matchMedia('(prefers-color-scheme: dark)').matches", vec![])
+        .await
+        .unwrap();
+    b.shot("home-dark").await;
+    c.goto(&t.url("/p/demo-app")).await.unwrap();
+    b.shot("product-dark").await;
+    assert_eq!(
+        dark,
+        serde_json::Value::Bool(true),
+        "Chromium honoured the dark colour scheme"
+    );
+    b.close().await;
 }
