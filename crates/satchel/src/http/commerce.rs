@@ -176,25 +176,6 @@ struct TokenQuery {
     token: String,
 }
 
-pub fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-pub fn page(title: &str, body: &str) -> Html<String> {
-    Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-<title>{t}</title><style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;line-height:1.5}}\
-.test{{background:#fff3bf;border:2px dashed #f59f00;padding:.5rem 1rem;border-radius:.5rem;font-weight:700}}\
-button{{font:inherit;padding:.6rem 1.2rem;border-radius:.4rem;border:0;background:#5b4bdb;color:#fff;cursor:pointer}}\
-button.secondary{{background:#868e96}}button:focus{{outline:3px solid #f59f00;outline-offset:2px}}\
-@media (prefers-color-scheme:dark){{body{{background:#111827;color:#e5e7eb}}a{{color:#a5b4fc}}}}</style></head><body>{body}</body></html>",
-        t = esc(title)
-    ))
-}
-
 async fn load_order_with_token(app: &App, order_id: &str, token: &str) -> ApiResult<checkout::Order> {
     let order = checkout::find_order(&app.db, order_id)
         .await?
@@ -212,17 +193,7 @@ async fn test_checkout_page(
     Query(q): Query<TokenQuery>,
 ) -> ApiResult<Html<String>> {
     let order = load_order_with_token(&app, &order_id, &q.token).await?;
-    let total = crate::catalog::format_money(order.total, &order.currency);
-    Ok(page(
-        "Test checkout",
-        &format!(
-            "<p class=\"test\">TEST MODE — no real payment is taken.</p><h1>Pay {total}</h1><p>Order <code>{id}</code> for {email}.</p>\
-<form method=\"post\"><button name=\"outcome\" value=\"succeeded\">Pay {total} (test)</button> \
-<button class=\"secondary\" name=\"outcome\" value=\"failed\">Simulate a declined card</button></form>",
-            id = esc(&order.id),
-            email = esc(&order.email)
-        ),
-    ))
+    crate::http::pages::checkout_page(&app, &order).await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -231,6 +202,12 @@ struct Outcome {
 }
 
 /// Completes a TEST MODE checkout through the normal fulfillment path and redirects to the success page.
+///
+/// No CSRF cookie is asked for here, on purpose: the scripted contract is a bare
+/// `POST {checkout_url}` with `outcome`. It is safe because the order's access token in the
+/// URL is itself the secret a cross-site attacker lacks (they cannot forge the URL without
+/// it), the only effect is completing a *test* payment for that order, and test mode is
+/// off on a live store.
 #[utoipa::path(post, path = "/checkout/test/{order_id}", tag = "checkout", params(("order_id" = String, Path), TokenQuery),
     request_body(content = Outcome, content_type = "application/x-www-form-urlencoded"),
     responses((status = 303, description = "To the success page"), (status = 403, description = "Test mode is off")))]
@@ -276,24 +253,7 @@ async fn success_page(
     Query(q): Query<TokenQuery>,
 ) -> ApiResult<Response> {
     let order = load_order_with_token(&app, &order_id, &q.token).await?;
-    let v = checkout::order_json(&app, &order, None).await?;
-    let mut body = String::new();
-    match order.status.as_str() {
-        "paid" | "partially_refunded" => {
-            body.push_str("<h1>Thank you!</h1><p>Your downloads are ready. A receipt is on its way to your inbox.</p><ul>");
-            for item in v["items"].as_array().into_iter().flatten() {
-                let title = esc(item["title"].as_str().unwrap_or_default());
-                match item["download_url"].as_str() {
-                    Some(u) => body.push_str(&format!("<li><a href=\"{}\">Download {title}</a></li>", esc(u))),
-                    None => body.push_str(&format!("<li>{title}</li>")),
-                }
-            }
-            body.push_str("</ul>");
-        }
-        "pending" => body.push_str("<h1>Confirming payment…</h1><p>This page updates by itself.</p><meta http-equiv=\"refresh\" content=\"2\">"),
-        other => body.push_str(&format!("<h1>Payment {}</h1><p>No charge was made. You can try again from the product page.</p>", esc(other))),
-    }
-    Ok(page("Your order", &body).into_response())
+    Ok(crate::http::pages::success_page(&app, &order).await?.into_response())
 }
 
 fn client_ip(app: &App, headers: &HeaderMap, peer: SocketAddr) -> std::net::IpAddr {

@@ -78,12 +78,12 @@ const SIGN_IN_FORM: &str = "<form method=\"post\" action=\"/library/login\"><p><
 /// The library page: purchases when signed in, the sign-in form otherwise.
 #[utoipa::path(get, path = "/library", tag = "library", responses((status = 200, description = "HTML page", content_type = "text/html")))]
 async fn library_page(State(app): State<App>, headers: axum::http::HeaderMap) -> ApiResult<Response> {
-    use crate::http::commerce::{esc, page};
+    use crate::http::pages::{esc, plain_page};
     let mut parts = axum::http::Request::new(()).into_parts().0;
     parts.headers = headers;
     let Ok(buyer) = <BuyerAuth as axum::extract::FromRequestParts<App>>::from_request_parts(&mut parts, &app).await
     else {
-        return Ok(page("Your library", &format!("<h1>Your library</h1><p>Sign in with the email address you bought with; we will email you a link.</p>{SIGN_IN_FORM}")).into_response());
+        return Ok(plain_page(&app, "Your library", &format!("<h1>Your library</h1><p>Sign in with the email address you bought with; we will email you a link.</p>{SIGN_IN_FORM}")).await?.into_response());
     };
     let lib = crate::library::list(&app, &buyer).await?;
     let mut body = format!("<h1>Your library</h1><p>Signed in as {}.</p>", esc(&buyer.email));
@@ -134,7 +134,7 @@ async fn library_page(State(app): State<App>, headers: axum::http::HeaderMap) ->
         }
         body.push_str("</section>");
     }
-    Ok(page("Your library", &body).into_response())
+    Ok(plain_page(&app, "Your library", &body).await?.into_response())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -149,13 +149,13 @@ async fn library_login_form(
     State(app): State<App>,
     axum::extract::Form(f): axum::extract::Form<LoginForm>,
 ) -> ApiResult<Response> {
-    use crate::http::commerce::page;
+    use crate::http::pages::plain_page;
     match crate::library::request_link(&app, &f.email).await {
-        Ok(()) => Ok(page(
+        Ok(()) => Ok(plain_page(&app,
             "Check your email",
             "<h1>Check your email</h1><p>If this address bought something here, a sign-in link is on its way. It works once, for 15 minutes.</p>",
-        )
+        ).await?
         .into_response()),
-        Err(_) => Ok((StatusCode::UNPROCESSABLE_ENTITY, page("Your library", &format!("<h1>Your library</h1><p>That does not look like an email address.</p>{SIGN_IN_FORM}"))).into_response()),
+        Err(_) => Ok((StatusCode::UNPROCESSABLE_ENTITY, plain_page(&app, "Your library", &format!("<h1>Your library</h1><p>That does not look like an email address.</p>{SIGN_IN_FORM}")).await?).into_response()),
     }
 }

@@ -9,6 +9,7 @@ pub mod library;
 pub mod licenses;
 pub mod metrics;
 pub mod ops;
+pub mod pages;
 pub mod ranges;
 pub mod ratelimit;
 pub mod seller;
@@ -68,8 +69,10 @@ pub fn router(app: App) -> Router {
                 async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], body) }
             }),
         )
+        .merge(pages::router())
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(app.clone(), ratelimit::limit))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), pages::browser_layer))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .with_state(app)
