@@ -116,6 +116,8 @@ pub struct Card {
     pub price_label: String,
     pub hue: u32,
     pub initial: String,
+    /// `/media/products/{id}/cover` when the product has a cover image.
+    pub cover_url: Option<String>,
 }
 
 pub struct Chip {
@@ -153,6 +155,7 @@ fn card(p: &Product) -> Card {
         summary: p.summary.clone(),
         price_label: price_label(p),
         hue,
+        cover_url: p.cover_key.as_ref().map(|_| format!("/media/products/{}/cover", p.id)),
         initial: p
             .title
             .chars()
