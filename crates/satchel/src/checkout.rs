@@ -536,6 +536,18 @@ pub async fn fulfill_with(
         let policy: DownloadPolicy = serde_json::from_str(&p.download_policy).unwrap_or_default();
         crate::delivery::create_grant(tx, &app.keys, &order, &item_id, &p, &policy).await?;
     }
+    // Buyers' marked copies are prepared off the receipt's path, by a job that exists only
+    // if this transaction commits (a first download before it runs computes the same mark).
+    let marked: Vec<(String,)> = tx
+        .fetch_all(sql!(
+            "SELECT g.id FROM download_grants g JOIN products p ON p.id = g.product_id
+             WHERE g.order_id = $1 AND p.watermark_policy <> 'none' ORDER BY g.id",
+            order_id
+        ))
+        .await?;
+    for (grant_id,) in marked {
+        crate::jobs::enqueue(tx, &crate::watermark::PrepareMarks { grant_id }).await?;
+    }
     crate::db::Exec::execute(
         tx,
         sql!(

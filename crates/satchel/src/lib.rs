@@ -40,3 +40,4 @@ pub mod storage;
 pub mod subscriptions;
 pub mod testing;
 pub mod versions;
+pub mod watermark;

@@ -26,3 +26,17 @@ CREATE TABLE invoice_counters (
     last_number BIGINT NOT NULL,
     PRIMARY KEY (seller_id, series)
 );
+
+-- Per-buyer watermark tails: the buyer's file is original[..cut] followed by the object at
+-- tail_key. 'unsupported' records why a file of a watermarked product went out unmarked.
+CREATE TABLE watermarks (
+    grant_id TEXT NOT NULL REFERENCES download_grants(id),
+    file_id TEXT NOT NULL REFERENCES files(id),
+    status TEXT NOT NULL CHECK (status IN ('ready', 'unsupported')),
+    cut BIGINT NOT NULL,
+    tail_key TEXT NOT NULL,
+    tail_size BIGINT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (grant_id, file_id)
+);
