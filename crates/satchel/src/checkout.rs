@@ -536,6 +536,18 @@ pub async fn fulfill_with(
         let policy: DownloadPolicy = serde_json::from_str(&p.download_policy).unwrap_or_default();
         crate::delivery::create_grant(tx, &app.keys, &order, &item_id, &p, &policy).await?;
     }
+    // Buyers' marked copies are prepared off the receipt's path, by a job that exists only
+    // if this transaction commits (a first download before it runs computes the same mark).
+    let marked: Vec<(String,)> = tx
+        .fetch_all(sql!(
+            "SELECT g.id FROM download_grants g JOIN products p ON p.id = g.product_id
+             WHERE g.order_id = $1 AND p.watermark_policy <> 'none' ORDER BY g.id",
+            order_id
+        ))
+        .await?;
+    for (grant_id,) in marked {
+        crate::jobs::enqueue(tx, &crate::watermark::PrepareMarks { grant_id }).await?;
+    }
     crate::db::Exec::execute(
         tx,
         sql!(
@@ -551,6 +563,7 @@ pub async fn fulfill_with(
     crate::licensing::issue_for_order(tx, order_id, &order.email).await?;
     crate::affiliates::on_paid(tx, order_id, app.cfg.affiliates.refund_window_days).await?;
     crate::subscriptions::start(tx, order_id, provider_subscription).await?;
+    crate::invoices::issue_for_order(tx, &order).await?;
     queue_receipt(app, tx, &order).await?;
     Ok(true)
 }
@@ -632,6 +645,7 @@ async fn queue_receipt(app: &crate::app::App, tx: &Tx, order: &Order) -> ApiResu
         })).collect::<Vec<_>>(),
         "licenses": licenses.iter().map(|(title, key)| json!({"title": title, "key": key})).collect::<Vec<_>>(),
         "library_url": format!("{base}/library"),
+        "invoice_url": crate::invoices::invoice_of_order(tx, &order.id).await?.map(|i| crate::invoices::url(app, &i.id)),
     });
     let (text, html) = crate::mail::render(
         app.cfg.email.templates_dir.as_deref(),
@@ -804,6 +818,16 @@ pub async fn order_json(app: &crate::app::App, order: &Order, access_token: Opti
         "created_at": order.created_at,
         "paid_at": order.paid_at,
     });
+    let documents = crate::invoices::documents_of_order(&app.db, &order.id).await?;
+    if let Some(inv) = documents.iter().find(|d| d.kind == "invoice") {
+        v["invoice_url"] = json!(crate::invoices::url(app, &inv.id));
+    }
+    if !documents.is_empty() {
+        v["invoices"] = json!(documents
+            .iter()
+            .map(|d| crate::invoices::to_json(app, d))
+            .collect::<Vec<_>>());
+    }
     if let Some(t) = access_token {
         v["access_token"] = json!(t);
     }

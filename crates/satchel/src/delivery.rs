@@ -282,8 +282,8 @@ fn delivery_url(app: &App, grant_id: &str, f: &FileRow) -> String {
     )
 }
 
-/// Checks a delivery token and that its grant is still live; returns the file.
-pub async fn open_delivery(app: &App, token: &str) -> ApiResult<FileRow> {
+/// Checks a delivery token and that its grant is still live; returns the grant id and the file.
+pub async fn open_delivery(app: &App, token: &str) -> ApiResult<(String, FileRow)> {
     let bad = || download_error(StatusCode::NOT_FOUND, "not_found", "This file link is not valid.");
     let f = verify(&app.keys, "f1", token, 3).ok_or_else(bad)?;
     let exp: i64 = f[2].parse().map_err(|_| bad())?;
@@ -309,13 +309,15 @@ pub async fn open_delivery(app: &App, token: &str) -> ApiResult<FileRow> {
             "Access to this download has been revoked.",
         ));
     }
-    app.db
+    let file = app
+        .db
         .fetch_optional::<FileRow>(sql!(
             "SELECT id, product_id, version_id, name, object_key, size, sha256, content_type, created_at FROM files WHERE id = $1",
             f[1]
         ))
         .await?
-        .ok_or_else(bad)
+        .ok_or_else(bad)?;
+    Ok((f[0].to_string(), file))
 }
 
 #[cfg(test)]

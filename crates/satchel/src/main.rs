@@ -54,6 +54,15 @@ enum Command {
     /// Administration: accounts, API keys, signing keys.
     #[command(subcommand)]
     Admin(Admin),
+    /// Name the order a leaked file was sold with, from its watermark.
+    ///
+    /// Prints `order: <order_id>` (and the buyer, product and order status when this
+    /// store's database is reachable), or `no mark found` and exits 1. Only marks signed
+    /// with this store's keys are believed, so a forged mark names nobody.
+    Trace {
+        /// The leaked file (PDF, ZIP, EPUB…).
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -150,6 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Admin(cmd) => admin(cfg, cmd).await,
+        Command::Trace { file } => trace(cfg, &file).await,
     }
 }
 
@@ -206,6 +216,36 @@ async fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
     }
     let _ = scheduler.await;
     app.db.close().await;
+    Ok(())
+}
+
+async fn trace(cfg: Config, file: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {} ({e})", file.display()))?;
+    let keys_dir = cfg.keys_dir();
+    if !keys_dir.is_dir() {
+        anyhow::bail!(
+            "no signing keys at {}: run trace with the store's --data-dir or --config",
+            keys_dir.display()
+        );
+    }
+    let keys = satchel::keys::Keys::load_or_generate(&keys_dir)?;
+    let marks = satchel::watermark::find_marks_deep(&keys, &bytes);
+    let Some((order_id, grant_id)) = marks.first() else {
+        println!("no mark found");
+        std::process::exit(1);
+    };
+    println!("order: {order_id}");
+    if let Ok(app) = App::open(cfg).await {
+        if let Some(t) = satchel::watermark::describe(&app.db, order_id, grant_id).await? {
+            println!("buyer: {}\nproduct: {}\norder status: {}", t.email, t.product, t.status);
+        }
+    }
+    if marks.len() > 1 {
+        eprintln!(
+            "note: {} marks found (the file was re-marked or merged); the newest is shown",
+            marks.len()
+        );
+    }
     Ok(())
 }
 

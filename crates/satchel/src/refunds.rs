@@ -196,7 +196,17 @@ pub async fn apply(
         t
     ))
     .await?;
-    queue_refund_email(tx, app.cfg.email.templates_dir.as_deref(), &order, amount, full).await?;
+    let note = crate::invoices::issue_credit_note(tx, &order, &refund_id, amount, &req.reason).await?;
+    let note_url = crate::invoices::url(app, &note.id);
+    queue_refund_email(
+        tx,
+        app.cfg.email.templates_dir.as_deref(),
+        &order,
+        amount,
+        full,
+        &note_url,
+    )
+    .await?;
     Ok(RefundOutcome::Applied {
         refund_id,
         status: status.to_string(),
@@ -210,10 +220,11 @@ async fn queue_refund_email(
     order: &Order,
     amount: i64,
     full: bool,
+    credit_note_url: &str,
 ) -> ApiResult<()> {
     let brand = crate::mail::Brand::of_seller(tx, &order.seller_id).await?;
     let money = crate::catalog::format_money(amount, &order.currency);
-    let ctx = json!({"amount": money, "order_id": order.id, "full": full});
+    let ctx = json!({"amount": money, "order_id": order.id, "full": full, "credit_note_url": credit_note_url});
     let (text, html) = crate::mail::render(
         templates_dir,
         &brand,

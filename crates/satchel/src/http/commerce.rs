@@ -308,6 +308,8 @@ async fn deliver_file(
     Path((token, _name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let file = crate::delivery::open_delivery(&app, &token).await?;
-    crate::http::ranges::serve(&app, &file, &headers).await
+    let (grant_id, file) = crate::delivery::open_delivery(&app, &token).await?;
+    // A watermarked product's buyer gets their own marked bytes (original + their tail).
+    let marked = crate::watermark::composite(&app, &grant_id, &file).await?;
+    crate::http::ranges::serve(&app, &file, marked.as_ref(), &headers).await
 }

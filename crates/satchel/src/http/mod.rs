@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod commerce;
 pub mod extract;
+pub mod invoices;
 pub mod library;
 pub mod licenses;
 pub mod metrics;
@@ -54,6 +55,7 @@ pub fn routes() -> (Router<App>, utoipa::openapi::OpenApi) {
         .merge(licenses::routes())
         .merge(seller::routes())
         .merge(library::routes())
+        .merge(invoices::routes())
         .merge(versions::routes().layer(axum::extract::DefaultBodyLimit::max(versions::MULTIPART_LIMIT)))
         .split_for_parts()
 }
@@ -70,6 +72,7 @@ pub fn router(app: App) -> Router {
             }),
         )
         .merge(pages::router())
+        .merge(invoices::static_router())
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(app.clone(), ratelimit::limit))
         .layer(axum::middleware::from_fn_with_state(app.clone(), pages::browser_layer))

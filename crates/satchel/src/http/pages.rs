@@ -790,6 +790,7 @@ pub struct SuccessPage {
     pub status: String,
     pub email: String,
     pub items: Vec<DownloadView>,
+    pub invoice_url: Option<String>,
 }
 
 pub async fn success_page(app: &App, order: &checkout::Order) -> ApiResult<Html<String>> {
@@ -811,6 +812,7 @@ pub async fn success_page(app: &App, order: &checkout::Order) -> ApiResult<Html<
         status: order.status.clone(),
         email: order.email.clone(),
         items,
+        invoice_url: v["invoice_url"].as_str().map(str::to_string),
     })
 }
 

@@ -84,9 +84,21 @@ pub fn content_disposition(name: &str) -> String {
     format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
 
-pub async fn serve(app: &App, file: &FileRow, headers: &HeaderMap) -> ApiResult<Response> {
-    let size = u64::try_from(file.size).unwrap_or(0);
-    let tag = etag(file);
+/// Serves `file` — or, for a watermarked purchase, the buyer's `marked` version of it.
+pub async fn serve(
+    app: &App,
+    file: &FileRow,
+    marked: Option<&crate::watermark::Composite>,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let size = marked.map_or(u64::try_from(file.size).unwrap_or(0), crate::watermark::Composite::size);
+    let tag = marked.map_or_else(|| etag(file), |m| format!("\"{}\"", m.tag));
+    let body = |range: Option<std::ops::Range<u64>>| async move {
+        match marked {
+            Some(m) => m.stream(&app.storage, range.unwrap_or(0..size)).await,
+            None => app.storage.get(&file.object_key, range).await.map(|g| g.body),
+        }
+    };
     let last_modified = httpdate::fmt_http_date(
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(file.created_at).unwrap_or(0)),
     );
@@ -109,14 +121,12 @@ pub async fn serve(app: &App, file: &FileRow, headers: &HeaderMap) -> ApiResult<
             r
         }
         RangeDecision::Full => {
-            let got = app.storage.get(&file.object_key, None).await?;
-            let mut r = Response::new(Body::from_stream(got.body));
+            let mut r = Response::new(Body::from_stream(body(None).await?));
             r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(size));
             r
         }
         RangeDecision::Partial(start, end) => {
-            let got = app.storage.get(&file.object_key, Some(start..end)).await?;
-            let mut r = Response::new(Body::from_stream(got.body));
+            let mut r = Response::new(Body::from_stream(body(Some(start..end)).await?));
             *r.status_mut() = StatusCode::PARTIAL_CONTENT;
             r.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
