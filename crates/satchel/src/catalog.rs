@@ -694,6 +694,7 @@ pub async fn product_json(e: &impl Exec, p: &Product, detail: bool) -> ApiResult
         "created_at": p.created_at,
         "updated_at": p.updated_at,
     });
+    v["rating"] = crate::reviews::rating(e, &p.id).await?.json();
     if detail {
         v["description_md"] = json!(p.description_md);
         v["description_html"] = json!(crate::markdown::to_html(&p.description_md));
