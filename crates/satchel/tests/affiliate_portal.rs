@@ -169,7 +169,7 @@ async fn affiliates_sign_in_and_see_only_their_own_earnings() {
         );
         assert_eq!(bp["earnings"]["pending"], 570);
         assert_eq!(bp["scope"]["product_id"], ebook.id.as_str());
-        assert_eq!(bp["product_links"][0]["url"], t.url(&format!("/p/demo-ebook?ref=BOB")));
+        assert_eq!(bp["product_links"][0]["url"], t.url("/p/demo-ebook?ref=BOB"));
         assert!(!bob_me.to_string().contains("ALLY"));
 
         // Sales: their own program only; another's is not found.

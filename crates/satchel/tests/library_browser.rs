@@ -491,8 +491,41 @@ async fn library_and_affiliate_portal_in_dark_mode_and_the_affiliate_flow() {
     c.set_window_size(1280, 900).await.unwrap();
     c.delete_all_cookies().await.unwrap();
 
+    // A new version published after the purchase: the library marks it "Updated".
+    let product = satchel::catalog::find_product(&t.app.db, "demo-app")
+        .await
+        .unwrap()
+        .unwrap();
+    t.app
+        .db
+        .execute(sql!(
+            "UPDATE product_versions SET created_at = created_at - 100 WHERE product_id = $1",
+            &product.id
+        ))
+        .await
+        .unwrap();
+    t.app
+        .db
+        .execute(sql!(
+            "UPDATE orders SET paid_at = paid_at - 50 WHERE id = $1",
+            order["order_id"].as_str().unwrap()
+        ))
+        .await
+        .unwrap();
+    satchel::catalog::insert_version(&t.app.db, &product.id, "1.1.0", "Faster exports", &[])
+        .await
+        .unwrap();
+
     // The buyer's library in dark mode.
     sign_in(&b, &t, buyer).await;
+    let updated = b.text(&format!("#p-{} h3", product.id)).await;
+    assert!(updated.contains("Updated"), "{updated}");
+    assert!(b.text(&format!("#p-{}", product.id)).await.contains("Version 1.1.0"));
+    assert_eq!(
+        c.find_all(Locator::Css(".badge-new")).await.unwrap().len(),
+        1,
+        "only the updated product"
+    );
     b.shot("library-dark").await;
     c.goto(&t.url("/p/demo-app")).await.unwrap();
     c.execute("document.getElementById('reviews').scrollIntoView()", vec![])
@@ -507,6 +540,23 @@ async fn affiliate_portal_light_screenshot() {
     let Some(b) = Browser::start(&[]).await else { return };
     let t = TestApp::start_demo(satchel::db::Backend::Sqlite).await;
     let seller = t.demo_seller().await;
+    // The store's logo in the header.
+    let logo = "<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 64 64'><rect width='64' height='64' rx='14' fill='#5b4bdb'/><path d='M18 24h28l-3 26H21z' fill='#fff'/><path d='M25 24a7 7 0 0 1 14 0' stroke='#fff' stroke-width='4' fill='none'/></svg>";
+    let key = format!("{seller}/branding/logo.svg");
+    t.app
+        .storage
+        .put(
+            &key,
+            satchel::storage::bytes_stream(logo.as_bytes().to_vec()),
+            "image/svg+xml",
+        )
+        .await
+        .unwrap();
+    t.app
+        .db
+        .execute(sql!("UPDATE sellers SET logo_key = $1 WHERE id = $2", &key, &seller))
+        .await
+        .unwrap();
     satchel::affiliates::create(
         &t.app.db,
         &seller,
@@ -546,5 +596,21 @@ async fn affiliate_portal_light_screenshot() {
     assert_eq!(b.text("[data-kpi='Clicks']").await, "5");
     assert_eq!(b.text("[data-kpi='Pending']").await, "$4.75", "25 % of $19");
     b.shot("affiliate").await;
+    let logo_ok = c
+        .execute(
+            "const i = document.querySelector('.logo-img'); return i.complete && i.naturalWidth > 0",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(logo_ok, Value::Bool(true), "the logo loads under the page's CSP");
+    c.goto(&t.url("/affiliate/login")).await.unwrap();
+    assert!(
+        c.current_url().await.unwrap().path().ends_with("/affiliate"),
+        "signed in: straight to the portal"
+    );
+    c.delete_all_cookies().await.unwrap();
+    c.goto(&t.url("/affiliate/login")).await.unwrap();
+    b.shot("affiliate-signin").await;
     b.close().await;
 }

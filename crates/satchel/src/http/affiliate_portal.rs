@@ -48,20 +48,30 @@ struct SignInPage {
     notice: Option<&'static str>,
 }
 
-/// The affiliate sign-in form.
+/// The affiliate sign-in form (a signed-in affiliate goes straight to `/affiliate`).
 #[utoipa::path(get, path = "/affiliate/login", tag = "affiliates",
-    responses((status = 200, description = "HTML page", content_type = "text/html")))]
+    responses((status = 200, description = "HTML page", content_type = "text/html"), (status = 303, description = "Already signed in")))]
 async fn login_page(
     State(app): State<App>,
+    headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<DoneQuery>,
-) -> ApiResult<Html<String>> {
-    render(&SignInPage {
+) -> ApiResult<Response> {
+    let mut parts = axum::http::Request::new(()).into_parts().0;
+    parts.headers = headers;
+    if <AffiliateAuth as axum::extract::FromRequestParts<App>>::from_request_parts(&mut parts, &app)
+        .await
+        .is_ok()
+    {
+        return Ok(Redirect::to("/affiliate").into_response());
+    }
+    Ok(render(&SignInPage {
         brand: brand(&app).await,
         sent: false,
         email: String::new(),
         error: None,
         notice: views::notice(q.done.as_deref()),
-    })
+    })?
+    .into_response())
 }
 
 #[derive(Deserialize, Default)]

@@ -191,7 +191,7 @@ impl ReviewView {
             body: r.body.clone(),
             author: r.author(),
             named: !r.display_name.is_empty(),
-            date: views::date(r.created_at),
+            date: views::mid_date(r.created_at),
             edited: r.updated_at > r.created_at,
         }
     }
