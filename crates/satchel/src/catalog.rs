@@ -694,8 +694,9 @@ pub async fn product_json(e: &impl Exec, p: &Product, detail: bool) -> ApiResult
         "created_at": p.created_at,
         "updated_at": p.updated_at,
     });
-    v["rating"] = crate::reviews::rating(e, &p.id).await?.json();
     if detail {
+        // Lists fill ratings for the whole page in one query (see http::catalog).
+        v["rating"] = crate::reviews::rating(e, &p.id).await?.json();
         v["description_md"] = json!(p.description_md);
         v["description_html"] = json!(crate::markdown::to_html(&p.description_md));
         v["current_version"] = match current_version(e, p).await? {

@@ -395,3 +395,40 @@ async fn the_sign_in_pages_answer_the_same_for_everyone() {
         assert_eq!(s, 200);
     }
 }
+
+#[tokio::test]
+async fn affiliate_sign_in_is_rate_limited_per_network() {
+    let t = TestApp::start_demo_with(satchel::db::Backend::Sqlite, |c| {
+        c.server.rate_limits = true;
+        c.server.trust_forwarded_for = true;
+    })
+    .await;
+    let ask = |from: &'static str| {
+        let t = &t;
+        async move {
+            t.client
+                .post(t.url("/api/v1/affiliate/login"))
+                .header("x-forwarded-for", from)
+                .json(&json!({"email": "someone@example.com"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for _ in 0..10 {
+        assert_eq!(ask("203.0.113.5").await, 202);
+    }
+    assert_eq!(ask("203.0.113.77").await, 429, "the same /24 shares the bucket");
+    let r = t
+        .client
+        .post(t.url("/affiliate/login"))
+        .header("x-forwarded-for", "203.0.113.8")
+        .form(&[("email", "someone@example.com")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429, "the form shares it too");
+    assert_eq!(ask("198.51.100.7").await, 202, "another network is unaffected");
+}
