@@ -382,6 +382,37 @@ async fn reviews_page_by_cursor_and_bad_paging_is_a_400() {
             assert_eq!(s, 400, "{q}: {v}");
         }
         assert_eq!(public(&t, "no-such-product", "").await.0, 404);
+        // Every new endpoint is in the OpenAPI document.
+        let spec: Value = t
+            .client
+            .get(t.url("/api/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for path in [
+            "/api/v1/products/{id}/reviews",
+            "/api/v1/library/reviews/{product_id}",
+            "/api/v1/seller/reviews",
+            "/api/v1/seller/reviews/{id}/hide",
+            "/api/v1/seller/reviews/{id}/show",
+            "/api/v1/library/subscriptions/{id}/cancel",
+            "/api/v1/library/subscriptions/{id}/resume",
+            "/api/v1/library/devices/{activation_id}/deactivate",
+            "/api/v1/affiliate/login",
+            "/api/v1/affiliate/me",
+            "/api/v1/affiliate/programs/{id}/sales",
+            "/affiliate",
+            "/library",
+            "/media/sellers/{seller_id}/logo",
+        ] {
+            assert!(
+                spec["paths"].get(path).is_some(),
+                "{path} missing from /api/openapi.json"
+            );
+        }
         // The product page shows the first six and links to the rest; that page lists 20.
         let html = page(&t, "/p/demo-ebook").await;
         assert_eq!(html.matches("class=\"review\"").count(), 6);
@@ -468,6 +499,34 @@ async fn the_library_review_form_keeps_input_and_checks_csrf() {
             .await
             .unwrap();
         assert!(html.contains("Your review is updated.") && html.contains("Edit your review"));
+        // A newer purchase of the same product refunded: the older one still stands, so the
+        // form stays (on the newest purchase), and the review stays public.
+        let again = t.buy_paid("demo-album", "dee@example.com").await;
+        let seller = t.demo_seller().await;
+        satchel::refunds::seller_refund(
+            &t.app,
+            &seller,
+            again["order_id"].as_str().unwrap(),
+            &satchel::refunds::RefundRequest {
+                amount: None,
+                reason: String::new(),
+                items: vec![],
+            },
+        )
+        .await
+        .unwrap();
+        let html = t
+            .client
+            .get(t.url("/library"))
+            .header("cookie", &dee.0)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(html.contains(&format!("id=\"review-form-{product}\"")), "{backend:?}");
+        assert_eq!(public(&t, "demo-album", "").await.1["rating"]["count"], 1);
         // Unknown notice codes are never echoed.
         let html = t
             .client

@@ -413,6 +413,14 @@ async fn library_view(
 ) -> ApiResult<LibraryPage> {
     let lib = crate::library::list(app, buyer).await?;
     let at = crate::ids::now();
+    // A product can be reviewed if any of its purchases still stands (the form sits on the newest).
+    let reviewable: std::collections::HashSet<String> = lib["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["can_review"] == true)
+        .filter_map(|i| i["product"]["id"].as_str().map(str::to_string))
+        .collect();
     let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let purchases = lib["items"]
         .as_array()
@@ -422,7 +430,8 @@ async fn library_view(
             let n = seen
                 .entry(item["product"]["id"].as_str().unwrap_or_default().to_string())
                 .or_insert(0);
-            let view = purchase_view(item, *n, pending);
+            let mut view = purchase_view(item, *n, pending);
+            view.can_review = reviewable.contains(&view.product_id);
             *n += 1;
             view
         })
