@@ -17,7 +17,6 @@ async fn post(t: &TestApp, path: &str, session: &(String, String), csrf: Option<
     }
     let r = req.send().await.unwrap();
     let status = r.status().as_u16();
-    let _ = &session.1;
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
