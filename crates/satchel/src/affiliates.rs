@@ -137,12 +137,23 @@ pub async fn record_click(e: &impl Exec, code: &str) -> Result<bool, crate::db::
     let Some(code) = normalize_code(code) else {
         return Ok(false);
     };
-    Ok(e.execute(sql!(
-        "UPDATE affiliates SET clicks = clicks + 1 WHERE code = $1 AND status = 'active'",
-        code
+    let row: Option<(String,)> = e
+        .fetch_optional(sql!(
+            "UPDATE affiliates SET clicks = clicks + 1 WHERE code = $1 AND status = 'active' RETURNING id",
+            code
+        ))
+        .await?;
+    let Some((id,)) = row else { return Ok(false) };
+    // Per-day counts for the affiliate portal's click → sale view.
+    let t = now();
+    e.execute(sql!(
+        "INSERT INTO affiliate_click_days (affiliate_id, day, clicks) VALUES ($1, $2, 1)
+         ON CONFLICT (affiliate_id, day) DO UPDATE SET clicks = affiliate_click_days.clicks + 1",
+        &id,
+        t - t.rem_euclid(86_400)
     ))
-    .await?
-        == 1)
+    .await?;
+    Ok(true)
 }
 
 /// The affiliate to credit for an order, or `None` (unknown code, other store, out of

@@ -695,6 +695,8 @@ pub async fn product_json(e: &impl Exec, p: &Product, detail: bool) -> ApiResult
         "updated_at": p.updated_at,
     });
     if detail {
+        // Lists fill ratings for the whole page in one query (see http::catalog).
+        v["rating"] = crate::reviews::rating(e, &p.id).await?.json();
         v["description_md"] = json!(p.description_md);
         v["description_html"] = json!(crate::markdown::to_html(&p.description_md));
         v["current_version"] = match current_version(e, p).await? {

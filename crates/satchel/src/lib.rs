@@ -12,6 +12,7 @@
 //! - domain modules: [`catalog`], [`demo`].
 
 pub mod accounts;
+pub mod affiliate_portal;
 pub mod affiliates;
 pub mod app;
 pub mod auth;
@@ -35,6 +36,7 @@ pub mod markdown;
 pub mod payments;
 pub mod reconcile;
 pub mod refunds;
+pub mod reviews;
 pub mod scheduler;
 pub mod storage;
 pub mod subscriptions;

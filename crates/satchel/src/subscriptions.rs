@@ -226,3 +226,169 @@ pub async fn run_expire(app: crate::app::App, _: ExpireAccess) -> anyhow::Result
     }
     Ok(())
 }
+
+/// Applies a Stripe Subscription object (from a `customer.subscription.updated` event, or the
+/// answer to our own update call) if it is the newest seen. One parser for both, so our call
+/// and Stripe's event about it always agree. Returns whether the subscription is known.
+pub async fn apply_stripe_object(tx: &Tx, obj: &serde_json::Value, event_at: i64) -> ApiResult<bool> {
+    let Some(provider_id) = obj["id"].as_str() else {
+        return Ok(false);
+    };
+    if find_by_provider(tx, provider_id).await?.is_none() {
+        return Ok(false);
+    }
+    // API 2024-06-20 has current_period_end on the subscription; newer versions on its items.
+    let period_end = obj["current_period_end"].as_i64().or_else(|| {
+        obj["items"]["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|it| it["current_period_end"].as_i64())
+            .max()
+    });
+    let status = obj["status"].as_str().unwrap_or("active");
+    let cancel = obj["cancel_at_period_end"].as_bool().unwrap_or(false);
+    on_updated(tx, provider_id, status, cancel, period_end, event_at).await?;
+    Ok(true)
+}
+
+/// A subscription as its buyer sees it in the library.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BuyerSubscription {
+    pub id: String,
+    pub order_id: String,
+    pub provider_subscription_id: Option<String>,
+    pub status: String,
+    pub current_period_end: Option<i64>,
+    pub cancel_at_period_end: bool,
+    pub grace_days: i64,
+    pub updated_at: i64,
+    pub provider: String,
+    pub product_id: Option<String>,
+    pub title: Option<String>,
+    pub slug: Option<String>,
+    pub price: Option<i64>,
+    pub currency: Option<String>,
+    pub billing_interval: Option<String>,
+}
+
+const BUYER_SUB_SELECT: &str =
+    "SELECT s.id, s.order_id, s.provider_subscription_id, s.status, s.current_period_end, s.cancel_at_period_end,
+        s.grace_days, s.updated_at, o.provider, s.product_id, p.title, p.slug, p.price, p.currency, p.billing_interval
+     FROM subscriptions s JOIN orders o ON o.id = s.order_id LEFT JOIN products p ON p.id = s.product_id";
+
+impl BuyerSubscription {
+    /// Downloads and license keys work until this moment (paid-through + grace).
+    pub fn access_until(&self) -> Option<i64> {
+        self.current_period_end.map(|e| e + self.grace_days * 86_400)
+    }
+
+    /// Over for good: canceled by the provider, or (test mode) a canceled period that ran out.
+    pub fn ended(&self, at: i64) -> bool {
+        self.status == "canceled" || (self.cancel_at_period_end && self.current_period_end.is_some_and(|e| e <= at))
+    }
+
+    pub fn can_cancel(&self, at: i64) -> bool {
+        !self.ended(at) && !self.cancel_at_period_end
+    }
+
+    pub fn can_resume(&self, at: i64) -> bool {
+        !self.ended(at) && self.cancel_at_period_end
+    }
+
+    pub fn json(&self, at: i64) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id, "order_id": self.order_id,
+            "product": {"id": self.product_id, "title": self.title, "slug": self.slug},
+            "status": self.status, "cancel_at_period_end": self.cancel_at_period_end,
+            "current_period_end": self.current_period_end, "access_until": self.access_until(),
+            "grace_days": self.grace_days, "ended": self.ended(at),
+            "can_cancel": self.can_cancel(at), "can_resume": self.can_resume(at),
+            "price": self.price, "currency": self.currency, "billing_interval": self.billing_interval,
+        })
+    }
+}
+
+/// Every subscription bought with `email`, newest first.
+pub async fn for_buyer(e: &impl Exec, email: &str) -> Result<Vec<BuyerSubscription>, crate::db::DbError> {
+    e.fetch_all(sql!(
+        format!("{BUYER_SUB_SELECT} WHERE o.email = $1 ORDER BY s.id DESC"),
+        email
+    ))
+    .await
+}
+
+/// One of the buyer's subscriptions (another buyer's is not found).
+pub async fn find_for_buyer(
+    e: &impl Exec,
+    email: &str,
+    id: &str,
+) -> Result<Option<BuyerSubscription>, crate::db::DbError> {
+    e.fetch_optional(sql!(
+        format!("{BUYER_SUB_SELECT} WHERE s.id = $1 AND o.email = $2"),
+        id,
+        email
+    ))
+    .await
+}
+
+/// The buyer cancels at period end (`cancel = true`) or resumes (`false`) a subscription.
+///
+/// Stripe subscriptions go through Stripe first (`POST /v1/subscriptions/{id}` with
+/// `cancel_at_period_end`, an Idempotency-Key its retries reuse); Stripe's answer — the
+/// Subscription object — is then applied with [`apply_stripe_object`], the same function
+/// that applies Stripe's `customer.subscription.updated` event, so whichever of the two
+/// lands first, the state is the same. No transaction is held while Stripe is called. If
+/// Stripe refuses or cannot be reached, nothing changes (502). Test-mode subscriptions
+/// take the same state change locally through [`on_updated`].
+pub async fn buyer_set_cancel(
+    app: &crate::app::App,
+    email: &str,
+    id: &str,
+    cancel: bool,
+) -> ApiResult<BuyerSubscription> {
+    use crate::error::{conflict, not_found, provider_unavailable};
+    let sub = find_for_buyer(&app.db, email, id)
+        .await?
+        .ok_or_else(|| not_found("subscription"))?;
+    let t = now();
+    if sub.ended(t) {
+        return Err(conflict(
+            "subscription_ended",
+            "this subscription has ended and cannot be changed; buy it again from the store to subscribe anew",
+        ));
+    }
+    if sub.cancel_at_period_end == cancel {
+        return Ok(sub);
+    }
+    let provider_ref = sub.provider_subscription_id.clone().unwrap_or_default();
+    if sub.provider == "stripe" {
+        let client = crate::payments::stripe_client::StripeClient::from_config(&app.cfg.payments)
+            .ok_or_else(|| provider_unavailable("Stripe is not configured on this store, so the subscription cannot be changed right now. Nothing changed."))?;
+        if provider_ref.is_empty() || provider_ref.starts_with("test_sub_") {
+            return Err(conflict(
+                "subscription_not_linked",
+                "Stripe has not confirmed this subscription yet; try again in a minute",
+            ));
+        }
+        let key = format!(
+            "satchel-sub-{}-{}-{}",
+            sub.id,
+            if cancel { "cancel" } else { "resume" },
+            crate::ids::random_token(9)
+        );
+        let obj = crate::payments::stripe_client::set_cancel_at_period_end(&client, &provider_ref, cancel, &key)
+            .await
+            .map_err(|e| provider_unavailable(format!("{e}. Nothing changed; try again in a moment.")))?;
+        let tx = app.db.begin().await?;
+        apply_stripe_object(&tx, &obj, now()).await?;
+        tx.commit().await?;
+    } else {
+        let tx = app.db.begin().await?;
+        on_updated(&tx, &provider_ref, &sub.status, cancel, None, now()).await?;
+        tx.commit().await?;
+    }
+    find_for_buyer(&app.db, email, id)
+        .await?
+        .ok_or_else(|| not_found("subscription"))
+}

@@ -443,3 +443,72 @@ impl TestApp {
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 }
+
+/// Buyer library and affiliate portal sessions, signed in the way people do it: ask for the
+/// link, follow the newest one the outbox holds for that address.
+impl TestApp {
+    async fn magic_session(&self, ask: &str, email: &str, kind: &str, marker: &str) -> String {
+        let r = self
+            .client
+            .post(self.url(ask))
+            .json(&serde_json::json!({ "email": email }))
+            .send()
+            .await
+            .expect("ask for a sign-in link");
+        assert_eq!(r.status(), 202, "{ask}");
+        let (body,): (String,) = crate::db::Exec::fetch_one(
+            &self.app.db,
+            crate::sql!(
+                "SELECT body_text FROM email_outbox WHERE kind = $1 AND to_email = $2 ORDER BY id DESC LIMIT 1",
+                kind,
+                email
+            ),
+        )
+        .await
+        .expect("a sign-in email in the outbox");
+        let link = body
+            .split_whitespace()
+            .find(|w| w.contains(marker))
+            .expect("the link")
+            .to_string();
+        let r = self.client.get(&link).send().await.expect("follow the link");
+        assert_eq!(r.status(), 303, "{link}");
+        r.headers()["set-cookie"]
+            .to_str()
+            .expect("cookie")
+            .split(';')
+            .next()
+            .expect("cookie pair")
+            .to_string()
+    }
+
+    /// A library session for `email`: `(cookie "satchel_session=…", csrf_token)`.
+    pub async fn library_session(&self, email: &str) -> (String, String) {
+        let cookie = self
+            .magic_session("/api/v1/library/login", email, "magic_link", "/auth/magic/")
+            .await;
+        let lib: serde_json::Value = self
+            .client
+            .get(self.url("/api/v1/library"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("library")
+            .json()
+            .await
+            .expect("library json");
+        let csrf = lib["csrf_token"].as_str().expect("csrf_token").to_string();
+        (cookie, csrf)
+    }
+
+    /// An affiliate portal session for `email`: the cookie `satchel_session=…`.
+    pub async fn affiliate_session(&self, email: &str) -> String {
+        self.magic_session(
+            "/api/v1/affiliate/login",
+            email,
+            "magic_link_affiliate",
+            "/affiliate/auth/",
+        )
+        .await
+    }
+}

@@ -23,9 +23,13 @@ pub fn routes() -> OpenApiRouter<App> {
     responses((status = 200, description = "`{items: [Product], next_cursor}`"), (status = 400, description = "Bad parameter")))]
 async fn list_products(State(app): State<App>, ApiQuery(params): ApiQuery<ListParams>) -> ApiResult<Json<Value>> {
     let (rows, next) = catalog::list_products(&app.db, &params, None).await?;
+    let ids: Vec<String> = rows.iter().map(|p| p.id.clone()).collect();
+    let ratings = crate::reviews::ratings(&app.db, &ids).await?;
     let mut items = Vec::with_capacity(rows.len());
     for p in &rows {
-        items.push(catalog::product_json(&app.db, p, false).await?);
+        let mut v = catalog::product_json(&app.db, p, false).await?;
+        v["rating"] = ratings.get(&p.id).copied().unwrap_or_default().json();
+        items.push(v);
     }
     Ok(Json(json!({ "items": items, "next_cursor": next })))
 }

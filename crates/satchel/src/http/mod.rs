@@ -2,19 +2,24 @@
 //! `utoipa_axum`), the request middleware (request id, tracing span, metrics), health and
 //! readiness, and the server loop with graceful shutdown.
 
+pub mod affiliate_portal;
+pub mod branding;
 pub mod catalog;
 pub mod commerce;
 pub mod extract;
 pub mod invoices;
 pub mod library;
+pub mod library_pages;
 pub mod licenses;
 pub mod metrics;
 pub mod ops;
 pub mod pages;
 pub mod ranges;
 pub mod ratelimit;
+pub mod reviews;
 pub mod seller;
 pub mod versions;
+pub mod views;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -42,6 +47,8 @@ use crate::error::{ApiError, REQUEST_ID};
         (name = "licenses", description = "License activation, validation and offline verification keys"),
         (name = "library", description = "The buyer's library (magic-link sign-in)"),
         (name = "seller", description = "Seller API: API key (Bearer) or dashboard session"),
+        (name = "reviews", description = "Verified-buyer reviews and ratings"),
+        (name = "affiliates", description = "The affiliate portal (magic-link sign-in; an affiliate sees only their own data)"),
     )
 )]
 struct ApiDoc;
@@ -56,6 +63,10 @@ pub fn routes() -> (Router<App>, utoipa::openapi::OpenApi) {
         .merge(seller::routes())
         .merge(library::routes())
         .merge(invoices::routes())
+        .merge(library_pages::routes())
+        .merge(reviews::routes())
+        .merge(affiliate_portal::routes())
+        .merge(branding::routes())
         .merge(versions::routes().layer(axum::extract::DefaultBodyLimit::max(versions::MULTIPART_LIMIT)))
         .split_for_parts()
 }

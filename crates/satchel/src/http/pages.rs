@@ -53,27 +53,33 @@ pub fn router() -> Router<App> {
         .route("/static/brand.css", get(brand_css))
 }
 
-/// The seller's brand: the first seller's store name and accent colour.
+/// The seller's brand: the first seller's store name, accent colour and logo.
 #[derive(Clone, Debug)]
 pub struct Brand {
     pub store_name: String,
     pub accent: String,
+    /// `/media/sellers/{id}/logo?v=…` when the seller set a logo (`sellers.logo_key`).
+    pub logo_url: Option<String>,
 }
 
 pub async fn brand(app: &App) -> Brand {
-    let row: Option<(String, String)> = app
+    let row: Option<(String, String, String, Option<String>)> = app
         .db
         .fetch_optional(sql!(
-            "SELECT store_name, accent_color FROM sellers WHERE status = 'active' ORDER BY created_at, id LIMIT 1"
+            "SELECT id, store_name, accent_color, logo_key FROM sellers WHERE status = 'active' ORDER BY created_at, id LIMIT 1"
         ))
         .await
         .ok()
         .flatten();
-    let (store_name, accent) = row.unwrap_or_else(|| ("Satchel".into(), "#5b4bdb".into()));
+    let (seller_id, store_name, accent, logo_key) =
+        row.unwrap_or_else(|| (String::new(), "Satchel".into(), "#5b4bdb".into(), None));
     let ok = accent.len() == 7 && accent.starts_with('#') && accent[1..].bytes().all(|b| b.is_ascii_hexdigit());
     Brand {
         store_name,
         accent: if ok { accent } else { "#5b4bdb".into() },
+        logo_url: logo_key
+            .filter(|k| !k.is_empty())
+            .map(|k| crate::http::branding::logo_url(&seller_id, &k)),
     }
 }
 
@@ -110,6 +116,7 @@ async fn brand_css(State(app): State<App>) -> Response {
 // ---------- view models ----------
 
 pub struct Card {
+    pub id: String,
     pub slug: String,
     pub title: String,
     pub summary: String,
@@ -118,6 +125,18 @@ pub struct Card {
     pub initial: String,
     /// `/media/products/{id}/cover` when the product has a cover image.
     pub cover_url: Option<String>,
+    /// Average of the shown reviews (filled by [`with_ratings`]).
+    pub stars: Option<crate::http::views::Stars>,
+}
+
+/// Fills in the cards' ratings with one query.
+pub async fn with_ratings(app: &App, mut cards: Vec<Card>) -> ApiResult<Vec<Card>> {
+    let ids: Vec<String> = cards.iter().map(|c| c.id.clone()).collect();
+    let ratings = crate::reviews::ratings(&app.db, &ids).await?;
+    for c in &mut cards {
+        c.stars = ratings.get(&c.id).and_then(crate::http::views::Stars::of_rating);
+    }
+    Ok(cards)
 }
 
 pub struct Chip {
@@ -150,6 +169,8 @@ pub fn price_label(p: &Product) -> String {
 fn card(p: &Product) -> Card {
     let hue = p.id.bytes().map(u32::from).sum::<u32>() % 5 + 1;
     Card {
+        id: p.id.clone(),
+        stars: None,
         slug: p.slug.clone(),
         title: p.title.clone(),
         summary: p.summary.clone(),
@@ -205,7 +226,7 @@ async fn home(State(app): State<App>) -> ApiResult<Html<String>> {
     featured.truncate(12);
     render(&HomePage {
         brand: brand(&app).await,
-        featured,
+        featured: with_ratings(&app, featured).await?,
         categories: categories(&app, "").await?,
     })
 }
@@ -254,7 +275,7 @@ async fn catalog_page(State(app): State<App>, Query(cq): Query<CatalogQuery>) ->
     render(&CatalogPage {
         brand: brand(&app).await,
         categories: categories(&app, &category).await?,
-        cards: rows.iter().map(card).collect(),
+        cards: with_ratings(&app, rows.iter().map(card).collect()).await?,
         q,
         tag,
         next_href,
@@ -294,6 +315,7 @@ struct ProductPage {
     email: String,
     amount: String,
     error: Option<String>,
+    reviews: crate::http::reviews::ReviewsBlock,
 }
 
 pub fn human_size(n: i64) -> String {
@@ -395,9 +417,13 @@ async fn product_view(
         }),
         None => None,
     };
+    let mut c = card(p);
+    let reviews = crate::http::reviews::reviews_block(app, p).await?;
+    c.stars.clone_from(&reviews.stars);
     Ok(ProductPage {
+        reviews,
         brand: brand(app).await,
-        c: card(p),
+        c,
         product_id: p.id.clone(),
         category_href: format!("/products?category={}", enc(&p.category)),
         category: p.category.clone(),

@@ -171,3 +171,29 @@ pub async fn refund(
         message: "Stripe answered without a refund id".into(),
     })
 }
+
+/// `POST /v1/subscriptions/{id}` with `cancel_at_period_end=true|false`: the buyer cancels at
+/// the end of the paid period, or takes that back. Returns Stripe's Subscription object.
+pub async fn set_cancel_at_period_end(
+    client: &StripeClient,
+    subscription_id: &str,
+    cancel: bool,
+    idempotency_key: &str,
+) -> Result<Value, StripeError> {
+    let params = vec![("cancel_at_period_end".to_string(), cancel.to_string())];
+    let r = client
+        .post(
+            &format!("/v1/subscriptions/{}", enc(subscription_id)),
+            &params,
+            idempotency_key,
+        )
+        .await?;
+    if r["id"].as_str() != Some(subscription_id) {
+        return Err(StripeError::Api {
+            status: 200,
+            code: None,
+            message: "Stripe answered without the subscription".into(),
+        });
+    }
+    Ok(r)
+}

@@ -421,21 +421,12 @@ async fn apply(app: &App, tx: &Tx, kind: &str, event: &Value) -> ApiResult<Outco
             let Some(sub) = s(obj, &["id"]) else {
                 return Ok(Outcome::Ignored("no subscription id"));
             };
-            let period_end = i(obj, &["current_period_end"]).or_else(|| {
-                obj["items"]["data"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|it| i(it, &["current_period_end"]))
-                    .max()
-            });
-            let status = s(obj, &["status"]).unwrap_or("active");
-            let cancel = obj["cancel_at_period_end"].as_bool().unwrap_or(false);
-            if crate::subscriptions::find_by_provider(tx, sub).await?.is_none() {
-                return Ok(Outcome::Deferred(sub.to_string()));
+            // The same parser applies the answer to the buyer's own cancel/resume call.
+            if crate::subscriptions::apply_stripe_object(tx, obj, created).await? {
+                Ok(Outcome::Applied("subscription updated"))
+            } else {
+                Ok(Outcome::Deferred(sub.to_string()))
             }
-            crate::subscriptions::on_updated(tx, sub, status, cancel, period_end, created).await?;
-            Ok(Outcome::Applied("subscription updated"))
         }
         "customer.subscription.deleted" => {
             let Some(sub) = s(obj, &["id"]) else {
