@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod commerce;
+pub mod dashboard;
 pub mod extract;
 pub mod library;
 pub mod licenses;
@@ -70,6 +71,7 @@ pub fn router(app: App) -> Router {
             }),
         )
         .merge(pages::router())
+        .merge(dashboard::router(app.clone()))
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(app.clone(), ratelimit::limit))
         .layer(axum::middleware::from_fn_with_state(app.clone(), pages::browser_layer))

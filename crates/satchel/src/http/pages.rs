@@ -58,22 +58,32 @@ pub fn router() -> Router<App> {
 pub struct Brand {
     pub store_name: String,
     pub accent: String,
+    /// The logo uploaded in the dashboard's settings (`/media/sellers/{id}/logo`).
+    pub logo_url: Option<String>,
 }
 
 pub async fn brand(app: &App) -> Brand {
-    let row: Option<(String, String)> = app
+    let row: Option<(String, String, String, Option<String>)> = app
         .db
         .fetch_optional(sql!(
-            "SELECT store_name, accent_color FROM sellers WHERE status = 'active' ORDER BY created_at, id LIMIT 1"
+            "SELECT id, store_name, accent_color, logo_key FROM sellers WHERE status = 'active' ORDER BY created_at, id LIMIT 1"
         ))
         .await
         .ok()
         .flatten();
-    let (store_name, accent) = row.unwrap_or_else(|| ("Satchel".into(), "#5b4bdb".into()));
+    let (id, store_name, accent, logo_key) =
+        row.unwrap_or_else(|| (String::new(), "Satchel".into(), "#5b4bdb".into(), None));
     let ok = accent.len() == 7 && accent.starts_with('#') && accent[1..].bytes().all(|b| b.is_ascii_hexdigit());
     Brand {
         store_name,
         accent: if ok { accent } else { "#5b4bdb".into() },
+        // The key changes with every upload, so it doubles as a cache buster.
+        logo_url: logo_key.map(|k| {
+            format!(
+                "/media/sellers/{id}/logo?v={}",
+                crate::ids::hash_secret(&k).get(..12).unwrap_or_default()
+            )
+        }),
     }
 }
 
@@ -338,7 +348,7 @@ fn policy_words(p: &Product) -> Vec<String> {
 }
 
 /// Reads the CSRF cookie, or mints one (then the response must set it).
-fn csrf_token(headers: &HeaderMap) -> (String, Option<HeaderValue>) {
+pub fn csrf_token(headers: &HeaderMap) -> (String, Option<HeaderValue>) {
     if let Some(t) = cookie(headers, CSRF_COOKIE).filter(|t| t.len() >= 16 && t.len() <= 64) {
         return (t, None);
     }
@@ -347,7 +357,7 @@ fn csrf_token(headers: &HeaderMap) -> (String, Option<HeaderValue>) {
     (t, hv)
 }
 
-fn csrf_ok(headers: &HeaderMap, form_token: &str) -> bool {
+pub fn csrf_ok(headers: &HeaderMap, form_token: &str) -> bool {
     use subtle::ConstantTimeEq;
     match cookie(headers, CSRF_COOKIE) {
         Some(c) if !c.is_empty() => bool::from(c.as_bytes().ct_eq(form_token.as_bytes())),
@@ -929,7 +939,8 @@ pub async fn browser_layer(State(app): State<App>, req: Request, next: Next) -> 
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/html"));
-    if is_html {
+    // A handler that chose its own policy (e.g. a sandboxed email preview) keeps it.
+    if is_html && !h.contains_key("content-security-policy") {
         h.insert("content-security-policy", HeaderValue::from_static(CSP));
         h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     }

@@ -27,6 +27,7 @@ fn class_of(method: &axum::http::Method, path: &str) -> Option<(&'static str, f6
         && (path.starts_with("/api/v1/auth/")
             || path == "/api/v1/library/login"
             || path == "/library/login"
+            || path == "/dashboard/login"
             || path == "/api/v1/orders/lookup")
     {
         Some(("sign-in", 10.0, 0.2))
