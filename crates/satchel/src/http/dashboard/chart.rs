@@ -22,6 +22,16 @@ pub struct Point {
 
 pub struct BarChart<'a> {
     pub id: &'a str,
+    /// Extra classes on the `<svg>` (`chart-wide`, `chart-compact`).
+    pub class: &'a str,
+    /// The viewBox size: a wide chart for desktops, a narrower one (larger text) for phones.
+    pub width: f64,
+    pub height: f64,
+    /// At most this many x labels.
+    pub max_labels: usize,
+    /// The smallest gridline step (one major currency unit), so an empty or tiny chart
+    /// is labelled $1, $2… rather than cents.
+    pub min_step: i64,
     pub title: &'a str,
     pub desc: &'a str,
     pub points: &'a [Point],
@@ -32,9 +42,6 @@ pub struct BarChart<'a> {
     pub show_previous: bool,
 }
 
-const W: f64 = 760.0;
-const H: f64 = 280.0;
-const LEFT: f64 = 64.0;
 const RIGHT: f64 = 12.0;
 const TOP: f64 = 16.0;
 const BOTTOM: f64 = 34.0;
@@ -55,6 +62,20 @@ pub fn nice_ceiling(v: i64) -> i64 {
         }
     }
     mag.saturating_mul(10)
+}
+
+/// The axis maximum and the number of gridlines above zero: 3, 4 or 5 steps of a nice
+/// size, whichever ends closest above the top value (4 on a tie).
+pub fn scale(top: i64, min_step: i64) -> (i64, i64) {
+    let mut best: Option<(i64, i64)> = None;
+    for n in [4_i64, 5, 3] {
+        let step = nice_ceiling((top + n - 1) / n).max(min_step.max(1));
+        let max = step * n;
+        if best.is_none_or(|(m, _)| max < m) {
+            best = Some((max, n));
+        }
+    }
+    best.unwrap_or((4, 4))
 }
 
 /// SVG-escape text.
@@ -86,10 +107,11 @@ impl BarChart<'_> {
             })
             .max()
             .unwrap_or(0);
-        // Four gridlines; an empty chart still gets an axis from 0 to 4 units.
-        let max = nice_ceiling(top_value).max(4);
-        let plot_w = W - LEFT - RIGHT;
-        let plot_h = H - TOP - BOTTOM;
+        let (w, h) = (self.width, self.height);
+        let left = if w < 500.0 { 50.0 } else { 64.0 };
+        let (max, steps) = scale(top_value, self.min_step);
+        let plot_w = w - left - RIGHT;
+        let plot_h = h - TOP - BOTTOM;
         let slot = plot_w / f(i64::try_from(n).unwrap_or(1));
         let bar_w = (slot * 0.68).clamp(2.0, 48.0);
         let y_of = |v: i64| TOP + plot_h - plot_h * f(v) / f(max);
@@ -98,7 +120,8 @@ impl BarChart<'_> {
         let mut s = String::with_capacity(4096 + n * 200);
         let _ = write!(
             s,
-            r#"<svg class="chart" id="{id}" viewBox="0 0 {W} {H}" preserveAspectRatio="xMidYMid meet" role="img" aria-labelledby="{id}-title {id}-desc" data-max="{max}">"#
+            r#"<svg class="chart {}" id="{id}" viewBox="0 0 {w} {h}" preserveAspectRatio="xMidYMid meet" role="img" aria-labelledby="{id}-title {id}-desc" data-max="{max}">"#,
+            x(self.class)
         );
         let _ = write!(
             s,
@@ -108,15 +131,15 @@ impl BarChart<'_> {
         );
         // Gridlines and y labels.
         s.push_str(r#"<g class="grid" aria-hidden="true">"#);
-        for i in 0..=4 {
-            let v = max * i / 4;
+        for i in 0..=steps {
+            let v = max * i / steps;
             let y = y_of(v);
             let _ = write!(
                 s,
-                r#"<line x1="{LEFT}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}"{}/><text class="ylabel" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-                W - RIGHT,
+                r#"<line x1="{left}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}"{}/><text class="ylabel" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                w - RIGHT,
                 if i == 0 { r#" class="axis""# } else { "" },
-                LEFT - 8.0,
+                left - 8.0,
                 y + 4.0,
                 x(&(self.axis_fmt)(v))
             );
@@ -125,18 +148,18 @@ impl BarChart<'_> {
         // Bars.
         s.push_str(r#"<g class="bars">"#);
         for (i, p) in self.points.iter().enumerate() {
-            let cx = LEFT + slot * (f(i64::try_from(i).unwrap_or(0)) + 0.5);
+            let cx = left + slot * (f(i64::try_from(i).unwrap_or(0)) + 0.5);
             let y = y_of(p.value);
-            let h = (TOP + plot_h - y).max(0.0);
+            let bar_h = (TOP + plot_h - y).max(0.0);
             // A zero still gets a hairline so the period's shape reads; it carries data-value 0.
-            let (y, h) = if p.value > 0 {
-                (y, h.max(1.5))
+            let (y, bar_h) = if p.value > 0 {
+                (y, bar_h.max(1.5))
             } else {
                 (TOP + plot_h - 1.0, 1.0)
             };
             let _ = write!(
                 s,
-                r#"<rect class="bar{}" x="{:.1}" y="{y:.1}" width="{bar_w:.1}" height="{h:.1}" rx="2" data-value="{}"><title>{}: {}</title></rect>"#,
+                r#"<rect class="bar{}" x="{:.1}" y="{y:.1}" width="{bar_w:.1}" height="{bar_h:.1}" rx="2" data-value="{}"><title>{}: {}</title></rect>"#,
                 if p.value > 0 { "" } else { " zero" },
                 cx - bar_w / 2.0,
                 p.value,
@@ -153,7 +176,7 @@ impl BarChart<'_> {
                 .map(|(i, p)| {
                     format!(
                         "{:.1},{:.1}",
-                        LEFT + slot * (f(i64::try_from(i).unwrap_or(0)) + 0.5),
+                        left + slot * (f(i64::try_from(i).unwrap_or(0)) + 0.5),
                         y_of(p.previous)
                     )
                 })
@@ -164,8 +187,8 @@ impl BarChart<'_> {
                 pts.join(" ")
             );
         }
-        // X labels: at most ~8, always the last one.
-        let every = n.div_ceil(8).max(1);
+        // X labels: at most `max_labels`, always the last one.
+        let every = n.div_ceil(self.max_labels.max(2)).max(1);
         s.push_str(r#"<g class="xlabels" aria-hidden="true">"#);
         for (i, p) in self.points.iter().enumerate() {
             if i % every != 0 && i != n - 1 {
@@ -174,11 +197,11 @@ impl BarChart<'_> {
             if i != n - 1 && n - 1 - i < every {
                 continue; // keep the last label clear of its neighbour
             }
-            let cx = LEFT + slot * (f(i64::try_from(i).unwrap_or(0)) + 0.5);
+            let cx = left + slot * (f(i64::try_from(i).unwrap_or(0)) + 0.5);
             let _ = write!(
                 s,
                 r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-                H - 10.0,
+                h - 10.0,
                 x(&p.label)
             );
         }
@@ -203,6 +226,14 @@ mod tests {
     }
 
     #[test]
+    fn scales_end_just_above_the_top() {
+        assert_eq!(scale(4900, 100), (5000, 5));
+        assert_eq!(scale(2900, 100), (3000, 3));
+        assert_eq!(scale(0, 100), (300, 3));
+        assert_eq!(scale(19_600, 100), (20_000, 4));
+    }
+
+    #[test]
     fn bars_carry_values_and_text_is_escaped() {
         let pts = vec![
             Point {
@@ -221,6 +252,11 @@ mod tests {
         let fmt = |v: i64| format!("${}", v / 100);
         let svg = BarChart {
             id: "c",
+            class: "chart-wide",
+            width: 760.0,
+            height: 280.0,
+            max_labels: 8,
+            min_step: 100,
             title: "Sales & more",
             desc: "d",
             points: &pts,

@@ -258,7 +258,7 @@ pub async fn detail(
                     label
                 },
                 ip: if ip.is_empty() { "—".into() } else { ip },
-                activated: datetime_label(at),
+                activated: super::date(at),
                 last_seen: super::ago(seen),
                 active: off.is_none(),
             })

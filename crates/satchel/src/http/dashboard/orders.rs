@@ -403,7 +403,11 @@ async fn detail_view(app: &App, dash: &Dash, o: Order) -> ApiResult<DetailPage> 
         payments: payments
             .into_iter()
             .map(|(provider, reference, amount, currency, status, at)| PaymentView {
-                provider,
+                provider: match provider.as_str() {
+                    "test" => "test mode".into(),
+                    "stripe" => "Stripe".into(),
+                    _ => provider,
+                },
                 reference: reference.unwrap_or_else(|| "—".into()),
                 amount: money(amount, &currency),
                 status,

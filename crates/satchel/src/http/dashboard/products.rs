@@ -39,6 +39,10 @@ pub struct ListQuery {
 
 pub struct Row {
     pub id: String,
+    /// The cover (served publicly once the product is not a draft), else an initial on a tint.
+    pub thumb_url: Option<String>,
+    pub initial: String,
+    pub hue: u32,
     pub title: String,
     pub slug: String,
     pub status: String,
@@ -113,6 +117,18 @@ pub async fn list(State(app): State<App>, dash: Dash, Query(q): Query<ListQuery>
             let mine: Vec<&(String, i64, String, i64)> = sales.iter().filter(|s| s.0 == p.id).collect();
             Row {
                 id: p.id.clone(),
+                thumb_url: p
+                    .cover_key
+                    .as_ref()
+                    .filter(|_| p.status != "draft")
+                    .map(|_| format!("/media/products/{}/cover", p.id)),
+                initial: p
+                    .title
+                    .chars()
+                    .next()
+                    .map(|c| c.to_uppercase().to_string())
+                    .unwrap_or_default(),
+                hue: p.id.bytes().map(u32::from).sum::<u32>() % 5 + 1,
                 title: p.title.clone(),
                 slug: p.slug.clone(),
                 status: p.status.clone(),
@@ -273,6 +289,9 @@ impl ProductForm {
 
     /// Parses what the form can check itself; domain validation comes after.
     fn parsed(&self, errors: &mut Errors) -> Option<Parsed> {
+        if self.title.trim().is_empty() {
+            errors.add("title", "Enter the title buyers will see.");
+        }
         let currency = self.currency.trim().to_ascii_uppercase();
         let money_currency = if catalog::currency_exponent(&currency).is_some() {
             currency.clone()
@@ -480,9 +499,9 @@ impl FormPage {
                 opt("year", "Yearly"),
             ],
             license_types: vec![
-                opt("none", "No license key"),
-                opt("perpetual", "Perpetual (device limit)"),
-                opt("subscription", "Subscription (valid while paid)"),
+                opt("none", "None"),
+                opt("perpetual", "Perpetual"),
+                opt("subscription", "While subscribed"),
                 opt("single_use", "Single use"),
             ],
             ip_policies: vec![

@@ -191,7 +191,10 @@ fn delivery_facts(app: &App) -> Vec<Fact> {
         email,
         fact(
             "Database",
-            app.db.backend().name(),
+            match app.db.backend() {
+                crate::db::Backend::Sqlite => "SQLite",
+                crate::db::Backend::Postgres => "PostgreSQL",
+            },
             "ok",
             "SQLite for one server; PostgreSQL when you run several.",
         ),
