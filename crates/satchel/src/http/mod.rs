@@ -55,6 +55,7 @@ pub fn routes() -> (Router<App>, utoipa::openapi::OpenApi) {
         .merge(licenses::routes())
         .merge(seller::routes())
         .merge(library::routes())
+        .merge(dashboard::media_routes())
         .merge(versions::routes().layer(axum::extract::DefaultBodyLimit::max(versions::MULTIPART_LIMIT)))
         .split_for_parts()
 }

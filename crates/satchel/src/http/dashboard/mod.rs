@@ -90,9 +90,13 @@ pub fn router(app: App) -> Router<App> {
         .route("/dashboard/admin/sellers/{id}/status", post(admin::set_status))
         .merge(uploads)
         .layer(axum::middleware::from_fn_with_state(app, error_pages))
-        .route("/media/sellers/{id}/logo", get(settings::logo))
         .route("/static/dashboard.css", get(dashboard_css))
         .route("/static/uploader.js", get(uploader_js))
+}
+
+/// Public media of the dashboard's settings (the store logo), documented in the OpenAPI.
+pub fn media_routes() -> utoipa_axum::router::OpenApiRouter<App> {
+    utoipa_axum::router::OpenApiRouter::new().routes(utoipa_axum::routes!(settings::logo))
 }
 
 async fn dashboard_css() -> Response {

@@ -285,6 +285,9 @@ pub struct DetailQuery {
     notice: Option<String>,
 }
 
+/// (id, title, quantity, unit price, total, status, parent item)
+type ItemRow = (String, String, i64, i64, i64, String, Option<String>);
+
 async fn detail_view(app: &App, dash: &Dash, o: Order) -> ApiResult<DetailPage> {
     let (refunded_total, provider_payment_id, discount_code_id, affiliate_id): (
         i64,
@@ -298,7 +301,7 @@ async fn detail_view(app: &App, dash: &Dash, o: Order) -> ApiResult<DetailPage> 
             &o.id
         ))
         .await?;
-    let items: Vec<(String, String, i64, i64, i64, String, Option<String>)> = app
+    let items: Vec<ItemRow> = app
         .db
         .fetch_all(sql!(
             "SELECT id, title, quantity, unit_price, total, status, parent_item_id FROM order_items WHERE order_id = $1 ORDER BY id",

@@ -82,6 +82,9 @@ pub fn transport_label(app: &App) -> String {
     }
 }
 
+/// (id, to, subject, kind, status, created_at, last_error)
+type OutboxListRow = (String, String, String, String, String, i64, Option<String>);
+
 pub async fn list(State(app): State<App>, dash: Dash, Query(q): Query<ListQuery>) -> ApiResult<Response> {
     let mut query = crate::db::Query::new(
         "SELECT id, to_email, subject, kind, status, created_at, last_error FROM email_outbox WHERE".to_string(),
@@ -100,7 +103,7 @@ pub async fn list(State(app): State<App>, dash: Dash, Query(q): Query<ListQuery>
         query.push_sql(&format!(" AND id < {a}"));
     }
     query.push_sql(" ORDER BY id DESC LIMIT 51");
-    let mut rows: Vec<(String, String, String, String, String, i64, Option<String>)> = app.db.fetch_all(query).await?;
+    let mut rows: Vec<OutboxListRow> = app.db.fetch_all(query).await?;
     let next_href = (rows.len() > 50).then(|| {
         rows.truncate(50);
         format!(

@@ -269,8 +269,7 @@ fn delta(
 fn kpi(
     id: &'static str,
     label: &'static str,
-    cur: i64,
-    prev: i64,
+    (cur, prev): (i64, i64),
     up_is_good: bool,
     fmt: &dyn Fn(i64) -> String,
     sub: String,
@@ -320,7 +319,7 @@ fn count(n: i64) -> String {
     let s = n.abs().to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -379,8 +378,7 @@ pub async fn page(State(app): State<App>, dash: Dash, Query(q): Query<OverviewQu
         kpi(
             "net-revenue",
             "Net revenue",
-            net,
-            prev_net,
+            (net, prev_net),
             true,
             &m,
             format!("{} gross · {} refunded", m(gross), m(refunded)),
@@ -389,8 +387,7 @@ pub async fn page(State(app): State<App>, dash: Dash, Query(q): Query<OverviewQu
         kpi(
             "orders",
             "Orders",
-            orders,
-            t_prev.orders(),
+            (orders, t_prev.orders()),
             true,
             &n,
             if orders > 0 {
@@ -403,8 +400,7 @@ pub async fn page(State(app): State<App>, dash: Dash, Query(q): Query<OverviewQu
         kpi(
             "refunds",
             "Refunds",
-            refunded,
-            t_prev.refunded(&currency),
+            (refunded, t_prev.refunded(&currency)),
             false,
             &m,
             match t_cur.refund_count() {
@@ -417,8 +413,7 @@ pub async fn page(State(app): State<App>, dash: Dash, Query(q): Query<OverviewQu
         kpi(
             "downloads",
             "Downloads",
-            t_cur.downloads,
-            t_prev.downloads,
+            (t_cur.downloads, t_prev.downloads),
             true,
             &n,
             "Counted download starts".into(),
@@ -427,8 +422,7 @@ pub async fn page(State(app): State<App>, dash: Dash, Query(q): Query<OverviewQu
         kpi(
             "activations",
             "Activations",
-            t_cur.activations,
-            t_prev.activations,
+            (t_cur.activations, t_prev.activations),
             true,
             &n,
             "New devices activated".into(),

@@ -454,7 +454,9 @@ pub async fn remove_logo(State(app): State<App>, dash: Dash, DashForm(f): DashFo
     Ok(see_other("/dashboard/settings?notice=logo_removed"))
 }
 
-/// A store's logo (public: the storefront shows it).
+/// A store's logo (uploaded in the dashboard's settings; the storefront header shows it).
+#[utoipa::path(get, path = "/media/sellers/{id}/logo", tag = "catalog", params(("id" = String, Path, description = "Seller id")),
+    responses((status = 200, description = "The image (PNG, JPEG or WebP)"), (status = 404, description = "No logo")))]
 pub async fn logo(State(app): State<App>, Path(id): Path<String>) -> ApiResult<Response> {
     let row: Option<(Option<String>,)> = app
         .db
