@@ -195,6 +195,12 @@ async fn sign_in_errors_keep_the_input_and_pages_need_a_session() {
         assert_eq!(r.headers()["x-frame-options"], "DENY");
         let html = r.text().await.unwrap();
         assert!(html.contains("<html lang=\"en\">") && html.contains("data-kpi=\"net-revenue\""));
+        // Every range is a link; 12 months are 52 weekly bars (drawn wide and compact).
+        for (range, bars) in [("7d", 7), ("30d", 30), ("90d", 13), ("12m", 52)] {
+            let (status, html) = get(&t, &s, &format!("/dashboard?range={range}")).await;
+            assert_eq!(status, 200);
+            assert_eq!(html.matches("<rect class=\"bar").count(), 2 * bars, "{range}");
+        }
         // The dashboard session is the API's session: the seller API accepts it.
         let r = t
             .client

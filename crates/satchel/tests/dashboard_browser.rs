@@ -780,6 +780,61 @@ async fn seed_activity(t: &TestApp) -> Value {
     last
 }
 
+/// A small PNG logo (a rounded indigo tile with a lighter diagonal), encoded by hand:
+/// stored (uncompressed) deflate blocks inside a zlib stream, CRCs from `crc32fast`.
+fn logo_png(size: u32) -> Vec<u8> {
+    let mut raw = Vec::new();
+    for y in 0..size {
+        raw.push(0); // filter: none
+        for x in 0..size {
+            let r = size as f32 * 0.22;
+            let (cx, cy) = (x.min(size - 1 - x) as f32, y.min(size - 1 - y) as f32);
+            let outside = cx < r && cy < r && (r - cx).hypot(r - cy) > r;
+            let t = (x + y) as f32 / (2.0 * size as f32);
+            let band = ((x as i64 - y as i64).abs() as f32) < size as f32 * 0.18;
+            let (red, green, blue) = if band {
+                (167, 139, 250)
+            } else {
+                (79 + (t * 30.0) as u8, 70, 229)
+            };
+            raw.extend_from_slice(&[red, green, blue, if outside { 0 } else { 255 }]);
+        }
+    }
+    let mut z = vec![0x78, 0x01];
+    let chunks: Vec<&[u8]> = raw.chunks(65_535).collect();
+    for (i, c) in chunks.iter().enumerate() {
+        z.push(u8::from(i == chunks.len() - 1));
+        let len = u16::try_from(c.len()).unwrap();
+        z.extend_from_slice(&len.to_le_bytes());
+        z.extend_from_slice(&(!len).to_le_bytes());
+        z.extend_from_slice(c);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for byte in &raw {
+        a = (a + u32::from(*byte)) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    z.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        png.extend_from_slice(&u32::try_from(data.len()).unwrap().to_be_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(kind);
+        crc.update(data);
+        png.extend_from_slice(kind);
+        png.extend_from_slice(data);
+        png.extend_from_slice(&crc.finalize().to_be_bytes());
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&size.to_be_bytes());
+    ihdr.extend_from_slice(&size.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 6, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IDAT", &z);
+    chunk(b"IEND", &[]);
+    png
+}
+
 /// Makes the window as tall as the page (plus the browser's own chrome) for a full-page shot.
 async fn full_page_shot(b: &Browser, name: &str, width: u32) {
     let h = b
@@ -874,6 +929,29 @@ async fn dashboard_screenshots_light_and_dark_desktop_and_phone() {
         }
         c.set_window_size(1280, 900).await.unwrap();
         sign_in(&b, &t, "/dashboard").await;
+        if theme == "light" {
+            // The logo, uploaded through the settings form; the store's header shows it.
+            let dir = tempfile::tempdir().unwrap();
+            let logo = dir.path().join("logo.png");
+            std::fs::write(&logo, logo_png(96)).unwrap();
+            c.goto(&t.url("/dashboard/settings")).await.unwrap();
+            c.find(Locator::Id("logo"))
+                .await
+                .unwrap()
+                .send_keys(logo.to_str().unwrap())
+                .await
+                .unwrap();
+            b.click("#upload-logo").await;
+            b.wait("#current-logo").await;
+            let loaded = c
+                .execute("return document.getElementById('current-logo').naturalWidth", vec![])
+                .await
+                .unwrap();
+            assert_eq!(loaded, json!(96), "the uploaded logo is served and decodes");
+        }
+        c.goto(&t.url("/")).await.unwrap();
+        b.wait(".logo-img").await;
+        b.shot(&format!("dashboard-store-header-{theme}")).await;
         for (width, device) in [(1280, "desktop"), (390, "phone")] {
             for (name, path) in &pages {
                 c.set_window_size(width, 900).await.unwrap();
