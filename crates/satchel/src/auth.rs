@@ -55,7 +55,8 @@ impl FromRequestParts<App> for SellerAuth {
                 .db
                 .fetch_optional(sql!(
                     "SELECT k.id, u.id, k.seller_id, u.role, k.last_used_at FROM api_keys k JOIN users u ON u.id = k.user_id
-                     WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+                     JOIN sellers sl ON sl.id = k.seller_id
+                     WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND sl.status = 'active'",
                     hash_secret(key.trim())
                 ))
                 .await?;
@@ -80,7 +81,8 @@ impl FromRequestParts<App> for SellerAuth {
                 .db
                 .fetch_optional(sql!(
                     "SELECT u.id, u.seller_id, u.role FROM sessions s JOIN users u ON u.id = s.user_id
-                     WHERE s.token_hash = $1 AND s.expires_at > $2",
+                     JOIN sellers sl ON sl.id = u.seller_id
+                     WHERE s.token_hash = $1 AND s.expires_at > $2 AND sl.status = 'active'",
                     hash_secret(&token),
                     t
                 ))
@@ -138,6 +140,19 @@ pub async fn login(app: &App, email: &str, password: &str) -> ApiResult<crate::d
     let ok = crate::accounts::verify_password(password, hash.as_deref().unwrap_or(dummy)) && hash.is_some();
     match user {
         Some(u) if ok && (u.role == "seller" || u.role == "admin") => {
+            // A suspended store's owner is told so (only after the password was right).
+            let active = match &u.seller_id {
+                Some(sid) => crate::accounts::find_seller(&app.db, sid)
+                    .await?
+                    .is_some_and(|s| s.status == "active"),
+                None => false,
+            };
+            if !active {
+                return Err(crate::error::forbidden(
+                    "seller_suspended",
+                    "this store is suspended; contact the administrator of this Satchel",
+                ));
+            }
             app.db
                 .execute(sql!("UPDATE users SET last_login_at = $2 WHERE id = $1", &u.id, now()))
                 .await?;

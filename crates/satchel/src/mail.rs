@@ -199,6 +199,8 @@ pub async fn queue(e: &impl Exec, m: &Email) -> anyhow::Result<String> {
 #[derive(Debug, sqlx::FromRow)]
 struct OutboxRow {
     id: String,
+    /// The store's sender name (dashboard → Settings), when it set one.
+    sender_name: Option<String>,
     to_email: String,
     subject: String,
     body_text: String,
@@ -207,9 +209,12 @@ struct OutboxRow {
 }
 
 fn build_message(from: &str, row: &OutboxRow) -> anyhow::Result<Message> {
-    let from: Mailbox = from
+    let mut from: Mailbox = from
         .parse()
         .map_err(|e| anyhow::anyhow!("email.from {from:?} is not a mailbox: {e}"))?;
+    if let Some(name) = row.sender_name.as_deref().map(str::trim).filter(|n| !n.is_empty()) {
+        from.name = Some(name.to_string());
+    }
     let to: Mailbox = row
         .to_email
         .parse()
@@ -239,7 +244,8 @@ pub async fn send(app: App, job: SendEmail) -> anyhow::Result<()> {
     let Some(row) = app
         .db
         .fetch_optional::<OutboxRow>(sql!(
-            "SELECT id, to_email, subject, body_text, body_html, status FROM email_outbox WHERE id = $1",
+            "SELECT e.id, s.sender_name, e.to_email, e.subject, e.body_text, e.body_html, e.status
+             FROM email_outbox e LEFT JOIN sellers s ON s.id = e.seller_id WHERE e.id = $1",
             &job.outbox_id
         ))
         .await?

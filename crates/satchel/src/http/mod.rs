@@ -6,6 +6,7 @@ pub mod affiliate_portal;
 pub mod branding;
 pub mod catalog;
 pub mod commerce;
+pub mod dashboard;
 pub mod extract;
 pub mod invoices;
 pub mod library;
@@ -84,6 +85,7 @@ pub fn router(app: App) -> Router {
         )
         .merge(pages::router())
         .merge(invoices::static_router())
+        .merge(dashboard::router(app.clone()))
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(app.clone(), ratelimit::limit))
         .layer(axum::middleware::from_fn_with_state(app.clone(), pages::browser_layer))

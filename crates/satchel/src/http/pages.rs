@@ -360,7 +360,7 @@ fn policy_words(p: &Product) -> Vec<String> {
 }
 
 /// Reads the CSRF cookie, or mints one (then the response must set it).
-fn csrf_token(headers: &HeaderMap) -> (String, Option<HeaderValue>) {
+pub fn csrf_token(headers: &HeaderMap) -> (String, Option<HeaderValue>) {
     if let Some(t) = cookie(headers, CSRF_COOKIE).filter(|t| t.len() >= 16 && t.len() <= 64) {
         return (t, None);
     }
@@ -369,7 +369,7 @@ fn csrf_token(headers: &HeaderMap) -> (String, Option<HeaderValue>) {
     (t, hv)
 }
 
-fn csrf_ok(headers: &HeaderMap, form_token: &str) -> bool {
+pub fn csrf_ok(headers: &HeaderMap, form_token: &str) -> bool {
     use subtle::ConstantTimeEq;
     match cookie(headers, CSRF_COOKIE) {
         Some(c) if !c.is_empty() => bool::from(c.as_bytes().ct_eq(form_token.as_bytes())),
@@ -957,7 +957,8 @@ pub async fn browser_layer(State(app): State<App>, req: Request, next: Next) -> 
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/html"));
-    if is_html {
+    // A handler that chose its own policy (e.g. a sandboxed email preview) keeps it.
+    if is_html && !h.contains_key("content-security-policy") {
         h.insert("content-security-policy", HeaderValue::from_static(CSP));
         h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     }

@@ -29,6 +29,7 @@ fn class_of(method: &axum::http::Method, path: &str) -> Option<(&'static str, f6
             || path == "/library/login"
             || path == "/api/v1/affiliate/login"
             || path == "/affiliate/login"
+            || path == "/dashboard/login"
             || path == "/api/v1/orders/lookup")
     {
         Some(("sign-in", 10.0, 0.2))
