@@ -261,7 +261,14 @@ pub async fn list(app: &App, buyer: &BuyerAuth) -> ApiResult<Value> {
     let base = app.cfg.public_url();
     let reviews = crate::reviews::by_buyer(&app.db, &buyer.email).await?;
     let mut items = Vec::new();
+    let mut invoices: std::collections::HashMap<String, Option<String>> = std::collections::HashMap::new();
     for p in purchases {
+        if !invoices.contains_key(&p.order_id) {
+            let url = crate::invoices::invoice_of_order(&app.db, &p.order_id)
+                .await?
+                .map(|i| crate::invoices::url(app, &i.id));
+            invoices.insert(p.order_id.clone(), url);
+        }
         let product = crate::catalog::find_product(&app.db, &p.product_id).await?;
         let version = match &product {
             Some(prod) => crate::catalog::current_version(&app.db, prod).await?,
@@ -322,6 +329,7 @@ pub async fn list(app: &App, buyer: &BuyerAuth) -> ApiResult<Value> {
             "item_id": p.item_id,
             "order_status": p.order_status,
             "paid_at": p.paid_at,
+            "invoice_url": invoices.get(&p.order_id).cloned().flatten(),
             "can_review": can_review,
             "review": reviews.get(&p.product_id).map(|r| {
                 let mut v = r.public_json();

@@ -702,8 +702,10 @@ async fn settings_reach_the_storefront_and_the_emails() {
             .unwrap();
         assert_eq!(r.status(), 303);
         let home = t.client.get(t.url("/")).send().await.unwrap().text().await.unwrap();
-        let marker = "class=\"logo-img\" src=\"";
-        let at = home.find(marker).expect("the header shows the logo");
+        let img = home.find("class=\"logo-img\"").expect("the header shows the logo");
+        let tag_start = home[..img].rfind("<img").expect("inside an img tag");
+        let marker = "src=\"";
+        let at = tag_start + home[tag_start..].find(marker).expect("src");
         let src = &home[at + marker.len()..];
         let src = &src[..src.find('"').unwrap()];
         let r = t.client.get(t.url(src)).send().await.unwrap();

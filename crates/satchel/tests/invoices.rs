@@ -65,6 +65,23 @@ async fn paid_orders_get_numbered_invoices_and_refunds_credit_notes() {
             "{backend:?}"
         );
 
+        // And the buyer's library, next to the purchase.
+        let (cookie, _) = t.library_session("reader@example.com").await;
+        let library = t
+            .client
+            .get(t.url("/library"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            library.contains(&url.replace(&t.base_url, "")) || library.contains(&url),
+            "{backend:?}: library links the invoice"
+        );
+
         // A second order takes the next number.
         let second = t.buy_paid("demo-templates", "other@example.com").await;
         let (_, html2) = page(&t, second["invoice_url"].as_str().unwrap()).await;
