@@ -77,17 +77,34 @@ impl FromRequestParts<App> for SellerAuth {
             });
         }
         if let Some(token) = cookie(&parts.headers, SESSION_COOKIE) {
-            let row: Option<(String, Option<String>, String)> = app
+            let row: Option<(String, Option<String>, String, String)> = app
                 .db
                 .fetch_optional(sql!(
-                    "SELECT u.id, u.seller_id, u.role FROM sessions s JOIN users u ON u.id = s.user_id
+                    "SELECT u.id, u.seller_id, u.role, s.csrf_token FROM sessions s JOIN users u ON u.id = s.user_id
                      JOIN sellers sl ON sl.id = u.seller_id
                      WHERE s.token_hash = $1 AND s.expires_at > $2 AND sl.status = 'active'",
                     hash_secret(&token),
                     t
                 ))
                 .await?;
-            if let Some((user_id, Some(seller_id), role)) = row.filter(|r| r.2 == "seller" || r.2 == "admin") {
+            if let Some((user_id, Some(seller_id), role, csrf)) = row.filter(|r| r.2 == "seller" || r.2 == "admin") {
+                // A browser sends the cookie with any request, so a request that changes
+                // something must also prove it came from our pages: the session's CSRF token
+                // (from the sign-in answer or the dashboard) in `X-CSRF-Token`.
+                if !parts.method.is_safe() {
+                    use subtle::ConstantTimeEq;
+                    let sent = parts
+                        .headers
+                        .get("x-csrf-token")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    if !bool::from(sent.as_bytes().ct_eq(csrf.as_bytes())) {
+                        return Err(crate::error::forbidden(
+                            "csrf_failed",
+                            "requests signed in by session cookie must send X-CSRF-Token (the csrf_token from POST /api/v1/auth/login); scripts should use an API key",
+                        ));
+                    }
+                }
                 return Ok(SellerAuth {
                     user_id,
                     seller_id,

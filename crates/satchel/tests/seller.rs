@@ -57,6 +57,65 @@ async fn sign_in_sessions_and_api_keys() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{backend:?}");
+        // Changes by session need the session's CSRF token; nothing happens without it.
+        let csrf = {
+            let r = t
+                .client
+                .post(t.url("/api/v1/auth/login"))
+                .json(&json!({"email": "demo@satchel.test", "password": "demo-password"}))
+                .send()
+                .await
+                .unwrap();
+            let cookie = r.headers()["set-cookie"]
+                .to_str()
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .to_string();
+            let body: Value = r.json().await.unwrap();
+            (cookie, body["csrf_token"].as_str().unwrap().to_string())
+        };
+        let discount = json!({"code": "CSRF10", "kind": "percent", "amount": 10});
+        let r = t
+            .client
+            .post(t.url("/api/v1/discounts"))
+            .header("cookie", &csrf.0)
+            .json(&discount)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{backend:?}");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "csrf_failed");
+        let r = t
+            .client
+            .post(t.url("/api/v1/discounts"))
+            .header("cookie", &csrf.0)
+            .header("x-csrf-token", "not-the-token")
+            .json(&discount)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{backend:?}");
+        assert_eq!(
+            t.app
+                .db
+                .fetch_i64(sql!("SELECT COUNT(*) FROM discount_codes"))
+                .await
+                .unwrap(),
+            0,
+            "{backend:?}: refused requests change nothing"
+        );
+        let r = t
+            .client
+            .post(t.url("/api/v1/discounts"))
+            .header("cookie", &csrf.0)
+            .header("x-csrf-token", &csrf.1)
+            .json(&discount)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{backend:?}");
         let r = t
             .client
             .post(t.url("/api/v1/auth/logout"))
