@@ -12,150 +12,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::browser::{tab_to, Browser};
+
 use std::time::Duration;
 
 use fantoccini::key::Key;
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use satchel::db::Exec;
 use satchel::sql;
-use satchel::testing::{backends, skip, TestApp};
+use satchel::testing::{backends, TestApp};
 use serde_json::{json, Value};
-
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-struct Browser {
-    client: Client,
-    driver: Child,
-    _profile: tempfile::TempDir,
-}
-
-impl Browser {
-    async fn start() -> Option<Self> {
-        Self::start_with(&[]).await
-    }
-
-    /// Starts chromedriver on a free port, waits until it answers, opens headless Chromium.
-    async fn start_with(extra_args: &[&str]) -> Option<Self> {
-        if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists() {
-            skip("chromium / chromium-driver not installed (apt-get install -y chromium chromium-driver)");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn chromedriver");
-        let status = format!("http://127.0.0.1:{port}/status");
-        let http = reqwest::Client::new();
-        let mut ready = false;
-        for _ in 0..100 {
-            if let Ok(r) = http.get(&status).send().await {
-                if r.status().is_success() {
-                    ready = true;
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if !ready {
-            let _ = driver.kill();
-            panic!("chromedriver did not become ready on port {port}");
-        }
-        let profile = tempfile::tempdir().unwrap();
-        let mut args: Vec<String> = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--hide-scrollbars",
-            "--window-size=1280,900",
-        ]
-        .iter()
-        .map(|a| (*a).to_string())
-        .collect();
-        args.push(format!("--user-data-dir={}", profile.path().display()));
-        args.extend(extra_args.iter().map(|a| (*a).to_string()));
-        let mut caps = serde_json::Map::new();
-        caps.insert("goog:chromeOptions".into(), json!({ "binary": CHROMIUM, "args": args }));
-        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&format!("http://127.0.0.1:{port}"))
-            .await
-            .expect("open a Chromium session");
-        Some(Self {
-            client,
-            driver,
-            _profile: profile,
-        })
-    }
-
-    async fn shot(&self, name: &str) {
-        let dir = screenshots_dir();
-        std::fs::create_dir_all(&dir).unwrap();
-        let png = self.client.screenshot().await.unwrap();
-        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
-    }
-
-    async fn text(&self, css: &str) -> String {
-        self.client.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
-    }
-
-    async fn click(&self, css: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-    }
-
-    /// Replaces an input's value.
-    async fn fill(&self, css: &str, value: &str) {
-        let el = self.client.find(Locator::Css(css)).await.unwrap();
-        el.clear().await.unwrap();
-        el.send_keys(value).await.unwrap();
-    }
-
-    async fn wait(&self, css: &str) {
-        self.client
-            .wait()
-            .at_most(Duration::from_secs(30))
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("waiting for {css}: {e}"));
-    }
-
-    async fn path(&self) -> String {
-        self.client.current_url().await.unwrap().path().to_string()
-    }
-
-    async fn close(mut self) {
-        let _ = self.client.close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
-fn screenshots_dir() -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")));
-    target.join("screenshots")
-}
 
 /// Signs the demo seller in through the form (starting from any dashboard URL).
 async fn sign_in(b: &Browser, t: &TestApp, start: &str) {
@@ -166,19 +34,6 @@ async fn sign_in(b: &Browser, t: &TestApp, start: &str) {
     b.fill("#password", satchel::demo::DEMO_PASSWORD).await;
     b.click("#sign-in").await;
     b.wait("#sign-out").await;
-}
-
-/// Tabs until the focused element has `id`, then returns it (keyboard-only navigation).
-async fn tab_to(c: &Client, id: &str) -> fantoccini::elements::Element {
-    let tab = String::from(char::from(Key::Tab));
-    for _ in 0..40 {
-        let el = c.active_element().await.unwrap();
-        if el.attr("id").await.unwrap().as_deref() == Some(id) {
-            return el;
-        }
-        el.send_keys(&tab).await.unwrap();
-    }
-    panic!("never reached #{id} with Tab");
 }
 
 async fn bar_values(c: &Client) -> Vec<i64> {

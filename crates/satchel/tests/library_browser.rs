@@ -10,168 +10,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod common;
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use common::browser::Browser;
+
+use std::path::PathBuf;
+
+use fantoccini::Locator;
 use satchel::db::Exec;
 use satchel::sql;
-use satchel::testing::{backends, skip, TestApp};
+use satchel::testing::{backends, TestApp};
 use serde_json::{json, Value};
-
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-struct Browser {
-    client: Client,
-    driver: Child,
-    _profile: tempfile::TempDir,
-}
-
-impl Browser {
-    async fn start(extra_args: &[&str]) -> Option<Self> {
-        if !std::path::Path::new(CHROMEDRIVER).exists() || !std::path::Path::new(CHROMIUM).exists() {
-            skip("chromium / chromium-driver not installed (apt-get install -y chromium chromium-driver)");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn chromedriver");
-        let status = format!("http://127.0.0.1:{port}/status");
-        let http = reqwest::Client::new();
-        let mut ready = false;
-        for _ in 0..100 {
-            if let Ok(r) = http.get(&status).send().await {
-                if r.status().is_success() {
-                    ready = true;
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if !ready {
-            let _ = driver.kill();
-            panic!("chromedriver did not become ready on port {port}");
-        }
-        let profile = tempfile::tempdir().unwrap();
-        let mut args: Vec<String> = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--window-size=1280,900",
-        ]
-        .iter()
-        .map(|a| (*a).to_string())
-        .collect();
-        args.push(format!("--user-data-dir={}", profile.path().display()));
-        args.extend(extra_args.iter().map(|a| (*a).to_string()));
-        let mut caps = serde_json::Map::new();
-        caps.insert("goog:chromeOptions".into(), json!({ "binary": CHROMIUM, "args": args }));
-        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&format!("http://127.0.0.1:{port}"))
-            .await
-            .expect("open a Chromium session");
-        Some(Self {
-            client,
-            driver,
-            _profile: profile,
-        })
-    }
-
-    /// A screenshot of the whole page (the window grows to the document's height first).
-    async fn shot(&self, name: &str) {
-        let dir = screenshots_dir();
-        std::fs::create_dir_all(&dir).unwrap();
-        let (w, h) = self.client.get_window_size().await.unwrap();
-        let (w, h) = (u32::try_from(w).unwrap(), u32::try_from(h).unwrap());
-        let full = self
-            .client
-            .execute("return document.documentElement.scrollHeight", vec![])
-            .await
-            .unwrap()
-            .as_u64()
-            .and_then(|v| u32::try_from(v).ok())
-            .unwrap_or(h)
-            .clamp(h, 4000);
-        self.client.set_window_size(w, full + 140).await.unwrap();
-        let png = self.client.screenshot().await.unwrap();
-        self.client.set_window_size(w, h).await.unwrap();
-        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
-    }
-
-    /// Viewport-sized screenshots down a long page (`name-1.png`, `name-2.png`, …), for phone widths.
-    async fn shot_pages(&self, name: &str) {
-        let dir = screenshots_dir();
-        std::fs::create_dir_all(&dir).unwrap();
-        let (_, h) = self.client.get_window_size().await.unwrap();
-        let full = self
-            .client
-            .execute("return document.documentElement.scrollHeight", vec![])
-            .await
-            .unwrap()
-            .as_u64()
-            .unwrap_or(h);
-        let view = self
-            .client
-            .execute("return window.innerHeight", vec![])
-            .await
-            .unwrap()
-            .as_u64()
-            .unwrap_or(h)
-            .max(1);
-        for (i, y) in (0..full).step_by(usize::try_from(view).unwrap()).take(6).enumerate() {
-            self.client
-                .execute(&format!("window.scrollTo(0, {y})"), vec![])
-                .await
-                .unwrap();
-            let png = self.client.screenshot().await.unwrap();
-            std::fs::write(dir.join(format!("{name}-{}.png", i + 1)), png).unwrap();
-        }
-        self.client.execute("window.scrollTo(0, 0)", vec![]).await.unwrap();
-    }
-
-    async fn text(&self, css: &str) -> String {
-        self.client.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
-    }
-
-    async fn click(&self, css: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
-            .click()
-            .await
-            .unwrap();
-    }
-
-    async fn close(mut self) {
-        let _ = self.client.close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
-fn screenshots_dir() -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")));
-    target.join("screenshots")
-}
 
 /// The newest sign-in link (`…{marker}{token}`) mailed to `to`, read from the `.eml` outbox.
 async fn link_from_outbox(t: &TestApp, to: &str, marker: &str) -> String {
@@ -245,7 +94,9 @@ async fn sign_in(b: &Browser, t: &TestApp, email: &str) {
 
 #[tokio::test]
 async fn buyer_library_devices_subscription_and_review_in_a_real_browser() {
-    let Some(b) = Browser::start(&[]).await else { return };
+    let Some(b) = Browser::start_with(&[]).await else {
+        return;
+    };
     for backend in backends().await {
         let t = TestApp::start_demo(backend).await;
         let tag = backend.name();
@@ -269,14 +120,14 @@ async fn buyer_library_devices_subscription_and_review_in_a_real_browser() {
         .unwrap();
 
         c.goto(&t.url("/library")).await.unwrap();
-        b.shot(&format!("library-signin-{tag}")).await;
+        b.shot_full(&format!("library-signin-{tag}")).await;
         sign_in(&b, &t, &email).await;
         assert!(b.text("h1").await.contains("Everything you bought"));
         let page = b.text("main").await;
         assert!(page.contains("Pixel Polish") && page.contains(&key), "{page}");
         assert!(page.contains("Studio iMac") && page.contains("MacBook Air"));
         assert!(page.contains("2 of 3 devices in use"), "{page}");
-        b.shot(&format!("library-{tag}")).await;
+        b.shot_full(&format!("library-{tag}")).await;
 
         // Deactivate the iMac: the seat is freed through the licensing code.
         let (imac_id,): (String,) = t
@@ -331,7 +182,7 @@ async fn buyer_library_devices_subscription_and_review_in_a_real_browser() {
         )
         .await
         .unwrap();
-        b.shot(&format!("library-subscription-canceled-{tag}")).await;
+        b.shot_full(&format!("library-subscription-canceled-{tag}")).await;
         b.click(&format!("#resume-{sub_id}")).await;
         c.wait()
             .for_element(Locator::Id(&format!("cancel-{sub_id}")))
@@ -355,7 +206,7 @@ async fn buyer_library_devices_subscription_and_review_in_a_real_browser() {
             .send_keys("Fast and tidy. I'd like more presets.")
             .await
             .unwrap();
-        b.shot(&format!("library-review-form-{tag}")).await;
+        b.shot_full(&format!("library-review-form-{tag}")).await;
         b.click(&format!("#save-review-{product_id}")).await;
         c.wait().for_element(Locator::Id("notice")).await.unwrap();
         assert!(b.text("#notice").await.contains("review is saved"));
@@ -375,11 +226,11 @@ async fn buyer_library_devices_subscription_and_review_in_a_real_browser() {
             "{reviews}"
         );
         assert!(b.text(".buy .rating").await.contains("4.5"));
-        b.shot(&format!("product-with-reviews-{tag}")).await;
+        b.shot_full(&format!("product-with-reviews-{tag}")).await;
         // The catalog's card carries the rating too.
         c.goto(&t.url("/products")).await.unwrap();
         assert!(b.text("a[href='/p/demo-app'] .rating").await.contains("4.5"));
-        b.shot(&format!("catalog-with-ratings-{tag}")).await;
+        b.shot_full(&format!("catalog-with-ratings-{tag}")).await;
 
         // Phone width.
         c.set_window_size(390, 844).await.unwrap();
@@ -401,7 +252,7 @@ async fn buyer_library_devices_subscription_and_review_in_a_real_browser() {
 #[tokio::test]
 async fn library_and_affiliate_portal_in_dark_mode_and_the_affiliate_flow() {
     // Blink's preferredColorScheme 0 = dark.
-    let Some(b) = Browser::start(&["--blink-settings=preferredColorScheme=0"]).await else {
+    let Some(b) = Browser::start_with(&["--blink-settings=preferredColorScheme=0"]).await else {
         return;
     };
     let t = TestApp::start_demo_with(satchel::db::Backend::Sqlite, |c| c.affiliates.refund_window_days = 0).await;
@@ -485,7 +336,7 @@ async fn library_and_affiliate_portal_in_dark_mode_and_the_affiliate_flow() {
             .unwrap(),
         t.url("/r/ALLY")
     );
-    b.shot("affiliate-dark").await;
+    b.shot_full("affiliate-dark").await;
     c.set_window_size(390, 844).await.unwrap();
     b.shot_pages("affiliate-mobile-dark").await;
     c.set_window_size(1280, 900).await.unwrap();
@@ -526,18 +377,20 @@ async fn library_and_affiliate_portal_in_dark_mode_and_the_affiliate_flow() {
         1,
         "only the updated product"
     );
-    b.shot("library-dark").await;
+    b.shot_full("library-dark").await;
     c.goto(&t.url("/p/demo-app")).await.unwrap();
     c.execute("document.getElementById('reviews').scrollIntoView()", vec![])
         .await
         .unwrap();
-    b.shot("product-reviews-empty-dark").await;
+    b.shot_full("product-reviews-empty-dark").await;
     b.close().await;
 }
 
 #[tokio::test]
 async fn affiliate_portal_light_screenshot() {
-    let Some(b) = Browser::start(&[]).await else { return };
+    let Some(b) = Browser::start_with(&[]).await else {
+        return;
+    };
     let t = TestApp::start_demo(satchel::db::Backend::Sqlite).await;
     let seller = t.demo_seller().await;
     // The store's logo in the header.
@@ -595,7 +448,7 @@ async fn affiliate_portal_light_screenshot() {
     c.wait().for_element(Locator::Css(".program")).await.unwrap();
     assert_eq!(b.text("[data-kpi='Clicks']").await, "5");
     assert_eq!(b.text("[data-kpi='Pending']").await, "$4.75", "25 % of $19");
-    b.shot("affiliate").await;
+    b.shot_full("affiliate").await;
     let logo_ok = c
         .execute(
             "const i = document.querySelector('.logo-img'); return i.complete && i.naturalWidth > 0",
@@ -611,6 +464,6 @@ async fn affiliate_portal_light_screenshot() {
     );
     c.delete_all_cookies().await.unwrap();
     c.goto(&t.url("/affiliate/login")).await.unwrap();
-    b.shot("affiliate-signin").await;
+    b.shot_full("affiliate-signin").await;
     b.close().await;
 }

@@ -94,8 +94,6 @@ pub fn router(app: App) -> Router<App> {
         .route("/static/uploader.js", get(uploader_js))
 }
 
-/// Public media of the dashboard's settings (the store logo), documented in the OpenAPI.
-
 async fn dashboard_css() -> Response {
     (
         [

@@ -1,0 +1,5 @@
+//! Helpers shared by the integration tests that need them (`mod common;`).
+
+#![allow(dead_code)]
+
+pub mod browser;
