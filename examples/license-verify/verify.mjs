@@ -5,8 +5,8 @@
 // usage: node verify.mjs PUBLIC_KEYS_JSON CERTIFICATE_FILE [--fingerprint FP]
 //                        [--response ANSWER_FILE --nonce N] [--now UNIX_SECONDS]
 //
-// Prints "OK <license_id>" and exits 0, or "FAILED <reason>" on stderr and exits 1 (2 for
-// bad usage).
+// Prints the verdict on stdout: "OK <license_id>" (exit 0) or "FAILED <reason>" (exit 1);
+// bad usage exits 2.
 import { createHash, createPublicKey, verify } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -105,7 +105,7 @@ function main(argv) {
     console.log("OK", claims.license_id);
     return 0;
   } catch (e) {
-    console.error("FAILED", e.message);
+    console.log("FAILED", e.message);
     return 1;
   }
 }

@@ -5,8 +5,8 @@ usage: verify.py PUBLIC_KEYS_JSON CERTIFICATE_FILE [--fingerprint FP]
                  [--response ANSWER_FILE --nonce N] [--now UNIX_SECONDS]
 
 PUBLIC_KEYS_JSON is the body of GET /api/v1/licenses/public-keys, saved once and shipped with
-your software. Needs the `cryptography` package. Prints "OK <license_id>" and exits 0, or
-"FAILED <reason>" on stderr and exits 1 (2 for bad usage). Formats: docs/licensing.md.
+your software. Needs the `cryptography` package. Prints the verdict on stdout: "OK <license_id>"
+(exit 0) or "FAILED <reason>" (exit 1); bad usage exits 2. Formats: docs/licensing.md.
 """
 import base64
 import hashlib
@@ -124,7 +124,7 @@ def main(argv) -> int:
             if (body.get("license") or {}).get("id") != claims.get("license_id"):
                 raise VerifyError("the answer is about another license")
     except Exception as e:  # any failure means "not verified"
-        print("FAILED", e, file=sys.stderr)
+        print("FAILED", e)
         return 1
     print("OK", claims["license_id"])
     return 0

@@ -5,8 +5,8 @@
 //!     [--fingerprint FP] [--response ANSWER_FILE --nonce N] [--now UNIX_SECONDS]
 //! ```
 //!
-//! Prints `OK <license_id>` and exits 0, or `FAILED <reason>` on stderr and exits 1 (2 for
-//! bad usage) — the same contract as `examples/license-verify/verify.{py,mjs}`.
+//! Prints the verdict on stdout — `OK <license_id>` (exit 0) or `FAILED <reason>` (exit 1);
+//! bad usage exits 2 — the same contract as `examples/license-verify/verify.{py,mjs}`.
 
 use std::process::ExitCode;
 
@@ -83,7 +83,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(reason) => {
-            eprintln!("FAILED {reason}");
+            println!("FAILED {reason}");
             ExitCode::FAILURE
         }
     }

@@ -90,7 +90,7 @@ impl LicenseKey {
     /// prefix is none). `rng` must be a CSPRNG, e.g. `rand_core::OsRng`.
     pub fn generate<R: CryptoRngCore + ?Sized>(prefix: Option<&str>, rng: &mut R) -> Result<Self, KeyError> {
         let prefix = prefix.unwrap_or_default().to_ascii_uppercase();
-        if prefix.len() > MAX_PREFIX_LEN || !prefix.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if !is_valid_prefix(&prefix) {
             return Err(KeyError::Malformed);
         }
         let mut bytes = [0u8; KEY_SYMBOLS];
@@ -148,6 +148,11 @@ impl From<LicenseKey> for String {
     fn from(key: LicenseKey) -> String {
         key.0
     }
+}
+
+/// Whether `prefix` can lead a key: at most 8 of A–Z, a–z, 0–9 (empty: no prefix).
+pub fn is_valid_prefix(prefix: &str) -> bool {
+    prefix.len() <= MAX_PREFIX_LEN && prefix.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// [`LicenseKey::parse`], as the canonical string.

@@ -38,7 +38,7 @@ pub mod response;
 
 pub use certificate::{fingerprint_hash, Claims, LicenseType};
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
-pub use key::{check_symbol, group, parse_key, KeyError, LicenseKey, ALPHABET, KEY_SYMBOLS};
+pub use key::{check_symbol, group, is_valid_prefix, parse_key, KeyError, LicenseKey, ALPHABET, KEY_SYMBOLS};
 pub use response::ValidationBody;
 
 /// Why a certificate or signed answer was refused.

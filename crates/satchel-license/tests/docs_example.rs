@@ -6,6 +6,7 @@ use satchel_license::certificate::{fingerprint_hash, sign_certificate, Claims, L
 use satchel_license::{response, PublicKeys, SigningKey};
 use serde_json::json;
 
+const KEY: &str = "PXL-7K2Q-MXW9-D4HT-3NBR-8C6F-PA11";
 const KEYS: &str = r#"{"items":[{"alg":"Ed25519","kid":"2026-01","public_key":"IVL40Zt5HSRFMkLhXy6rbLfP-ntqXtMAl5YOBpiB2xI"}],"next_cursor":null}"#;
 const CERT: &str = "SCRT1.eyJhY3RpdmF0aW9uX2lkIjoiYWN0XzdUYjIiLCJjaGVja19pbl9ob3VycyI6bnVsbCwiZW50aXRsZW1lbnRzIjpbInByb2RfYXBwIl0sImV4cGlyZXNfYXQiOm51bGwsImZpbmdlcnByaW50IjoiMDMyMDRkZTkyZTExZmM4YzUyODEzOWJlNDE5MDY1OTIwZWI4M2RiZmYxYTQ2NjNiYmVhNDU1YWE2ZTk3MDJiZCIsImlzc3VlZF9hdCI6MTc2NzIyNTYwMCwia2lkIjoiMjAyNi0wMSIsImxpY2Vuc2VfaWQiOiJsaWNfNVFtUjgiLCJtYXhfYWN0aXZhdGlvbnMiOjMsInByb2R1Y3RfaWQiOiJwcm9kX2FwcCIsInR5cGUiOiJwZXJwZXR1YWwiLCJ2IjoxfQ.K94MdV4weIliwv3wzZEydNNOnO71UY15EYhxp7mo_9etGqvQtfjiK5kCFquGokR87M6f63Z2HSPBpWZKaOuDDw";
 const ANSWER: &str = r#"{"activation":{"created_at":1767225600,"id":"act_7Tb2","last_check_in_at":1767229200},"code":"VALID","issued_at":1767229200,"kid":"2026-01","license":{"activations":1,"expires_at":null,"id":"lic_5QmR8","max_activations":3,"paid_through":null,"product_id":"prod_app","status":"active","type":"perpetual"},"nonce":"n-123","signature":"rX7sKiuZ0De9DqcqGbWeajcMsfRyHkCAidO9-fPTUreVaaOjrsVBwgMjEZJas5KqOiHeqFgaPkPRwQWf06FNDQ","signed_payload":"eyJhY3RpdmF0aW9uIjp7ImNyZWF0ZWRfYXQiOjE3NjcyMjU2MDAsImlkIjoiYWN0XzdUYjIiLCJsYXN0X2NoZWNrX2luX2F0IjoxNzY3MjI5MjAwfSwiY29kZSI6IlZBTElEIiwiaXNzdWVkX2F0IjoxNzY3MjI5MjAwLCJraWQiOiIyMDI2LTAxIiwibGljZW5zZSI6eyJhY3RpdmF0aW9ucyI6MSwiZXhwaXJlc19hdCI6bnVsbCwiaWQiOiJsaWNfNVFtUjgiLCJtYXhfYWN0aXZhdGlvbnMiOjMsInBhaWRfdGhyb3VnaCI6bnVsbCwicHJvZHVjdF9pZCI6InByb2RfYXBwIiwic3RhdHVzIjoiYWN0aXZlIiwidHlwZSI6InBlcnBldHVhbCJ9LCJub25jZSI6Im4tMTIzIiwidmFsaWQiOnRydWV9","valid":true}"#;
@@ -17,9 +18,15 @@ fn docs() -> String {
 #[test]
 fn the_documented_example_is_verbatim_in_the_docs_and_verifies() {
     let docs = docs();
-    for (name, text) in [("keys", KEYS), ("certificate", CERT), ("answer", ANSWER)] {
+    for (name, text) in [("key", KEY), ("keys", KEYS), ("certificate", CERT), ("answer", ANSWER)] {
         assert!(docs.contains(text), "docs/licensing.md lacks the example {name}");
     }
+    // The documented key is valid; the same key with its check symbol mistyped is not.
+    assert_eq!(satchel_license::parse_key(&KEY.to_lowercase()).unwrap(), KEY);
+    assert_eq!(
+        satchel_license::parse_key(&KEY.replace("PA11", "PA1V")),
+        Err(satchel_license::KeyError::BadCheckCharacter)
+    );
     let keys = PublicKeys::from_json(KEYS).unwrap();
     assert_eq!(keys.get("2026-01"), Some(&example_key().verifying_key()));
     let claims = satchel_license::certificate::verify_for_device(CERT, &keys, "device-1", 1_767_229_200).unwrap();
