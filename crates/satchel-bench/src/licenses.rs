@@ -114,6 +114,7 @@ pub async fn online_rows(t: &TestApp, clients: usize, dur: Duration, rows: &mut 
         None => t.backend.name().to_string(),
     };
     let devices = Arc::new(activated_devices(t, clients).await?);
+    profile_rows(t, &db, &devices[0], rows).await?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
     let deadline = Instant::now() + dur;
     let mut tasks = Vec::new();
@@ -180,6 +181,50 @@ pub async fn online_rows(t: &TestApp, clients: usize, dur: Duration, rows: &mut 
         )),
         None => eprintln!("wrk not found: install the Debian wrk package for the out-of-process figure"),
     }
+    Ok(())
+}
+
+/// Where a validation's time goes, without HTTP: `licensing::validate` called in a loop
+/// (one caller, so µs/call is latency, not throughput), and the Ed25519 + JSON cost of
+/// signing one answer alone.
+async fn profile_rows(t: &TestApp, db: &str, device: &(String, String), rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let req = satchel::licensing::ValidateRequest {
+        device_fingerprint: Some(device.1.clone()),
+        activation_id: None,
+        nonce: Some("n".into()),
+    };
+    let n = 2_000u32;
+    for _ in 0..100 {
+        satchel::licensing::validate(&t.app, &device.0, &req)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    }
+    let t0 = Instant::now();
+    for _ in 0..n {
+        satchel::licensing::validate(&t.app, &device.0, &req)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    }
+    let per_call = t0.elapsed() / n;
+
+    let body = satchel::licensing::validate(&t.app, &device.0, &req)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let body: serde_json::Value = serde_json::from_str(&String::from_utf8(base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        body["signed_payload"].as_str().unwrap_or_default(),
+    )?)?)?;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(satchel::licensing::format::sign_response(&t.app.keys, &body));
+    }
+    let sign = t0.elapsed() / n;
+    rows.push(Row {
+        what: format!("validate() without HTTP ({db}, 1 caller)"),
+        satchel: format!("{:.1} µs/call", per_call.as_secs_f64() * 1e6),
+        reference: format!("of which signing the answer {:.1} µs", sign.as_secs_f64() * 1e6),
+        ratio: format!("{:.0}% signing", sign.as_secs_f64() / per_call.as_secs_f64() * 100.0),
+    });
     Ok(())
 }
 

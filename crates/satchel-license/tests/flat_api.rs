@@ -1,12 +1,15 @@
-//! The crate-root functions, used exactly as `crates/satchel` (key minting, its tests) and
-//! `satchel-bench` use them: this file failing to compile means those crates would too.
+//! The crate-root functions and the key format's pieces, as code outside the crate uses them
+//! (the server's tests, `satchel-bench`, and anyone implementing the documented key format by
+//! hand): this file failing to compile means those would too.
 
 use rand_core::{OsRng, RngCore};
-use satchel_license::{check_symbol, group, KeyError, PublicKeys, SigningKey, ALPHABET, KEY_SYMBOLS as BODY};
+use satchel_license::{
+    check_symbol, group, KeyError, LicenseKey, PublicKeys, SigningKey, ALPHABET, KEY_SYMBOLS as BODY,
+};
 use serde_json::{json, Value};
 
-/// `crates/satchel/src/licensing/format.rs::new_key`, minus the server's `rand`.
-fn new_key(prefix: Option<&str>) -> String {
+/// A key assembled from the documented pieces (symbols, check symbol, groups of four).
+fn by_hand(prefix: Option<&str>) -> String {
     let values: Vec<u32> = (0..BODY).map(|_| OsRng.next_u32() % 32).collect();
     let mut s: String = values.iter().map(|&v| ALPHABET[v as usize] as char).collect();
     s.push(check_symbol(&values) as char);
@@ -17,10 +20,17 @@ fn new_key(prefix: Option<&str>) -> String {
 }
 
 #[test]
-fn keys_minted_the_servers_way_parse() {
-    let key = new_key(Some("pxl"));
+fn keys_by_hand_and_by_the_server_parse_alike() {
+    let key = by_hand(Some("pxl"));
     assert_eq!(satchel_license::parse_key(&key.to_lowercase()).unwrap(), key);
-    assert_eq!(new_key(None).len(), 24 + 5);
+    assert_eq!(by_hand(None).len(), 24 + 5);
+    // What the server mints (`LicenseKey::generate`) has the same shape.
+    let minted = LicenseKey::generate(Some("pxl"), &mut OsRng).unwrap();
+    assert_eq!(minted.canonical().len(), key.len());
+    assert_eq!(
+        satchel_license::parse_key(minted.canonical()).unwrap(),
+        minted.canonical()
+    );
     let err = satchel_license::parse_key("hello").unwrap_err();
     assert!(matches!(err, KeyError::Malformed | KeyError::BadCheckCharacter));
     assert_eq!(err, KeyError::Malformed);

@@ -9,12 +9,19 @@
 //! parallel activations of a single-use key give exactly one, of a 3-seat key from 10 devices
 //! exactly 3, on SQLite and PostgreSQL. Devices are stored and certified by the sha256 of
 //! their fingerprint, never the raw value.
+//!
+//! Keys, certificates and signed answers are minted through the `satchel-license` crate that
+//! sellers embed ([`format`]), so there is one implementation of each wire format.
+//! A validation is one read ([`snapshot`]: the license and the named device together), on
+//! PostgreSQL usually answered from [`cache`]; the only write is a device's check-in, every
+//! few minutes at most. [`guessing`] flags and throttles networks that guess keys.
 
 pub mod cache;
 pub mod format;
 pub mod guessing;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use satchel_license::{Claims, LicenseType};
 use serde::Deserialize;
@@ -33,7 +40,7 @@ use axum::http::StatusCode;
 #[derive(Debug)]
 pub struct Runtime {
     pub guesses: guessing::GuessWatch,
-    pub cache: Option<std::sync::Arc<cache::ValidationCache>>,
+    pub cache: Option<Arc<cache::ValidationCache>>,
 }
 
 impl Runtime {
@@ -41,7 +48,7 @@ impl Runtime {
     pub fn new(cfg: &crate::config::LicensesConfig, db: &crate::db::Db) -> Self {
         let cache = match db {
             crate::db::Db::Postgres(pool) if cfg.validation_cache_secs > 0 => {
-                let c = std::sync::Arc::new(cache::ValidationCache::new(std::time::Duration::from_secs(
+                let c = Arc::new(cache::ValidationCache::new(Duration::from_secs(
                     cfg.validation_cache_secs,
                 )));
                 cache::spawn_listener(&c, pool.clone());
@@ -52,8 +59,8 @@ impl Runtime {
         Self {
             guesses: guessing::GuessWatch::new(guessing::Limits {
                 threshold: cfg.guess_threshold,
-                window: std::time::Duration::from_secs(cfg.guess_window_secs.max(1)),
-                throttle: std::time::Duration::from_secs(cfg.guess_throttle_secs.max(1)),
+                window: Duration::from_secs(cfg.guess_window_secs.max(1)),
+                throttle: Duration::from_secs(cfg.guess_throttle_secs.max(1)),
             }),
             cache,
         }
