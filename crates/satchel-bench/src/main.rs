@@ -14,6 +14,8 @@ use satchel::db::{Backend, Exec};
 use satchel::testing::TestApp;
 use serde_json::json;
 
+mod licenses;
+
 #[derive(Parser)]
 #[command(about = "Satchel benchmarks, each figure beside a reference measured in the same run")]
 struct Args {
@@ -26,6 +28,10 @@ struct Args {
     /// Skip the PostgreSQL runs.
     #[arg(long)]
     sqlite_only: bool,
+    /// Only the license figures: offline verification and online validation (in-process
+    /// client and wrk).
+    #[arg(long)]
+    licenses: bool,
 }
 
 struct Row {
@@ -302,55 +308,7 @@ async fn bench_backend(
         ratio,
     });
 
-    // Online license validation from activated devices (signed answers).
-    let mut vals = Vec::new();
-    for i in 0..args.concurrency {
-        let o = t.buy_paid("demo-app", &format!("v{i}@example.com")).await;
-        let key = o["items"][0]["license_key"].as_str().unwrap_or_default().to_string();
-        t.post_json(
-            &format!("/api/v1/licenses/{key}/activate"),
-            &json!({"device_fingerprint": format!("dev-{i}")}),
-        )
-        .await;
-        vals.push((key, format!("dev-{i}")));
-    }
-    let vals = Arc::new(vals);
-    let deadline = Instant::now() + dur;
-    let mut tasks = Vec::new();
-    for w in 0..args.concurrency {
-        let (vals, client, base) = (vals.clone(), client.clone(), t.base_url.clone());
-        tasks.push(tokio::spawn(async move {
-            let (key, fp) = &vals[w];
-            let url = format!("{base}/api/v1/licenses/{key}/validate");
-            let mut lat = Vec::new();
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                if let Ok(r) = client
-                    .post(&url)
-                    .json(&json!({"device_fingerprint": fp, "nonce": "n"}))
-                    .send()
-                    .await
-                {
-                    if r.status().is_success() && r.bytes().await.is_ok() {
-                        lat.push(t0.elapsed());
-                    }
-                }
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await?);
-    }
-    lat.sort();
-    let p99 = lat.get(lat.len() * 99 / 100).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
-    rows.push(Row {
-        what: format!("license validate ({db}, {} clients)", args.concurrency),
-        satchel: format!("{:.0}/s p99 {p99:.2} ms", lat.len() as f64 / dur.as_secs_f64()),
-        reference: "goal 10 000/s".into(),
-        ratio: format!("{:.2}x goal", lat.len() as f64 / dur.as_secs_f64() / 10_000.0),
-    });
+    licenses::online_rows(&t, args.concurrency, dur, rows).await?;
 
     // Payment confirmed → order paid with grants, keys and the receipt queued (committed).
     let mut orders = Vec::new();
@@ -400,57 +358,13 @@ async fn bench_backend(
     Ok(())
 }
 
-fn openssl_verify_per_sec() -> Option<f64> {
-    let out = Command::new("openssl")
-        .args(["speed", "-seconds", "2", "ed25519"])
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.contains("Ed25519"))?;
-    line.split_whitespace().last()?.parse().ok()
-}
-
-fn offline_verify_per_sec(secs: f64) -> anyhow::Result<f64> {
-    let dir = tempfile::tempdir()?;
-    let keys = satchel::keys::Keys::load_or_generate(dir.path())?;
-    let cert = satchel::licensing::format::certificate(
-        &keys,
-        json!({"license_id": "lic_1", "fingerprint": "f", "expires_at": null}),
-    );
-    let doc = json!({"items": satchel::licensing::format::public_keys(&keys)}).to_string();
-    let pk = satchel_license::PublicKeys::from_json(&doc).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let t0 = Instant::now();
-    let mut n = 0u64;
-    while t0.elapsed().as_secs_f64() < secs {
-        for _ in 0..100 {
-            satchel_license::verify_certificate(&cert, &pk, None, 0).map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        n += 100;
-    }
-    Ok(n as f64 / t0.elapsed().as_secs_f64())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut rows = Vec::new();
 
     // Offline verification, one core, against OpenSSL's Ed25519 verify on one core.
-    let ours = offline_verify_per_sec(if args.quick { 2.0 } else { 5.0 })?;
-    let (reference, ratio) = match openssl_verify_per_sec() {
-        Some(r) => (
-            format!("openssl speed ed25519 {r:.0} verify/s"),
-            format!("{:.2}x", ours / r),
-        ),
-        None => ("openssl not found".into(), "-".into()),
-    };
-    rows.push(Row {
-        what: "offline certificate verify (1 core)".into(),
-        satchel: format!("{ours:.0}/s"),
-        reference,
-        ratio,
-    });
+    rows.push(licenses::offline_row(if args.quick { 2.0 } else { 5.0 })?);
 
     // nginx serves the reference; its raw root holds a 1 GiB sparse file like ours.
     let nginx_root = tempfile::tempdir()?;
@@ -465,6 +379,16 @@ async fn main() -> anyhow::Result<()> {
     }
     for b in backends {
         eprintln!("running the {} phases…", b.name());
+        if args.licenses {
+            licenses::run(
+                b,
+                args.concurrency,
+                Duration::from_secs(if args.quick { 5 } else { 20 }),
+                &mut rows,
+            )
+            .await?;
+            continue;
+        }
         bench_backend(b, &args, nginx.as_ref(), &mut rows).await?;
     }
 
@@ -488,7 +412,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "\nmachine: {} cores; load generator and satchel share the process; nginx runs in its own process.",
+        "\nmachine: {} cores; the in-process load generator shares the process with satchel; wrk and nginx run in their own processes.",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     Ok(())

@@ -1,55 +1,89 @@
-//! `cargo run -p satchel-license --example verify -- PUBLIC_KEYS_JSON CERTIFICATE_FILE [--fingerprint FP] [--response FILE --nonce N]`
-//! prints `OK <license_id>` or the reason and exits 1 — the same contract as the Python and
-//! JavaScript examples in `examples/license-verify/`.
+//! Verifies a Satchel license certificate (and optionally a signed validation answer) offline.
+//!
+//! ```sh
+//! cargo run -p satchel-license --example verify -- PUBLIC_KEYS_JSON CERTIFICATE_FILE \
+//!     [--fingerprint FP] [--response ANSWER_FILE --nonce N] [--now UNIX_SECONDS]
+//! ```
+//!
+//! Prints the verdict on stdout — `OK <license_id>` (exit 0) or `FAILED <reason>` (exit 1);
+//! bad usage exits 2 — the same contract as `examples/license-verify/verify.{py,mjs}`.
 
 use std::process::ExitCode;
 
-fn run(args: &[String]) -> Result<String, String> {
-    let keys = satchel_license::PublicKeys::from_json(&std::fs::read_to_string(&args[1]).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
-    let opt = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .map(String::as_str)
+use satchel_license::{certificate, response, PublicKeys};
+
+const USAGE: &str = "usage: verify PUBLIC_KEYS_JSON CERTIFICATE_FILE [--fingerprint FP] [--response ANSWER_FILE --nonce N] [--now UNIX_SECONDS]";
+
+#[derive(Default)]
+struct Args {
+    keys: String,
+    cert: String,
+    fingerprint: Option<String>,
+    response: Option<String>,
+    nonce: Option<String>,
+    now: Option<i64>,
+}
+
+fn parse_args(mut argv: impl Iterator<Item = String>) -> Option<Args> {
+    let mut args = Args {
+        keys: argv.next()?,
+        cert: argv.next()?,
+        ..Args::default()
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let cert = std::fs::read_to_string(&args[2]).map_err(|e| e.to_string())?;
-    let claims = satchel_license::verify_certificate(
-        &cert,
-        &keys,
-        opt("--fingerprint"),
-        i64::try_from(now).unwrap_or(i64::MAX),
-    )
-    .map_err(|e| e.to_string())?;
-    if let Some(path) = opt("--response") {
-        let answer: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(path).map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
-        let body = satchel_license::verify_response(&answer, &keys, opt("--nonce")).map_err(|e| e.to_string())?;
-        if body["valid"] != true {
-            return Err(format!("license not valid: {}", body["code"]));
+    while let Some(flag) = argv.next() {
+        let value = argv.next()?;
+        match flag.as_str() {
+            "--fingerprint" => args.fingerprint = Some(value),
+            "--response" => args.response = Some(value),
+            "--nonce" => args.nonce = Some(value),
+            "--now" => args.now = Some(value.parse().ok()?),
+            _ => return None,
         }
     }
-    Ok(claims["license_id"].as_str().unwrap_or_default().to_string())
+    Some(args)
+}
+
+fn read(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
+}
+
+fn run(args: &Args) -> Result<String, String> {
+    let keys = PublicKeys::from_json(&read(&args.keys)?).map_err(|e| e.to_string())?;
+    let now = args.now.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    });
+    let cert = read(&args.cert)?;
+    let claims = match &args.fingerprint {
+        Some(fp) => certificate::verify_for_device(&cert, &keys, fp, now),
+        None => certificate::verify_certificate(&cert, &keys, now),
+    }
+    .map_err(|e| e.to_string())?;
+    if let Some(path) = &args.response {
+        let body = response::verify_response(&read(path)?, &keys, args.nonce.as_deref()).map_err(|e| e.to_string())?;
+        if !body.valid {
+            return Err(format!("license not valid: {}", body.code));
+        }
+        if body.license.as_ref().map(|l| l.id.as_str()) != Some(claims.license_id.as_str()) {
+            return Err("the answer is about another license".into());
+        }
+    }
+    Ok(claims.license_id)
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    if args.len() < 3 {
-        eprintln!("usage: verify PUBLIC_KEYS_JSON CERTIFICATE_FILE [--fingerprint FP] [--response FILE --nonce N]");
+    let Some(args) = parse_args(std::env::args().skip(1)) else {
+        eprintln!("{USAGE}");
         return ExitCode::from(2);
-    }
+    };
     match run(&args) {
-        Ok(id) => {
-            println!("OK {id}");
+        Ok(license_id) => {
+            println!("OK {license_id}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            println!("FAILED {e}");
+        Err(reason) => {
+            println!("FAILED {reason}");
             ExitCode::FAILURE
         }
     }

@@ -20,6 +20,8 @@ pub struct AppInner {
     pub keys: Keys,
     pub metrics: Metrics,
     pub rate_limiter: crate::http::ratelimit::RateLimiter,
+    /// Key-guessing counters and the validation cache of this instance.
+    pub licensing: crate::licensing::Runtime,
     /// Rung after a commit that enqueued jobs, so the in-process worker starts at once.
     pub job_wake: Arc<Notify>,
     pub registry: Arc<Registry<App>>,
@@ -68,6 +70,7 @@ impl App {
             .map_err(|e| anyhow::anyhow!("database migration failed: {e:#}"))?;
         let storage = crate::storage::from_config(&cfg)?;
         let keys = Keys::load_or_generate(&cfg.keys_dir())?;
+        let licensing = crate::licensing::Runtime::new(&cfg.licenses, &db);
         Ok(App(Arc::new(AppInner {
             cfg,
             db,
@@ -75,6 +78,7 @@ impl App {
             keys,
             metrics: Metrics::default(),
             rate_limiter: crate::http::ratelimit::RateLimiter::default(),
+            licensing,
             job_wake: Arc::new(Notify::new()),
             registry: Arc::new(registry()),
         })))

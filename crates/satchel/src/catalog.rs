@@ -280,6 +280,19 @@ impl NewProduct {
                 );
             }
         }
+        let key_prefix = match &self.license_policy {
+            LicensePolicy::Perpetual { key_prefix, .. }
+            | LicensePolicy::Subscription { key_prefix, .. }
+            | LicensePolicy::SingleUse { key_prefix, .. } => key_prefix.as_deref(),
+            LicensePolicy::None => None,
+        };
+        if key_prefix.is_some_and(|p| p.is_empty() || !satchel_license::is_valid_prefix(p)) {
+            return Err(unprocessable(
+                "invalid_license_policy",
+                "key_prefix must be 1–8 letters or digits (it leads every key: PREFIX-XXXX-…)",
+            )
+            .field("license_policy"));
+        }
         match &self.license_policy {
             LicensePolicy::Perpetual { max_activations, .. } if !(1..=10_000).contains(max_activations) => {
                 return Err(

@@ -64,6 +64,32 @@ pub struct Config {
     pub keys: KeysConfig,
     pub jobs: JobsConfig,
     pub affiliates: AffiliatesConfig,
+    pub licenses: LicensesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LicensesConfig {
+    /// Unknown or malformed keys from one network (/24, /64) within `guess_window_secs` that
+    /// raise a `license_key_guessing` abuse flag and throttle it (0 = off).
+    pub guess_threshold: u32,
+    pub guess_window_secs: u64,
+    /// While flagged, the network gets one license call per this many seconds.
+    pub guess_throttle_secs: u64,
+    /// PostgreSQL: seconds a validation may answer from the in-process cache of license
+    /// rows (kept exact by NOTIFY from the database; 0 = always read the database).
+    pub validation_cache_secs: u64,
+}
+
+impl Default for LicensesConfig {
+    fn default() -> Self {
+        Self {
+            guess_threshold: 20,
+            guess_window_secs: 600,
+            guess_throttle_secs: 10,
+            validation_cache_secs: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +223,7 @@ impl Default for Config {
             keys: KeysConfig::default(),
             jobs: JobsConfig::default(),
             affiliates: AffiliatesConfig::default(),
+            licenses: LicensesConfig::default(),
         }
     }
 }

@@ -512,3 +512,21 @@ impl TestApp {
         .await
     }
 }
+
+impl TestApp {
+    /// Waits (up to 10 s) until the validation cache, if this instance has one, answers.
+    pub async fn license_cache_live(&self) -> bool {
+        let Some(cache) = &self.app.licensing.cache else {
+            return false;
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !cache.is_live() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the license cache listener never came up"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        true
+    }
+}

@@ -889,3 +889,66 @@ async fn admin_suspends_and_reactivates_a_seller() {
         login(&t, "zine@example.com", "zine-password").await;
     }
 }
+
+#[tokio::test]
+async fn a_fixed_term_license_is_extended_from_its_page() {
+    for backend in backends().await {
+        let t = TestApp::start_demo(backend).await;
+        t.buy_paid("demo-app", "term@example.com").await;
+        let (license_id, expires): (String, i64) = (
+            t.app
+                .db
+                .fetch_one::<(String,)>(sql!("SELECT id FROM license_keys WHERE email = 'term@example.com'"))
+                .await
+                .unwrap()
+                .0,
+            satchel::ids::now() + 5 * 86_400,
+        );
+        t.app
+            .db
+            .execute(sql!(
+                "UPDATE license_keys SET expires_at = $2 WHERE id = $1",
+                &license_id,
+                expires
+            ))
+            .await
+            .unwrap();
+        let s = login(&t, "demo@satchel.test", "demo-password").await;
+        let (_, page) = get(&t, &s, &format!("/dashboard/licenses/{license_id}")).await;
+        assert!(
+            page.contains("id=\"extend\""),
+            "{backend:?}: a fixed-term license offers Extend"
+        );
+        let r = post_form(
+            &t,
+            &s,
+            &format!("/dashboard/licenses/{license_id}/action"),
+            &[("csrf", &s.csrf), ("action", "extend"), ("days", "30")],
+        )
+        .await;
+        assert_eq!(r.status(), 303, "{backend:?}");
+        let (now_expires,): (Option<i64>,) = t
+            .app
+            .db
+            .fetch_one(sql!("SELECT expires_at FROM license_keys WHERE id = $1", &license_id))
+            .await
+            .unwrap();
+        assert_eq!(now_expires, Some(expires + 30 * 86_400), "{backend:?}");
+        // A bad number changes nothing.
+        let r = post_form(
+            &t,
+            &s,
+            &format!("/dashboard/licenses/{license_id}/action"),
+            &[("csrf", &s.csrf), ("action", "extend"), ("days", "0")],
+        )
+        .await;
+        assert!(r.status().is_client_error(), "{backend:?}: {}", r.status());
+        let (after,): (Option<i64>,) = t
+            .app
+            .db
+            .fetch_one(sql!("SELECT expires_at FROM license_keys WHERE id = $1", &license_id))
+            .await
+            .unwrap();
+        assert_eq!(after, now_expires);
+    }
+}

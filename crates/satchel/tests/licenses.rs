@@ -482,3 +482,491 @@ async fn the_python_javascript_and_rust_verifiers_accept_server_issued_licenses(
         }
     }
 }
+
+async fn seller_call(t: &TestApp, method: &str, path: &str, key: &str, body: Option<&str>) -> (u16, Value) {
+    let mut req = t.client.request(method.parse().unwrap(), t.url(path)).bearer_auth(key);
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b.to_string());
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn license_row(t: &TestApp, key: &str) -> (String, String, i64, Option<i64>) {
+    t.app
+        .db
+        .fetch_one(sql!(
+            "SELECT id, status, activations, expires_at FROM license_keys WHERE license_key = $1",
+            key
+        ))
+        .await
+        .unwrap()
+}
+
+/// `extend` next to suspend/reinstate/revoke/reset: validated bodies, refused where it makes
+/// no sense (no expiry, subscriptions), and a second seller gets 404 for every action while
+/// nothing changes.
+#[tokio::test]
+async fn sellers_extend_licenses_and_only_their_own() {
+    for backend in backends().await {
+        let t = TestApp::start_demo(backend).await;
+        let mine = satchel::accounts::create_api_key(&t.app.db, "demo@satchel.test", "ci")
+            .await
+            .unwrap();
+        satchel::accounts::create_seller_account(&t.app.db, "rival@example.com", "password123", "Rival", "seller")
+            .await
+            .unwrap();
+        let theirs = satchel::accounts::create_api_key(&t.app.db, "rival@example.com", "ci")
+            .await
+            .unwrap();
+        // A prefix keys could not carry is refused when the product is saved.
+        let product = |prefix: &str| {
+            json!({"title": "Term App", "slug": "term-app", "price": 900, "currency": "USD", "status": "published",
+                   "license_policy": {"type": "perpetual", "max_activations": 2, "term_days": 30, "key_prefix": prefix}})
+            .to_string()
+        };
+        let (s, e) = seller_call(&t, "POST", "/api/v1/products", &mine, Some(&product("MY-APP!"))).await;
+        assert_eq!(
+            (s, e["error"]["code"].as_str()),
+            (422, Some("invalid_license_policy")),
+            "{e}"
+        );
+        let (s, e) = seller_call(&t, "POST", "/api/v1/products", &mine, Some(&product("trm"))).await;
+        assert_eq!(s, 201, "{e}");
+
+        let key = t.buy_paid("term-app", "term@example.com").await["items"][0]["license_key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(key.starts_with("TRM-"), "{key}");
+        assert_eq!(
+            post(&t, &key, "activate", json!({"device_fingerprint": "a"})).await.0,
+            200
+        );
+        let (id, _, _, expires0) = license_row(&t, &key).await;
+        let expires0 = expires0.expect("a 30-day term");
+        assert!((expires0 - satchel::ids::now() - 30 * 86_400).abs() < 60);
+        let path = |action: &str| format!("/api/v1/seller/licenses/{id}/{action}");
+
+        // The rival: 404 for every action, and nothing changes.
+        for action in ["suspend", "reinstate", "revoke", "reset", "extend"] {
+            let (s, e) = seller_call(&t, "POST", &path(action), &theirs, Some(r#"{"days": 10}"#)).await;
+            assert_eq!(
+                (s, e["error"]["code"].as_str()),
+                (404, Some("not_found")),
+                "{backend:?} {action}"
+            );
+        }
+        assert_eq!(
+            license_row(&t, &key).await,
+            (id.clone(), "active".into(), 1, Some(expires0))
+        );
+        let (_, v) = post(&t, &key, "validate", json!({"device_fingerprint": "a"})).await;
+        assert_eq!(v["code"], "VALID");
+
+        // Bad bodies: a clear 4xx, nothing changes.
+        let now = satchel::ids::now();
+        for (body, status, code) in [
+            ("", 422, "invalid_extension"),
+            ("{}", 422, "invalid_extension"),
+            (r#"{"days": 0}"#, 422, "invalid_days"),
+            (r#"{"days": 36501}"#, 422, "invalid_days"),
+            (r#"{"days": -3}"#, 422, "invalid_days"),
+            (&format!(r#"{{"until": {}}}"#, now - 5), 422, "invalid_until"),
+            (&format!(r#"{{"until": {expires0}}}"#), 422, "invalid_until"),
+            (
+                &format!(r#"{{"days": 1, "until": {}}}"#, expires0 + 86_400),
+                422,
+                "invalid_extension",
+            ),
+            (r#"{"weeks": 1}"#, 400, "invalid_json"),
+            (r#"{"days": "ten"}"#, 400, "invalid_json"),
+            ("{oops", 400, "invalid_json"),
+        ] {
+            let (s, e) = seller_call(&t, "POST", &path("extend"), &mine, Some(body)).await;
+            assert_eq!((s, e["error"]["code"].as_str()), (status, Some(code)), "{body}");
+        }
+        assert_eq!(license_row(&t, &key).await.3, Some(expires0));
+
+        // By days from the current expiry, then to a date.
+        let (s, l) = seller_call(&t, "POST", &path("extend"), &mine, Some(r#"{"days": 10}"#)).await;
+        assert_eq!(
+            (s, l["expires_at"].as_i64()),
+            (200, Some(expires0 + 10 * 86_400)),
+            "{l}"
+        );
+        let until = expires0 + 100 * 86_400;
+        let (s, l) = seller_call(
+            &t,
+            "POST",
+            &path("extend"),
+            &mine,
+            Some(&format!(r#"{{"until": {until}}}"#)),
+        )
+        .await;
+        assert_eq!(
+            (s, l["expires_at"].as_i64(), l["status"].as_str()),
+            (200, Some(until), Some("active"))
+        );
+        // A new activation's certificate carries the new expiry.
+        let (_, a) = post(&t, &key, "activate", json!({"device_fingerprint": "b"})).await;
+        assert_eq!(a["expires_at"].as_i64(), Some(until));
+
+        // An expired term comes back to life for N days from now; a suspended one stays suspended.
+        t.app
+            .db
+            .execute(sql!(
+                "UPDATE license_keys SET expires_at = $2 WHERE id = $1",
+                &id,
+                now - 10
+            ))
+            .await
+            .unwrap();
+        assert_eq!(satchel::subscriptions::expire_due(&t.app.db).await.unwrap(), 1);
+        let (_, v) = post(&t, &key, "validate", json!({"device_fingerprint": "a"})).await;
+        assert_eq!(v["code"], "EXPIRED");
+        let (s, l) = seller_call(&t, "POST", &path("extend"), &mine, Some(r#"{"days": 5}"#)).await;
+        assert_eq!((s, l["status"].as_str()), (200, Some("active")), "{l}");
+        assert!((l["expires_at"].as_i64().unwrap() - satchel::ids::now() - 5 * 86_400).abs() < 60);
+        let (_, v) = post(&t, &key, "validate", json!({"device_fingerprint": "a"})).await;
+        assert_eq!(v["code"], "VALID", "{backend:?}");
+        assert_eq!(
+            seller_call(&t, "POST", &path("suspend"), &mine, None).await.1["status"],
+            "suspended"
+        );
+        let (s, l) = seller_call(&t, "POST", &path("extend"), &mine, Some(r#"{"days": 5}"#)).await;
+        assert_eq!((s, l["status"].as_str()), (200, Some("suspended")));
+        let (_, v) = post(&t, &key, "validate", json!({"device_fingerprint": "a"})).await;
+        assert_eq!(v["code"], "SUSPENDED");
+
+        // Licenses that never expire, and subscriptions (their expiry follows billing): 409.
+        for (slug, code) in [("demo-app", "never_expires"), ("demo-pro", "subscription_license")] {
+            let key = t.buy_paid(slug, "x@example.com").await["items"][0]["license_key"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let (id, status, _, expires) = license_row(&t, &key).await;
+            let (s, e) = seller_call(
+                &t,
+                "POST",
+                &format!("/api/v1/seller/licenses/{id}/extend"),
+                &mine,
+                Some(r#"{"days": 30}"#),
+            )
+            .await;
+            assert_eq!((s, e["error"]["code"].as_str()), (409, Some(code)), "{slug}");
+            assert_eq!(license_row(&t, &key).await, (id, status, 0, expires));
+        }
+        let events = t
+            .app
+            .db
+            .fetch_i64(sql!(
+                "SELECT COUNT(*) FROM domain_events WHERE event_type = 'license.extended' AND subject_id = $1",
+                &id
+            ))
+            .await
+            .unwrap();
+        assert_eq!(events, 4, "one event per extension that happened");
+    }
+}
+
+async fn post_from(t: &TestApp, ip: &str, key: &str, action: &str, body: Value) -> reqwest::Response {
+    t.client
+        .post(t.url(&format!("/api/v1/licenses/{key}/{action}")))
+        .header("x-forwarded-for", ip)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Many unknown, malformed or mistyped keys from one network: one store-wide abuse flag per
+/// window with the counts, and that network throttled hard while others are untouched.
+#[tokio::test]
+async fn key_guessing_from_one_network_is_flagged_once_and_throttled() {
+    for backend in backends().await {
+        let t = TestApp::start_demo_with(backend, |c| {
+            c.server.trust_forwarded_for = true;
+            c.licenses.guess_threshold = 12;
+        })
+        .await;
+        let key = t.buy_paid("demo-app", "g@example.com").await["items"][0]["license_key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            post(&t, &key, "activate", json!({"device_fingerprint": "d"})).await.0,
+            200
+        );
+        let mut typo: Vec<char> = key.chars().collect();
+        let last = typo.len() - 1;
+        typo[last] = if typo[last] == 'A' { 'B' } else { 'A' };
+        let typo: String = typo.into_iter().collect();
+        let flags = || async {
+            t.app
+                .db
+                .fetch_all::<(String, String, String, String, String, String)>(sql!(
+                    "SELECT seller_id, subject_kind, subject_id, reason, detail, status FROM abuse_flags"
+                ))
+                .await
+                .unwrap()
+        };
+        // 11 misses of every kind, spread over the /24: counted, nothing raised yet. Calls
+        // with a real key do not count.
+        for i in 0..11u32 {
+            let ip = format!("203.0.113.{}", i + 1);
+            let unknown = satchel::licensing::format::new_key(Some("PXL"));
+            let (action, k, status) = match i % 4 {
+                0 => ("validate", unknown.as_str(), 200),
+                1 => ("activate", unknown.as_str(), 404),
+                2 => ("activate", "NOT-A-KEY", 422),
+                _ => ("deactivate", typo.as_str(), 422),
+            };
+            let r = post_from(&t, &ip, k, action, json!({"device_fingerprint": "x"})).await;
+            assert_eq!(r.status(), status, "{backend:?} {action}");
+            let r = post_from(&t, &ip, &key, "validate", json!({"device_fingerprint": "d"})).await;
+            assert_eq!(r.status(), 200);
+        }
+        assert!(flags().await.is_empty(), "{backend:?}: below the threshold");
+
+        // The 12th raises exactly one flag, with the counts.
+        let r = post_from(&t, "203.0.113.200", "NOT-A-KEY", "validate", json!({})).await;
+        assert_eq!(r.status(), 422);
+        let raised = flags().await;
+        assert_eq!(raised.len(), 1, "{backend:?}");
+        let (seller, kind, subject, reason, detail, status) = &raised[0];
+        assert_eq!(
+            (
+                seller.as_str(),
+                kind.as_str(),
+                subject.as_str(),
+                reason.as_str(),
+                status.as_str()
+            ),
+            ("", "network", "203.0.113.0/24", "license_key_guessing", "open")
+        );
+        let detail: Value = serde_json::from_str(detail).unwrap();
+        assert_eq!(
+            (
+                detail["misses"].as_u64(),
+                detail["unknown_keys"].as_u64(),
+                detail["malformed_keys"].as_u64(),
+                detail["bad_check_characters"].as_u64(),
+                detail["window_secs"].as_u64()
+            ),
+            (Some(12), Some(6), Some(4), Some(2), Some(600)),
+            "{detail}"
+        );
+
+        // That network is throttled at once, even with a real key; others are not.
+        for _ in 0..5 {
+            let r = post_from(&t, "203.0.113.50", &key, "validate", json!({"device_fingerprint": "d"})).await;
+            assert_eq!(r.status(), 429, "{backend:?}");
+            let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=10).contains(&wait), "{wait}");
+            let e: Value = r.json().await.unwrap();
+            assert_eq!(e["error"]["code"], "rate_limited");
+        }
+        let r = post_from(&t, "198.51.100.1", &key, "validate", json!({"device_fingerprint": "d"})).await;
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["code"], "VALID");
+        let r = post_from(&t, "198.51.100.1", &typo, "validate", json!({})).await;
+        assert_eq!(r.status(), 422);
+        assert_eq!(flags().await.len(), 1, "raised once per window");
+        // Nothing about the real license changed.
+        assert_eq!(license_row(&t, &key).await.1, "active");
+    }
+}
+
+/// Every license call, every kind of bad input: a 4xx with a code, and nothing changes (the
+/// license row, its activations, the check-in times).
+#[tokio::test]
+async fn bad_input_on_every_license_call_is_a_coded_4xx_and_changes_nothing() {
+    for backend in backends().await {
+        let t = TestApp::start_demo(backend).await;
+        let key = t.buy_paid("demo-app", "bad@example.com").await["items"][0]["license_key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (s, a) = post(&t, &key, "activate", json!({"device_fingerprint": "d"})).await;
+        assert_eq!(s, 200);
+        let state = || async {
+            let l = license_row(&t, &key).await;
+            let acts: Vec<(String, i64, Option<i64>)> = t
+                .app
+                .db
+                .fetch_all(sql!(
+                    "SELECT id, last_check_in_at, deactivated_at FROM license_activations ORDER BY id"
+                ))
+                .await
+                .unwrap();
+            (l, acts)
+        };
+        let before = state().await;
+        let unknown = satchel::licensing::format::new_key(Some("PXL"));
+        // Two neighbours swapped: the commonest typo after a wrong character.
+        let mut typo: Vec<char> = key.chars().collect();
+        let i = (4..typo.len() - 1)
+            .find(|&i| typo[i] != typo[i + 1] && typo[i] != '-' && typo[i + 1] != '-')
+            .unwrap();
+        typo.swap(i, i + 1);
+        let typo: String = typo.into_iter().collect();
+        let big = "x".repeat(10_000);
+        let act = a["activation_id"].as_str().unwrap();
+        let cases: Vec<(&str, &str, Value, u16, &str)> = vec![
+            (
+                "activate",
+                "not-a-key",
+                json!({"device_fingerprint": "d2"}),
+                422,
+                "invalid_key",
+            ),
+            (
+                "activate",
+                &typo,
+                json!({"device_fingerprint": "d2"}),
+                422,
+                "bad_check_character",
+            ),
+            (
+                "activate",
+                &unknown,
+                json!({"device_fingerprint": "d2"}),
+                404,
+                "NOT_FOUND",
+            ),
+            (
+                "activate",
+                &key,
+                json!({"device_fingerprint": "  "}),
+                422,
+                "invalid_fingerprint",
+            ),
+            (
+                "activate",
+                &key,
+                json!({"device_fingerprint": "a\u{0}b"}),
+                422,
+                "invalid_fingerprint",
+            ),
+            (
+                "activate",
+                &key,
+                json!({"device_fingerprint": "d2", "meta": {"x": big}}),
+                422,
+                "invalid_meta",
+            ),
+            ("activate", &key, json!({"device_fingerprint": 7}), 400, "invalid_json"),
+            ("activate", &key, json!({}), 400, "invalid_json"),
+            ("validate", "not-a-key", json!({}), 422, "invalid_key"),
+            ("validate", &typo, json!({}), 422, "bad_check_character"),
+            (
+                "validate",
+                &key,
+                json!({"device_fingerprint": ""}),
+                422,
+                "invalid_fingerprint",
+            ),
+            (
+                "validate",
+                &key,
+                json!({"device_fingerprint": big}),
+                422,
+                "invalid_fingerprint",
+            ),
+            (
+                "validate",
+                &key,
+                json!({"nonce": "n".repeat(129)}),
+                422,
+                "invalid_nonce",
+            ),
+            (
+                "validate",
+                &key,
+                json!({"activation_id": big}),
+                422,
+                "invalid_activation_id",
+            ),
+            ("validate", &key, json!({"fingerprint": "d"}), 400, "invalid_json"),
+            (
+                "deactivate",
+                "not-a-key",
+                json!({"activation_id": act}),
+                422,
+                "invalid_key",
+            ),
+            (
+                "deactivate",
+                &typo,
+                json!({"activation_id": act}),
+                422,
+                "bad_check_character",
+            ),
+            ("deactivate", &unknown, json!({"activation_id": act}), 404, "NOT_FOUND"),
+            ("deactivate", &key, json!({}), 422, "missing_device"),
+            (
+                "deactivate",
+                &key,
+                json!({"device_fingerprint": ""}),
+                422,
+                "invalid_fingerprint",
+            ),
+            (
+                "deactivate",
+                &key,
+                json!({"device_fingerprint": big}),
+                422,
+                "invalid_fingerprint",
+            ),
+            (
+                "deactivate",
+                &key,
+                json!({"activation_id": "act_nope"}),
+                404,
+                "NOT_ACTIVATED",
+            ),
+            ("deactivate", &key, json!({"activation_id": 5}), 400, "invalid_json"),
+        ];
+        for (action, k, body, status, code) in cases {
+            let (s, e) = post(&t, k, action, body.clone()).await;
+            assert_eq!(
+                (s, e["error"]["code"].as_str()),
+                (status, Some(code)),
+                "{backend:?} {action} {body}"
+            );
+        }
+        for action in ["activate", "validate", "deactivate"] {
+            for bad in ["{oops", "", "[]", "null"] {
+                let r = t
+                    .client
+                    .post(t.url(&format!("/api/v1/licenses/{key}/{action}")))
+                    .header("content-type", "application/json")
+                    .body(bad)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 400, "{action} {bad:?}");
+                let e: Value = r.json().await.unwrap();
+                assert_eq!(e["error"]["code"], "invalid_json");
+            }
+            let r = t
+                .client
+                .post(t.url(&format!("/api/v1/licenses/{key}/{action}")))
+                .body(r#"{"device_fingerprint": "d"}"#)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 415, "{action} without a JSON content type");
+        }
+        assert_eq!(state().await, before, "{backend:?}: nothing changed");
+        // An unknown key validates as a signed NOT_FOUND (200), and also changes nothing.
+        let (s, v) = post(&t, &unknown, "validate", json!({"device_fingerprint": "d"})).await;
+        assert_eq!(
+            (s, v["code"].as_str(), v["valid"].as_bool()),
+            (200, Some("NOT_FOUND"), Some(false))
+        );
+        assert_eq!(state().await, before);
+    }
+}

@@ -163,6 +163,32 @@ impl Query {
     }
 }
 
+/// Tables whose rows some module keeps in an in-process cache (`licensing::cache`: license
+/// rows behind validations). A committed statement that writes one bumps
+/// [`cached_writes`], before the call that committed returns, so a cache entry read at an
+/// older count is known to be stale: in this process a change is seen by every read that
+/// starts after the change returned, whichever module made it.
+pub const CACHED_TABLES: &[&str] = &["license_keys"];
+
+static CACHED_WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many committed writes to [`CACHED_TABLES`] this process has made.
+pub fn cached_writes() -> u64 {
+    CACHED_WRITES.load(std::sync::atomic::Ordering::Acquire)
+}
+
+fn bump_cached_writes() {
+    CACHED_WRITES.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+}
+
+impl Query {
+    /// Whether this statement may write one of the [`CACHED_TABLES`].
+    fn writes_cached_table(&self) -> bool {
+        let head = self.sql.trim_start().get(..6).unwrap_or_default();
+        !head.eq_ignore_ascii_case("select") && CACHED_TABLES.iter().any(|t| self.sql.contains(t))
+    }
+}
+
 /// `sql!("SELECT … WHERE id = $1", id)` builds a [`Query`].
 #[macro_export]
 macro_rules! sql {
@@ -226,22 +252,37 @@ impl Exec for Db {
         }
     }
     async fn execute(&self, q: Query) -> Result<u64, DbError> {
-        match self {
+        let watched = q.writes_cached_table();
+        let r = match self {
             Db::Sqlite(p) => run_on!(sqlite, p, q, execute),
             Db::Postgres(p) => run_on!(pg, p, q, execute),
+        };
+        if watched {
+            bump_cached_writes();
         }
+        r
     }
     async fn fetch_all<T: FromDbRow>(&self, q: Query) -> Result<Vec<T>, DbError> {
-        match self {
+        let watched = q.writes_cached_table();
+        let r = match self {
             Db::Sqlite(p) => run_on!(sqlite, p, q, fetch_all),
             Db::Postgres(p) => run_on!(pg, p, q, fetch_all),
+        };
+        if watched {
+            bump_cached_writes();
         }
+        r
     }
     async fn fetch_optional<T: FromDbRow>(&self, q: Query) -> Result<Option<T>, DbError> {
-        match self {
+        let watched = q.writes_cached_table();
+        let r = match self {
             Db::Sqlite(p) => run_on!(sqlite, p, q, fetch_optional),
             Db::Postgres(p) => run_on!(pg, p, q, fetch_optional),
+        };
+        if watched {
+            bump_cached_writes();
         }
+        r
     }
 }
 
@@ -253,6 +294,8 @@ enum TxInner {
 /// An open transaction. Dropped without [`Tx::commit`], it rolls back.
 pub struct Tx {
     backend: Backend,
+    /// A statement wrote one of the [`CACHED_TABLES`]: bump the count once committed.
+    wrote_cached: std::sync::atomic::AtomicBool,
     // A mutex so that `&Tx` can run queries like `&Db` does; a transaction is used by one
     // task at a time, so the lock is never contended.
     inner: Mutex<TxInner>,
@@ -260,9 +303,22 @@ pub struct Tx {
 
 impl Tx {
     pub async fn commit(self) -> Result<(), DbError> {
-        match self.inner.into_inner() {
+        let wrote_cached = self.wrote_cached.load(std::sync::atomic::Ordering::Acquire);
+        // Bumped whether or not the commit reported success: an error can come after the
+        // database committed, and a needless bump only costs a cache refill.
+        let r = match self.inner.into_inner() {
             TxInner::Sqlite(t) => t.commit().await,
             TxInner::Postgres(t) => t.commit().await,
+        };
+        if wrote_cached {
+            bump_cached_writes();
+        }
+        r
+    }
+
+    fn note(&self, q: &Query) {
+        if q.writes_cached_table() {
+            self.wrote_cached.store(true, std::sync::atomic::Ordering::Release);
         }
     }
 }
@@ -273,6 +329,7 @@ impl Exec for Tx {
         self.backend
     }
     async fn execute(&self, q: Query) -> Result<u64, DbError> {
+        self.note(&q);
         let mut g = self.inner.lock().await;
         match &mut *g {
             TxInner::Sqlite(t) => run_on!(sqlite, &mut **t, q, execute),
@@ -280,6 +337,7 @@ impl Exec for Tx {
         }
     }
     async fn fetch_all<T: FromDbRow>(&self, q: Query) -> Result<Vec<T>, DbError> {
+        self.note(&q);
         let mut g = self.inner.lock().await;
         match &mut *g {
             TxInner::Sqlite(t) => run_on!(sqlite, &mut **t, q, fetch_all),
@@ -287,6 +345,7 @@ impl Exec for Tx {
         }
     }
     async fn fetch_optional<T: FromDbRow>(&self, q: Query) -> Result<Option<T>, DbError> {
+        self.note(&q);
         let mut g = self.inner.lock().await;
         match &mut *g {
             TxInner::Sqlite(t) => run_on!(sqlite, &mut **t, q, fetch_optional),
@@ -348,6 +407,7 @@ impl Db {
         };
         Ok(Tx {
             backend: self.backend(),
+            wrote_cached: std::sync::atomic::AtomicBool::new(false),
             inner: Mutex::new(inner),
         })
     }

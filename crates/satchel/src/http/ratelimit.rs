@@ -4,7 +4,7 @@
 //! with `Retry-After` and the JSON error `rate_limited`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -76,6 +76,24 @@ impl RateLimiter {
     }
 }
 
+/// The client's address: the first `X-Forwarded-For` hop when `server.trust_forwarded_for`
+/// is on (behind a reverse proxy), else the peer.
+pub fn client_ip(app: &App, headers: &axum::http::HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
+    let forwarded = app
+        .cfg
+        .server
+        .trust_forwarded_for
+        .then(|| {
+            headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .flatten();
+    forwarded.or(peer)
+}
+
 pub async fn limit(State(app): State<App>, req: Request, next: Next) -> Response {
     if !app.cfg.server.rate_limits {
         return next.run(req).await;
@@ -84,19 +102,7 @@ pub async fn limit(State(app): State<App>, req: Request, next: Next) -> Response
         return next.run(req).await;
     };
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    let forwarded = app
-        .cfg
-        .server
-        .trust_forwarded_for
-        .then(|| {
-            req.headers()
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .flatten();
-    let Some(ip) = forwarded.or(peer) else {
+    let Some(ip) = client_ip(&app, req.headers(), peer) else {
         return next.run(req).await;
     };
     match app
@@ -104,17 +110,20 @@ pub async fn limit(State(app): State<App>, req: Request, next: Next) -> Response
         .take(class, crate::delivery::ip_prefix(ip), burst, per_sec)
     {
         Ok(()) => next.run(req).await,
-        Err(wait) => {
-            let mut resp = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("too many {class} requests from your network; try again in {wait} s"),
-            )
-            .into_response();
-            if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
-                resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
-            }
-            resp
-        }
+        Err(wait) => too_many(&format!("too many {class} requests from your network"), wait),
     }
+}
+
+/// 429 `rate_limited` saying `what`, with `Retry-After: wait`.
+pub fn too_many(what: &str, wait: u64) -> Response {
+    let mut resp = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("{what}; try again in {wait} s"),
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+        resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+    }
+    resp
 }

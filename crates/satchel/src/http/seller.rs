@@ -367,21 +367,24 @@ struct LicenseSummary {
     activations: i64,
 }
 
-/// `suspend`, `reinstate`, `revoke` or `reset` (deactivate every device) a license.
+/// `suspend`, `reinstate`, `revoke`, `reset` (deactivate every device) or `extend` a license.
+/// `extend` takes `{"days": N}` or `{"until": unix_seconds}`; it is refused (409) for
+/// licenses that never expire and for subscription licenses (their expiry follows billing).
 #[utoipa::path(post, path = "/api/v1/seller/licenses/{id}/{action}", tag = "seller",
-    params(("id" = String, Path), ("action" = String, Path, description = "suspend | reinstate | revoke | reset")),
-    responses((status = 200, description = "Done"), (status = 404, description = "Not one of your licenses"), (status = 422, description = "Unknown action")))]
+    params(("id" = String, Path), ("action" = String, Path, description = "suspend | reinstate | revoke | reset | extend")),
+    request_body(content = Option<crate::licensing::ExtendRequest>, description = "Only for `extend`"),
+    responses((status = 200, description = "The license's new state"), (status = 404, description = "Not one of your licenses"),
+        (status = 409, description = "never_expires | subscription_license (extend)"),
+        (status = 422, description = "Unknown action, or invalid days/until")))]
 async fn license_action(
     State(app): State<App>,
     auth: SellerAuth,
     Path((id, action)): Path<(String, String)>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
-    crate::licensing::seller_action(&app.db, &id, &auth.seller_id, &action).await?;
-    let (status, activations): (String, i64) = app
-        .db
-        .fetch_one(sql!("SELECT status, activations FROM license_keys WHERE id = $1", &id))
-        .await?;
-    Ok(Json(json!({"id": id, "status": status, "activations": activations})))
+    Ok(Json(
+        crate::licensing::seller_action(&app, &id, &auth.seller_id, &action, &body).await?,
+    ))
 }
 
 /// Creates a product (draft unless `status` says otherwise).

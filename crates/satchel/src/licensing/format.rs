@@ -1,152 +1,109 @@
-//! Wire formats of license keys, certificates and signed validation responses.
-//!
-//! Key parsing and the check symbol come from the `satchel-license` crate that sellers embed,
-//! so the server and their software share one implementation; signing lives here.
-//! Formats (documented byte by byte in docs/licensing.md):
-//!
-//! - **Key**: optional product prefix, then 23 random Crockford base32 symbols (115 bits) and
-//!   one check symbol, in six groups of four: `PXL-7K2Q-MXW9-D4HT-3NBR-8C6F-PA1V`. The check symbol
-//!   is Σ αⁱ·vᵢ computed in GF(32) (polynomial x⁵+x²+1, α = x): the weights are distinct and
-//!   non-zero, so every single-symbol substitution and every adjacent transposition changes
-//!   it; typing is lenient (case, spaces, O→0, I/L→1, missing dashes).
-//! - **Certificate**: `SCRT1.{base64url(JSON claims)}.{base64url(Ed25519 signature)}`, the
-//!   signature over the ASCII bytes `SCRT1.{base64url(JSON)}`; claims carry the signing `kid`.
-//! - **Signed response**: the JSON body plus `signature` (base64url Ed25519 over the exact
-//!   bytes of `signed_payload`, itself the base64url of the canonical body) and `kid`.
+//! The server's handles on the wire formats, all implemented once in the `satchel-license`
+//! crate that sellers embed (keys, `SCRT1` certificates, signed answers; byte by byte in
+//! docs/licensing.md): minting keys, signing with the current Ed25519 key, and publishing
+//! every key that still verifies.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use base64::Engine;
-use ed25519_dalek::Signer;
-use rand::Rng;
+use rand::rngs::OsRng;
+use satchel_license::{certificate, response, Claims, LicenseKey, PublicKeys};
 use serde_json::Value;
 
 use crate::keys::Keys;
 
-use satchel_license::{check_symbol, group, ALPHABET, KEY_SYMBOLS as BODY};
-
-/// A new key with an optional uppercase prefix (1–8 of A-Z0-9).
-pub fn new_key(prefix: Option<&str>) -> String {
-    let mut rng = rand::rngs::OsRng;
-    let values: Vec<u32> = (0..BODY).map(|_| rng.gen_range(0..32u32)).collect();
-    let mut s: String = values.iter().map(|&v| ALPHABET[v as usize] as char).collect();
-    s.push(check_symbol(&values) as char);
-    match prefix.filter(|p| !p.is_empty()) {
-        Some(p) => format!("{}-{}", p.to_ascii_uppercase(), group(&s)),
-        None => group(&s),
-    }
-}
-
 pub use satchel_license::KeyError;
 
+/// A new key with an optional product prefix (1–8 of A–Z 0–9). A prefix the key format
+/// cannot carry (a product saved before prefixes were checked) is left out rather than
+/// minting a key nobody could type back.
+pub fn new_key(prefix: Option<&str>) -> String {
+    let prefix = prefix.filter(|p| {
+        let ok = satchel_license::is_valid_prefix(p);
+        if !ok {
+            tracing::warn!(
+                prefix = p,
+                "license key prefix is not 1–8 of A–Z 0–9; minting the key without it"
+            );
+        }
+        ok
+    });
+    // Cannot fail: the prefix is valid or gone.
+    LicenseKey::generate(prefix, &mut OsRng)
+        .map(String::from)
+        .unwrap_or_default()
+}
+
 /// Parses what a person typed into the canonical key, checking the check symbol offline
-/// (the same code the sellers' software runs, from the `satchel-license` crate).
+/// (the same code the sellers' software runs).
 pub fn canonical_key(input: &str) -> Result<String, KeyError> {
     satchel_license::parse_key(input)
 }
 
-/// Signs certificate claims (the signing `kid` is added to them).
-pub fn certificate(keys: &Keys, mut claims: Value) -> String {
+/// Signs certificate claims with the current key.
+pub fn certificate(keys: &Keys, claims: &Claims) -> String {
     let k = keys.current_ed25519();
-    claims["kid"] = Value::String(k.kid.clone());
-    claims["v"] = Value::from(1);
-    let payload = format!("SCRT1.{}", B64.encode(claims.to_string()));
-    let sig = k.key.sign(payload.as_bytes());
-    format!("{payload}.{}", B64.encode(sig.to_bytes()))
+    certificate::sign_certificate(claims, &k.kid, &k.key)
 }
 
-/// Signs a validation body: adds `signed_payload` (base64url of the body's JSON), `signature`
-/// (Ed25519 over the ASCII of `signed_payload`) and `kid`, so clients verify exact bytes.
-pub fn sign_response(keys: &Keys, mut body: Value) -> Value {
+/// Signs an answer body (validation answer, revocation list) with the current key.
+pub fn sign_response(keys: &Keys, body: &Value) -> Value {
     let k = keys.current_ed25519();
-    body["kid"] = Value::String(k.kid.clone());
-    let signed_payload = B64.encode(body.to_string());
-    let sig = k.key.sign(signed_payload.as_bytes());
-    body["signed_payload"] = Value::String(signed_payload);
-    body["signature"] = Value::String(B64.encode(sig.to_bytes()));
-    body
+    response::sign_response(body, &k.kid, &k.key)
 }
 
-/// Public keys as published at `GET /api/v1/licenses/public-keys`.
-pub fn public_keys(keys: &Keys) -> Value {
-    Value::Array(
-        keys.ed25519
-            .iter()
-            .map(|k| serde_json::json!({"kid": k.kid, "alg": "Ed25519", "public_key": B64.encode(k.key.verifying_key().as_bytes())}))
-            .collect(),
-    )
+/// Every Ed25519 key that still verifies, newest and older ones (rotation).
+pub fn public_keys(keys: &Keys) -> PublicKeys {
+    let mut out = PublicKeys::new();
+    for k in &keys.ed25519 {
+        out.insert(k.kid.clone(), k.key.verifying_key());
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use satchel_license::{fingerprint_hash, LicenseType};
 
     #[test]
-    fn keys_round_trip_and_catch_typos() {
-        for _ in 0..200 {
-            let key = new_key(Some("pxl"));
-            assert!(key.starts_with("PXL-"));
+    fn minted_keys_parse_and_bad_prefixes_are_left_out() {
+        let key = new_key(Some("pxl"));
+        assert!(key.starts_with("PXL-"), "{key}");
+        assert_eq!(canonical_key(&key.to_lowercase().replace('-', " ")).unwrap(), key);
+        for bad in ["my-app!", "TOOLONGPREFIX"] {
+            let key = new_key(Some(bad));
+            assert_eq!(key.len(), 24 + 5, "{key}");
             assert_eq!(canonical_key(&key).unwrap(), key);
-            assert_eq!(
-                canonical_key(&key.to_lowercase().replace('-', " ")).unwrap(),
-                key,
-                "lenient typing"
-            );
-            let body: Vec<char> = key[4..].chars().filter(|c| *c != '-').collect();
-            // Every single-symbol substitution is caught.
-            for i in 0..body.len() {
-                for &alt in ALPHABET {
-                    if alt as char != body[i] {
-                        let mut b = body.clone();
-                        b[i] = alt as char;
-                        let typed: String = b.into_iter().collect();
-                        assert!(canonical_key(&format!("PXL-{typed}")).is_err(), "{typed}");
-                    }
-                }
-            }
-            // Every adjacent transposition of distinct symbols is caught.
-            for i in 0..body.len() - 1 {
-                if body[i] != body[i + 1] {
-                    let mut b = body.clone();
-                    b.swap(i, i + 1);
-                    let typed: String = b.into_iter().collect();
-                    assert_eq!(canonical_key(&format!("PXL-{typed}")), Err(KeyError::BadCheckCharacter));
-                }
-            }
         }
         assert_eq!(canonical_key("hello"), Err(KeyError::Malformed));
-        assert_eq!(
-            canonical_key("ÄÖÜ-ÄÖÜÄÖ-ÄÖÜÄÖ-ÄÖÜÄÖ-ÄÖÜÄÖ-ÄÖÜÄÖ"),
-            Err(KeyError::Malformed),
-            "never a panic on non-ASCII"
-        );
-        assert_eq!(canonical_key(&"A".repeat(500)), Err(KeyError::Malformed));
-        let plain = new_key(None);
-        assert_eq!(plain.len(), 24 + 5);
-        assert_eq!(canonical_key(&plain).unwrap(), plain);
     }
 
     #[test]
-    fn certificates_and_responses_verify_with_the_public_key() {
-        use ed25519_dalek::{Signature, Verifier};
+    fn what_the_server_signs_verifies_with_what_it_publishes_across_a_rotation() {
         let dir = tempfile::tempdir().unwrap();
+        let old = Keys::load_or_generate(dir.path()).unwrap();
+        let claims = Claims {
+            license_id: "lic_1".into(),
+            product_id: "prod_1".into(),
+            license_type: LicenseType::Perpetual,
+            entitlements: vec!["prod_1".into()],
+            fingerprint: fingerprint_hash("dev"),
+            activation_id: "act_1".into(),
+            issued_at: 1,
+            expires_at: None,
+            max_activations: Some(3),
+            check_in_hours: None,
+        };
+        let old_cert = certificate(&old, &claims);
+        Keys::generate_ed25519(dir.path()).unwrap();
         let keys = Keys::load_or_generate(dir.path()).unwrap();
-        let cert = certificate(&keys, serde_json::json!({"license_id": "lic_1"}));
-        let (payload, sig) = cert.rsplit_once('.').unwrap();
-        let sig = Signature::from_slice(&B64.decode(sig).unwrap()).unwrap();
-        keys.current_ed25519()
-            .key
-            .verifying_key()
-            .verify(payload.as_bytes(), &sig)
-            .unwrap();
-        let claims: Value =
-            serde_json::from_slice(&B64.decode(payload.strip_prefix("SCRT1.").unwrap()).unwrap()).unwrap();
-        assert_eq!(claims["kid"], keys.current_ed25519().kid.as_str());
-        let resp = sign_response(&keys, serde_json::json!({"valid": true, "nonce": "n1"}));
-        let sig = Signature::from_slice(&B64.decode(resp["signature"].as_str().unwrap()).unwrap()).unwrap();
-        keys.current_ed25519()
-            .key
-            .verifying_key()
-            .verify(resp["signed_payload"].as_str().unwrap().as_bytes(), &sig)
-            .unwrap();
+        let published = PublicKeys::from_json(&public_keys(&keys).to_json().to_string()).unwrap();
+        for cert in [old_cert, certificate(&keys, &claims)] {
+            let got = satchel_license::certificate::verify_for_device(&cert, &published, "dev", 2).unwrap();
+            assert_eq!(got, claims);
+        }
+        let answer = sign_response(&keys, &serde_json::json!({"valid": true, "nonce": "n1"}));
+        assert_eq!(
+            satchel_license::verify_response(&answer, &published, Some("n1")).unwrap()["valid"],
+            true
+        );
     }
 }

@@ -9,9 +9,21 @@
 //! parallel activations of a single-use key give exactly one, of a 3-seat key from 10 devices
 //! exactly 3, on SQLite and PostgreSQL. Devices are stored and certified by the sha256 of
 //! their fingerprint, never the raw value.
+//!
+//! Keys, certificates and signed answers are minted through the `satchel-license` crate that
+//! sellers embed ([`format`]), so there is one implementation of each wire format.
+//! A validation is one read ([`snapshot`]: the license and the named device together), on
+//! PostgreSQL usually answered from [`cache`]; the only write is a device's check-in, every
+//! few minutes at most. [`guessing`] flags and throttles networks that guess keys.
 
+pub mod cache;
 pub mod format;
+pub mod guessing;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use satchel_license::{Claims, LicenseType};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -22,6 +34,38 @@ use crate::error::{not_found, unprocessable, ApiError, ApiResult};
 use crate::ids::{hash_secret, new_id, now};
 use crate::sql;
 use axum::http::StatusCode;
+
+/// What licensing keeps per instance: the key-guessing counters and, on PostgreSQL, the
+/// validation cache with its listener.
+#[derive(Debug)]
+pub struct Runtime {
+    pub guesses: guessing::GuessWatch,
+    pub cache: Option<Arc<cache::ValidationCache>>,
+}
+
+impl Runtime {
+    /// Starts the cache's listener when there is one (PostgreSQL, `validation_cache_secs` > 0).
+    pub fn new(cfg: &crate::config::LicensesConfig, db: &crate::db::Db) -> Self {
+        let cache = match db {
+            crate::db::Db::Postgres(pool) if cfg.validation_cache_secs > 0 => {
+                let c = Arc::new(cache::ValidationCache::new(Duration::from_secs(
+                    cfg.validation_cache_secs,
+                )));
+                cache::spawn_listener(&c, pool.clone());
+                Some(c)
+            }
+            _ => None,
+        };
+        Self {
+            guesses: guessing::GuessWatch::new(guessing::Limits {
+                threshold: cfg.guess_threshold,
+                window: Duration::from_secs(cfg.guess_window_secs.max(1)),
+                throttle: Duration::from_secs(cfg.guess_throttle_secs.max(1)),
+            }),
+            cache,
+        }
+    }
+}
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct License {
@@ -47,13 +91,12 @@ const LIC_COLS: &str =
     "id, license_key, order_id, product_id, email, license_type, max_activations, activations, status, \
     expires_at, paid_through, check_in_hours, grace_days";
 
-#[derive(Debug, Clone, sqlx::FromRow)]
-struct Activation {
-    id: String,
-    fingerprint: String,
-    created_at: i64,
-    last_check_in_at: i64,
-    deactivated_at: Option<i64>,
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct Activation {
+    pub id: String,
+    pub fingerprint: String,
+    pub created_at: i64,
+    pub last_check_in_at: i64,
 }
 
 /// Issues one key per seat for every licensed item of a just-paid order (fulfillment).
@@ -180,21 +223,38 @@ fn license_json(l: &License) -> Value {
     })
 }
 
-fn certificate(app: &App, l: &License, activation_id: &str, fingerprint_hash: &str, t: i64) -> String {
-    // Subscriptions: valid offline until paid-through + grace; others until their term (or forever).
-    let expires = match l.license_type.as_str() {
+/// Until when a device may use the license offline: subscriptions until paid-through +
+/// grace, other types until their term (or forever).
+fn offline_until(l: &License) -> Option<i64> {
+    match l.license_type.as_str() {
         "subscription" => l.paid_through.map(|p| p + l.grace_days * 86_400).or(l.expires_at),
         _ => l.expires_at,
+    }
+}
+
+fn license_type(l: &License) -> LicenseType {
+    match l.license_type.as_str() {
+        "subscription" => LicenseType::Subscription,
+        "single_use" => LicenseType::SingleUse,
+        _ => LicenseType::Perpetual,
+    }
+}
+
+fn certificate(app: &App, l: &License, activation_id: &str, fingerprint_hash: &str, t: i64) -> String {
+    let subscription = l.license_type == "subscription";
+    let claims = Claims {
+        license_id: l.id.clone(),
+        product_id: l.product_id.clone(),
+        license_type: license_type(l),
+        entitlements: vec![l.product_id.clone()],
+        fingerprint: fingerprint_hash.to_string(),
+        activation_id: activation_id.to_string(),
+        issued_at: t,
+        expires_at: offline_until(l),
+        max_activations: l.max_activations.and_then(|m| u32::try_from(m).ok()),
+        check_in_hours: subscription.then(|| u32::try_from(l.check_in_hours).ok()).flatten(),
     };
-    format::certificate(
-        &app.keys,
-        json!({
-            "license_id": l.id, "product_id": l.product_id, "type": l.license_type,
-            "entitlements": [l.product_id], "fingerprint": fingerprint_hash, "activation_id": activation_id,
-            "max_activations": l.max_activations, "issued_at": t, "expires_at": expires,
-            "check_in_hours": (l.license_type == "subscription").then_some(l.check_in_hours),
-        }),
-    )
+    format::certificate(&app.keys, &claims)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -235,7 +295,7 @@ pub async fn activate(app: &App, key: &str, req: &ActivateRequest, ip: &str) -> 
     }
     let existing: Option<Activation> = tx
         .fetch_optional(sql!(
-            "SELECT id, fingerprint, created_at, last_check_in_at, deactivated_at FROM license_activations
+            "SELECT id, fingerprint, created_at, last_check_in_at FROM license_activations
              WHERE license_id = $1 AND fingerprint = $2 AND deactivated_at IS NULL",
             &l.id,
             &fp
@@ -295,7 +355,7 @@ pub async fn activate(app: &App, key: &str, req: &ActivateRequest, ip: &str) -> 
             let a: Activation = app
                 .db
                 .fetch_one(sql!(
-                    "SELECT id, fingerprint, created_at, last_check_in_at, deactivated_at FROM license_activations
+                    "SELECT id, fingerprint, created_at, last_check_in_at FROM license_activations
                      WHERE license_id = $1 AND fingerprint = $2 AND deactivated_at IS NULL",
                     &l.id,
                     &fp
@@ -311,14 +371,10 @@ pub async fn activate(app: &App, key: &str, req: &ActivateRequest, ip: &str) -> 
 }
 
 fn activation_json(app: &App, l: &License, activation_id: &str, fp: &str, t: i64) -> Value {
-    let cert = certificate(app, l, activation_id, fp, t);
     json!({
         "activation_id": activation_id,
-        "certificate": cert,
-        "expires_at": match l.license_type.as_str() {
-            "subscription" => l.paid_through.map(|p| p + l.grace_days * 86_400).or(l.expires_at),
-            _ => l.expires_at,
-        },
+        "certificate": certificate(app, l, activation_id, fp, t),
+        "expires_at": offline_until(l),
         "license": license_json(l),
     })
 }
@@ -333,100 +389,198 @@ pub struct ValidateRequest {
 }
 
 /// Validates a key (and a device): a signed `{valid, code, license, nonce, …}`.
+///
+/// One read answers it ([`snapshot`]: the license and the named device's activation in one
+/// query); the only write is the device's check-in, at most once per
+/// [`CHECK_IN_WRITE_SECS`].
 pub async fn validate(app: &App, key: &str, req: &ValidateRequest) -> ApiResult<Value> {
     let key = parse_key(key)?;
     if req.nonce.as_ref().is_some_and(|n| n.len() > 128) {
         return Err(unprocessable("invalid_nonce", "nonce must be at most 128 characters").field("nonce"));
     }
+    if req.activation_id.as_ref().is_some_and(|a| a.len() > 64) {
+        return Err(
+            unprocessable("invalid_activation_id", "activation_id must be at most 64 characters")
+                .field("activation_id"),
+        );
+    }
     let fp = req.device_fingerprint.as_deref().map(check_fingerprint).transpose()?;
     let t = now();
-    let l = find(&app.db, &key).await?;
-    let (code, license, activation) = match &l {
+    let (fp, act) = (fp.as_deref(), req.activation_id.as_deref());
+    let cache = app.licensing.cache.as_deref();
+    let snap = match cache.and_then(|c| c.get(&key, fp, act)) {
+        Some(hit) => Some(hit),
+        None => {
+            let stamp = cache.map(cache::ValidationCache::stamp);
+            let read = snapshot(app, &key, fp, act).await?.map(Arc::new);
+            if let (Some(c), Some(stamp), Some(s)) = (cache, stamp, &read) {
+                c.put(&key, fp, act, s.clone(), stamp);
+            }
+            read
+        }
+    };
+    let (code, license, activation) = match &snap {
         None => ("NOT_FOUND", Value::Null, Value::Null),
-        Some(l) => {
-            let (code, activation) = validation_code(app, l, fp.as_deref(), req.activation_id.as_deref(), t).await?;
-            (code, license_json(l), activation)
+        Some(s) => {
+            let d = decide(s, fp, act.is_some(), t);
+            if let (Some(a), true) = (d.activation, d.check_in) {
+                // A validation from the activated device is its check-in. Check-ins matter at
+                // hour and day scale, so one write per few minutes keeps validations read-only.
+                app.db
+                    .execute(sql!(
+                        "UPDATE license_activations SET last_check_in_at = $2 WHERE id = $1 AND last_check_in_at < $2",
+                        &a.id,
+                        t
+                    ))
+                    .await?;
+                if let Some(c) = cache {
+                    c.checked_in(&key, fp, act, t);
+                }
+            }
+            let a_json = d
+                .activation
+                .map(|a| json!({"id": a.id, "created_at": a.created_at, "last_check_in_at": a.last_check_in_at}));
+            (d.code, license_json(&s.license), a_json.unwrap_or(Value::Null))
         }
     };
     let body = json!({
         "valid": code == "VALID", "code": code, "license": license, "activation": activation,
         "nonce": req.nonce, "issued_at": t,
     });
-    Ok(format::sign_response(&app.keys, body))
+    Ok(format::sign_response(&app.keys, &body))
 }
 
-async fn validation_code(
+/// A license and the live activations a validation names (by fingerprint hash and/or id).
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    pub license: License,
+    pub by_fingerprint: Option<Activation>,
+    pub by_id: Option<Activation>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct SnapshotRow {
+    #[sqlx(flatten)]
+    license: License,
+    act_id: Option<String>,
+    act_fingerprint: Option<String>,
+    act_created_at: Option<i64>,
+    act_last_check_in_at: Option<i64>,
+}
+
+/// Reads a license and the named device's live activation in one query (at most two rows:
+/// the activation with this fingerprint, the one with this id).
+pub(crate) async fn snapshot(
     app: &App,
-    l: &License,
+    key: &str,
     fp: Option<&str>,
     activation_id: Option<&str>,
-    t: i64,
-) -> ApiResult<(&'static str, Value)> {
-    if let Some(code) = blocked(l, t) {
-        return Ok((code, Value::Null));
-    }
-    if l.license_type == "subscription" && l.paid_through.is_some_and(|p| p + l.grace_days * 86_400 <= t) {
-        return Ok(("EXPIRED", Value::Null));
-    }
-    let by_id = match activation_id {
-        Some(id) => app
-            .db
-            .fetch_optional::<Activation>(sql!(
-                "SELECT id, fingerprint, created_at, last_check_in_at, deactivated_at FROM license_activations WHERE id = $1 AND license_id = $2",
+) -> Result<Option<Snapshot>, crate::db::DbError> {
+    let rows: Vec<SnapshotRow> = app
+        .db
+        .fetch_all(sql!(
+            "SELECT l.id, l.license_key, l.order_id, l.product_id, l.email, l.license_type, l.max_activations,
+                l.activations, l.status, l.expires_at, l.paid_through, l.check_in_hours, l.grace_days,
+                a.id AS act_id, a.fingerprint AS act_fingerprint, a.created_at AS act_created_at,
+                a.last_check_in_at AS act_last_check_in_at
+             FROM license_keys l LEFT JOIN license_activations a
+               ON a.license_id = l.id AND a.deactivated_at IS NULL AND (a.fingerprint = $2 OR a.id = $3)
+             WHERE l.license_key = $1",
+            key,
+            fp,
+            activation_id
+        ))
+        .await?;
+    let mut snap: Option<Snapshot> = None;
+    for row in rows {
+        let activation = match (
+            row.act_id,
+            row.act_fingerprint,
+            row.act_created_at,
+            row.act_last_check_in_at,
+        ) {
+            (Some(id), Some(fingerprint), Some(created_at), Some(last_check_in_at)) => Some(Activation {
                 id,
-                &l.id
-            ))
-            .await?
-            .filter(|a| a.deactivated_at.is_none()),
-        None => None,
-    };
-    if activation_id.is_some() && by_id.is_none() {
-        return Ok(("NOT_ACTIVATED", Value::Null));
-    }
-    let activation = match (by_id, fp) {
-        (Some(a), Some(fp)) if a.fingerprint != fp => return Ok(("FINGERPRINT_MISMATCH", Value::Null)),
-        (Some(a), _) => Some(a),
-        (None, Some(fp)) => {
-            let a = app
-                .db
-                .fetch_optional::<Activation>(sql!(
-                    "SELECT id, fingerprint, created_at, last_check_in_at, deactivated_at FROM license_activations
-                     WHERE license_id = $1 AND fingerprint = $2 AND deactivated_at IS NULL",
-                    &l.id,
-                    fp
-                ))
-                .await?;
-            match a {
-                Some(a) => Some(a),
-                None => {
-                    let full = l.max_activations.is_some_and(|m| l.activations >= m);
-                    return Ok((if full { "TOO_MANY_ACTIVATIONS" } else { "NOT_ACTIVATED" }, Value::Null));
-                }
+                fingerprint,
+                created_at,
+                last_check_in_at,
+            }),
+            _ => None,
+        };
+        let s = snap.get_or_insert(Snapshot {
+            license: row.license,
+            by_fingerprint: None,
+            by_id: None,
+        });
+        if let Some(a) = activation {
+            if activation_id == Some(a.id.as_str()) {
+                s.by_id = Some(a.clone());
+            }
+            if fp == Some(a.fingerprint.as_str()) {
+                s.by_fingerprint = Some(a);
             }
         }
+    }
+    Ok(snap)
+}
+
+/// What a validation answers.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Decision<'a> {
+    pub code: &'static str,
+    /// The device's activation, shown in the answer.
+    pub activation: Option<&'a Activation>,
+    /// Whether to record this validation as the device's check-in.
+    pub check_in: bool,
+}
+
+/// The validation rules, on a [`Snapshot`] read at `t`. `fp` is the device fingerprint's
+/// hash; `by_id_asked` whether the client named an activation id.
+pub(crate) fn decide<'a>(s: &'a Snapshot, fp: Option<&str>, by_id_asked: bool, t: i64) -> Decision<'a> {
+    let l = &s.license;
+    let refuse = |code| Decision {
+        code,
+        activation: None,
+        check_in: false,
+    };
+    if let Some(code) = blocked(l, t) {
+        return refuse(code);
+    }
+    if l.license_type == "subscription" && l.paid_through.is_some_and(|p| p + l.grace_days * 86_400 <= t) {
+        return refuse("EXPIRED");
+    }
+    if by_id_asked && s.by_id.is_none() {
+        return refuse("NOT_ACTIVATED");
+    }
+    let activation = match (&s.by_id, fp) {
+        (Some(a), Some(fp)) if a.fingerprint != fp => return refuse("FINGERPRINT_MISMATCH"),
+        (Some(a), _) => Some(a),
+        (None, Some(_)) => match &s.by_fingerprint {
+            Some(a) => Some(a),
+            None => {
+                let full = l.max_activations.is_some_and(|m| l.activations >= m);
+                return refuse(if full { "TOO_MANY_ACTIVATIONS" } else { "NOT_ACTIVATED" });
+            }
+        },
         (None, None) => None,
     };
     let Some(a) = activation else {
-        return Ok(("VALID", Value::Null));
+        return refuse("VALID");
     };
     let overdue =
         l.license_type == "subscription" && a.last_check_in_at + l.check_in_hours * 3600 + l.grace_days * 86_400 < t;
-    let a_json = json!({"id": a.id, "created_at": a.created_at, "last_check_in_at": a.last_check_in_at});
     if overdue && fp.is_none() {
-        return Ok(("CHECK_IN_OVERDUE", a_json));
+        return Decision {
+            code: "CHECK_IN_OVERDUE",
+            activation: Some(a),
+            check_in: false,
+        };
     }
-    if fp.is_some() && a.last_check_in_at < t - CHECK_IN_WRITE_SECS {
-        // A validation from the activated device is its check-in. Check-ins matter at hour
-        // and day scale, so one write per few minutes keeps validations mostly read-only.
-        app.db
-            .execute(sql!(
-                "UPDATE license_activations SET last_check_in_at = $2 WHERE id = $1 AND last_check_in_at < $2",
-                &a.id,
-                t
-            ))
-            .await?;
+    Decision {
+        code: "VALID",
+        activation: Some(a),
+        check_in: fp.is_some() && a.last_check_in_at < t - CHECK_IN_WRITE_SECS,
     }
-    Ok(("VALID", a_json))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -487,32 +641,163 @@ pub async fn deactivate(app: &App, key: &str, req: &DeactivateRequest) -> ApiRes
     Ok(json!({"deactivated": true, "license": license_json(&l)}))
 }
 
-/// Seller actions on a license: `suspend`, `reinstate`, `revoke`, `reset` (all devices off).
-pub async fn seller_action(e: &impl Exec, license_id: &str, seller_id: &str, action: &str) -> ApiResult<()> {
-    let owned = e
-        .fetch_i64(sql!(
-            "SELECT COUNT(*) FROM license_keys l JOIN orders o ON o.id = l.order_id WHERE l.id = $1 AND o.seller_id = $2",
+/// Body of the seller's `extend` action: exactly one of `days` or `until`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// Days to add (1–36500), counted from the current expiry, or from now if it has passed.
+    pub days: Option<i64>,
+    /// The new expiry (unix seconds): later than now and than the current expiry.
+    pub until: Option<i64>,
+}
+
+/// Longest extension, in days (a century).
+const MAX_EXTEND_DAYS: i64 = 36_500;
+
+/// The seller's actions on one of their licenses, in one transaction:
+/// - `suspend` (active → suspended), `reinstate` (suspended or revoked → active), `revoke`;
+/// - `reset`: every device deactivated, all seats free;
+/// - `extend` with [`ExtendRequest`] `body`: pushes `expires_at` (an `expired` license becomes
+///   active again; suspended and revoked ones stay so). Refused for licenses that never
+///   expire and for subscription licenses, whose expiry follows their billing (each paid
+///   invoice sets it to paid-through + grace, which would undo a manual extension).
+///
+/// Another seller's license is a 404 and nothing changes. Returns the license's new state.
+pub async fn seller_action(
+    app: &App,
+    license_id: &str,
+    seller_id: &str,
+    action: &str,
+    body: &[u8],
+) -> ApiResult<Value> {
+    let tx = app.db.begin().await?;
+    let l: License = tx
+        .fetch_optional(sql!(
+            "SELECT l.id, l.license_key, l.order_id, l.product_id, l.email, l.license_type, l.max_activations,
+                l.activations, l.status, l.expires_at, l.paid_through, l.check_in_hours, l.grace_days
+             FROM license_keys l JOIN orders o ON o.id = l.order_id WHERE l.id = $1 AND o.seller_id = $2",
             license_id,
             seller_id
         ))
-        .await?;
-    if owned == 0 {
-        return Err(not_found("license"));
-    }
+        .await?
+        .ok_or_else(|| not_found("license"))?;
     let t = now();
-    let q = match action {
-        "suspend" => sql!("UPDATE license_keys SET status = 'suspended', updated_at = $2 WHERE id = $1 AND status = 'active'", license_id, t),
-        "reinstate" => sql!("UPDATE license_keys SET status = 'active', updated_at = $2 WHERE id = $1 AND status IN ('suspended', 'revoked')", license_id, t),
-        "revoke" => sql!("UPDATE license_keys SET status = 'revoked', updated_at = $2 WHERE id = $1", license_id, t),
-        "reset" => {
-            e.execute(sql!("UPDATE license_activations SET deactivated_at = $2 WHERE license_id = $1 AND deactivated_at IS NULL", license_id, t))
-                .await?;
-            sql!("UPDATE license_keys SET activations = 0, updated_at = $2 WHERE id = $1", license_id, t)
+    let event = match action {
+        "suspend" => {
+            tx.execute(sql!(
+                "UPDATE license_keys SET status = 'suspended', updated_at = $2 WHERE id = $1 AND status = 'active'",
+                &l.id,
+                t
+            ))
+            .await?;
+            "license.suspended"
         }
-        _ => return Err(unprocessable("invalid_action", "action must be suspend, reinstate, revoke or reset").field("action")),
+        "reinstate" => {
+            tx.execute(sql!("UPDATE license_keys SET status = 'active', updated_at = $2 WHERE id = $1 AND status IN ('suspended', 'revoked')", &l.id, t))
+                .await?;
+            "license.reinstated"
+        }
+        "revoke" => {
+            tx.execute(sql!(
+                "UPDATE license_keys SET status = 'revoked', updated_at = $2 WHERE id = $1",
+                &l.id,
+                t
+            ))
+            .await?;
+            "license.revoked"
+        }
+        "reset" => {
+            tx.execute(sql!(
+                "UPDATE license_activations SET deactivated_at = $2 WHERE license_id = $1 AND deactivated_at IS NULL",
+                &l.id,
+                t
+            ))
+            .await?;
+            tx.execute(sql!(
+                "UPDATE license_keys SET activations = 0, updated_at = $2 WHERE id = $1",
+                &l.id,
+                t
+            ))
+            .await?;
+            "license.reset"
+        }
+        "extend" => {
+            let until = extension(&l, body, t)?;
+            tx.execute(sql!(
+                "UPDATE license_keys SET expires_at = $2, status = CASE WHEN status = 'expired' THEN 'active' ELSE status END,
+                    updated_at = $3 WHERE id = $1",
+                &l.id,
+                until,
+                t
+            ))
+            .await?;
+            "license.extended"
+        }
+        _ => {
+            return Err(unprocessable(
+                "invalid_action",
+                "action must be suspend, reinstate, revoke, reset or extend",
+            )
+            .field("action"))
+        }
     };
-    e.execute(q).await?;
-    Ok(())
+    let after: License = tx
+        .fetch_one(sql!(
+            format!("SELECT {LIC_COLS} FROM license_keys WHERE id = $1"),
+            &l.id
+        ))
+        .await?;
+    tx.execute(sql!(
+        "INSERT INTO domain_events (id, seller_id, event_type, subject_id, payload, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        new_id("evt"),
+        seller_id,
+        event,
+        &l.id,
+        json!({"before": license_json(&l), "after": license_json(&after)}).to_string(),
+        t
+    ))
+    .await?;
+    tx.commit().await?;
+    Ok(license_json(&after))
+}
+
+/// The new `expires_at` an `extend` body asks for, or why it cannot be.
+fn extension(l: &License, body: &[u8], t: i64) -> ApiResult<i64> {
+    let req: ExtendRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ExtendRequest::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            crate::error::bad_request(
+                "invalid_json",
+                format!("{e}; send {{\"days\": N}} or {{\"until\": unix_seconds}}"),
+            )
+        })?
+    };
+    if l.license_type == "subscription" {
+        return Err(crate::error::conflict(
+            "subscription_license",
+            "a subscription license follows its billing: each paid invoice sets its expiry; extend the subscription instead",
+        ));
+    }
+    let Some(current) = l.expires_at else {
+        return Err(crate::error::conflict(
+            "never_expires",
+            "this license never expires; there is nothing to extend",
+        ));
+    };
+    match (req.days, req.until) {
+        (Some(days), None) if (1..=MAX_EXTEND_DAYS).contains(&days) => Ok(current.max(t) + days * 86_400),
+        (Some(_), None) => {
+            Err(unprocessable("invalid_days", format!("days must be 1–{MAX_EXTEND_DAYS}")).field("days"))
+        }
+        (None, Some(until)) if until > t && until > current && until <= t + MAX_EXTEND_DAYS * 86_400 => Ok(until),
+        (None, Some(_)) => Err(unprocessable(
+            "invalid_until",
+            "until must be later than now and than the license's current expiry, and within a century",
+        )
+        .field("until")),
+        _ => Err(unprocessable("invalid_extension", "send exactly one of days or until")),
+    }
 }
 
 /// Licenses that stopped being valid since `since` (revoked, suspended, expired): what an
@@ -541,6 +826,6 @@ pub async fn revocations(app: &App, since: i64, cursor: Option<&str>, limit: i64
     };
     Ok(format::sign_response(
         &app.keys,
-        json!({"items": items, "next_cursor": next, "issued_at": now()}),
+        &json!({"items": items, "next_cursor": next, "issued_at": now()}),
     ))
 }

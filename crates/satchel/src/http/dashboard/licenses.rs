@@ -271,6 +271,8 @@ pub async fn detail(
 pub struct ActionForm {
     csrf: String,
     action: String,
+    /// Days to add, for `extend`.
+    days: Option<i64>,
 }
 
 pub async fn action(
@@ -280,11 +282,15 @@ pub async fn action(
     DashForm(f): DashForm<ActionForm>,
 ) -> ApiResult<Response> {
     dash.check_csrf(&f.csrf)?;
-    crate::licensing::seller_action(&app.db, &id, &dash.seller_id, &f.action).await?;
+    let body = match f.days {
+        Some(days) if f.action == "extend" => serde_json::json!({ "days": days }).to_string(),
+        _ => String::new(),
+    };
+    crate::licensing::seller_action(&app, &id, &dash.seller_id, &f.action, body.as_bytes()).await?;
     Ok(see_other(&format!(
         "/dashboard/licenses/{id}?notice=license_{}",
         match f.action.as_str() {
-            a @ ("suspend" | "reinstate" | "revoke" | "reset") => a,
+            a @ ("suspend" | "reinstate" | "revoke" | "reset" | "extend") => a,
             _ => "",
         }
     )))

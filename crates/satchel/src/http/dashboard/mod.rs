@@ -257,6 +257,7 @@ fn notice_text(code: &str) -> Option<&'static str> {
         "refunded" => "Refund recorded. The buyer's downloads and license keys for the refunded items were revoked.",
         "receipt_queued" => "Receipt queued: the buyer gets it with fresh download links.",
         "license_suspend" => "License suspended. Validation now answers SUSPENDED.",
+        "license_extend" => "License extended. The new expiry is below.",
         "license_reinstate" => "License reinstated.",
         "license_revoke" => "License revoked.",
         "license_reset" => "Every device was deactivated; the buyer can activate again.",
