@@ -38,4 +38,5 @@ pub mod scheduler;
 pub mod storage;
 pub mod subscriptions;
 pub mod testing;
+pub mod uploads;
 pub mod versions;

@@ -111,6 +111,16 @@ pub async fn tick(app: &App) -> anyhow::Result<usize> {
     {
         n += 1;
     }
+    if enqueue_if_due(
+        &app.db,
+        crate::uploads::CleanupExpired::KIND,
+        900,
+        &crate::uploads::CleanupExpired,
+    )
+    .await?
+    {
+        n += 1;
+    }
     if n > 0 {
         app.jobs_enqueued();
     }

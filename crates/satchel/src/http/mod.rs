@@ -13,6 +13,7 @@ pub mod pages;
 pub mod ranges;
 pub mod ratelimit;
 pub mod seller;
+pub mod uploads;
 pub mod versions;
 
 use std::net::SocketAddr;
@@ -41,6 +42,7 @@ use crate::error::{ApiError, REQUEST_ID};
         (name = "licenses", description = "License activation, validation and offline verification keys"),
         (name = "library", description = "The buyer's library (magic-link sign-in)"),
         (name = "seller", description = "Seller API: API key (Bearer) or dashboard session"),
+        (name = "uploads", description = "Resumable uploads (tus 1.0) for version files"),
     )
 )]
 struct ApiDoc;
@@ -55,6 +57,7 @@ pub fn routes() -> (Router<App>, utoipa::openapi::OpenApi) {
         .merge(seller::routes())
         .merge(library::routes())
         .merge(versions::routes().layer(axum::extract::DefaultBodyLimit::max(versions::MULTIPART_LIMIT)))
+        .merge(uploads::routes())
         .split_for_parts()
 }
 
