@@ -62,12 +62,8 @@ impl ResumableSha256 {
             self.buf.clear();
         }
         let full = data.len() / 64 * 64;
-        if full > 0 {
-            let blocks: Vec<GenericArray<u8, _>> = data[..full]
-                .chunks_exact(64)
-                .map(GenericArray::clone_from_slice)
-                .collect();
-            sha2::compress256(&mut self.state, &blocks);
+        for block in data[..full].chunks_exact(64) {
+            sha2::compress256(&mut self.state, std::slice::from_ref(GenericArray::from_slice(block)));
         }
         self.buf.extend_from_slice(&data[full..]);
     }

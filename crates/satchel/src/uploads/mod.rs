@@ -446,10 +446,30 @@ struct Lease {
     app: App,
     id: String,
     token: String,
+    released: bool,
+}
+
+impl Lease {
+    /// Gives the lease back before answering, so the client's next request finds it free.
+    async fn release(mut self) -> Result<(), crate::db::DbError> {
+        self.released = true;
+        self.app
+            .db
+            .execute(sql!(
+                "UPDATE uploads SET lock_token = NULL, locked_until = NULL WHERE id = $1 AND lock_token = $2",
+                &self.id,
+                &self.token
+            ))
+            .await
+            .map(|_| ())
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        if self.released {
+            return;
+        }
         let (app, id, token) = (self.app.clone(), self.id.clone(), self.token.clone());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
@@ -502,6 +522,7 @@ async fn take_lease(app: &App, up: &Upload, offset: u64) -> ApiResult<Lease> {
             app: app.clone(),
             id: up.id.clone(),
             token,
+            released: false,
         });
     }
     let now_row = find(&app.db, &up.id).await?.ok_or_else(|| not_found("upload"))?;
@@ -564,11 +585,13 @@ where
         )));
     }
     let lease = take_lease(app, up, offset).await?;
-    if app.storage.local_root().is_some() {
+    let result = if app.storage.local_root().is_some() {
         write_local(app, up, &lease, checksum, body).await
     } else {
         write_s3(app, up, &lease, checksum, body).await
-    }
+    };
+    lease.release().await?;
+    result
 }
 
 /// Reads the next chunk, ending on error, end of body, or idleness.
