@@ -38,5 +38,6 @@ pub mod scheduler;
 pub mod storage;
 pub mod subscriptions;
 pub mod testing;
+pub mod upload_client;
 pub mod uploads;
 pub mod versions;

@@ -54,6 +54,9 @@ enum Command {
     /// Administration: accounts, API keys, signing keys.
     #[command(subcommand)]
     Admin(Admin),
+    /// Work with a running store's products (upload and publish a version).
+    #[command(subcommand)]
+    Product(satchel::upload_client::ProductCommand),
 }
 
 #[derive(Subcommand)]
@@ -150,6 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Admin(cmd) => admin(cfg, cmd).await,
+        Command::Product(cmd) => satchel::upload_client::run(cmd).await,
     }
 }
 

@@ -912,3 +912,148 @@ async fn the_resumable_hash_survives_a_restart_between_patches() {
         }
     }
 }
+
+fn cli(t: &TestApp, key: &str, state: &Path, args: &[&str]) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_satchel"));
+    c.args(["product", "upload", "--url", &t.base_url, "--state-file"])
+        .arg(state)
+        .args(args)
+        .env("SATCHEL_API_KEY", key)
+        .env_remove("SATCHEL_PUBLIC_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    c
+}
+
+async fn cli_output(mut c: tokio::process::Command) -> (bool, String, String) {
+    let out = c.output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_resumes_an_interrupted_upload_and_publishes() {
+    use rand::{RngCore, SeedableRng};
+    for backend in backends().await {
+        let label = backend.name();
+        let t = TestApp::start(backend).await;
+        let (seller, key) = t.seller_with_key("cli@example.com").await;
+        create_product(&t, &key, "cli-product").await;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("app-1.2.0.zip");
+        let mut data = vec![0u8; 48 * MIB as usize + 4321];
+        rand::rngs::StdRng::seed_from_u64(5).fill_bytes(&mut data);
+        std::fs::write(&file, &data).unwrap();
+        let expected = hex::encode(Sha256::digest(&data));
+        let changelog = dir.path().join("CHANGES.md");
+        std::fs::write(&changelog, "## 1.2.0\n\n- Faster start").unwrap();
+        let state = dir.path().join("state.json");
+        let file_s = file.to_str().unwrap();
+        let changelog_s = changelog.to_str().unwrap();
+        let base = [
+            "--product",
+            "cli-product",
+            "--version",
+            "1.2.0",
+            "--changelog",
+            changelog_s,
+            "--chunk-size",
+            "4M",
+        ];
+
+        // Interrupted: killed (SIGKILL) once some chunks are stored.
+        let mut args = base.to_vec();
+        args.extend(["--limit-rate", "12M", file_s]);
+        let mut child = cli(&t, &key, &state, &args).spawn().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let rows = upload_rows(&t, &seller).await;
+            if rows.first().is_some_and(|r| r.upload_offset >= 8 * MIB as i64) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{label}: no progress: {rows:?}");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{label}: the CLI finished before it could be interrupted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        child.kill().await.unwrap();
+        let settled = loop {
+            let rows = upload_rows(&t, &seller).await;
+            if rows[0].lock_token.is_none() {
+                break rows[0].upload_offset as u64;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(settled >= 8 * MIB && settled < data.len() as u64, "{label}: {settled}");
+
+        // Run again: it resumes from the store's offset and publishes.
+        let mut args = base.to_vec();
+        args.push(file_s);
+        let (ok, stdout, stderr) = cli_output(cli(&t, &key, &state, &args)).await;
+        assert!(ok, "{label}: {stdout}\n{stderr}");
+        assert!(
+            stderr.contains(&format!("app-1.2.0.zip: resuming at byte {settled} of {}", data.len())),
+            "{label}: resumed, not restarted: {stderr}"
+        );
+        assert!(
+            stdout.contains("published cli-product 1.2.0 (1 file)"),
+            "{label}: {stdout}"
+        );
+        assert!(stdout.contains(&expected), "{label}: prints the sha256: {stdout}");
+        let rows = upload_rows(&t, &seller).await;
+        assert_eq!(rows.len(), 1, "{label}: one upload, resumed");
+        assert_eq!(rows[0].status, "used");
+        assert_eq!(rows[0].sha256.as_deref(), Some(expected.as_str()));
+        let p: Value = t
+            .client
+            .get(t.url("/api/v1/products/cli-product"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(p["current_version"]["version"], "1.2.0");
+        assert_eq!(p["current_version"]["files"][0]["sha256"], expected.as_str());
+        assert!(p["current_version"]["changelog_md"]
+            .as_str()
+            .unwrap()
+            .contains("Faster start"));
+        let state_left: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+        assert_eq!(state_left, json!({}), "{label}: published uploads are forgotten");
+
+        // Mistakes are named, before any byte is sent.
+        let (ok, _, stderr) = cli_output(cli(&t, &key, &state, &args)).await;
+        assert!(
+            !ok && stderr.contains("version 1.2.0 already exists"),
+            "{label}: {stderr}"
+        );
+        let mut other = args.clone();
+        other[1] = "no-such-product";
+        let (ok, _, stderr) = cli_output(cli(&t, &key, &state, &other)).await;
+        assert!(
+            !ok && stderr.contains("there is no product \"no-such-product\""),
+            "{label}: {stderr}"
+        );
+        let (ok, _, stderr) = cli_output(cli(&t, "sk_live_wrong", &state, &args)).await;
+        assert!(!ok && stderr.contains("refused the API key"), "{label}: {stderr}");
+        let mut missing = args.clone();
+        missing[3] = "1.3.0";
+        *missing.last_mut().unwrap() = "/no/such/file.zip";
+        let (ok, _, stderr) = cli_output(cli(&t, &key, &state, &missing)).await;
+        assert!(
+            !ok && stderr.contains("cannot read /no/such/file.zip"),
+            "{label}: {stderr}"
+        );
+        assert_eq!(
+            upload_rows(&t, &seller).await.len(),
+            1,
+            "{label}: refused runs upload nothing"
+        );
+    }
+}
