@@ -2,6 +2,7 @@
 //! `utoipa_axum`), the request middleware (request id, tracing span, metrics), health and
 //! readiness, and the server loop with graceful shutdown.
 
+pub mod accounts;
 pub mod catalog;
 pub mod commerce;
 pub mod extract;
@@ -58,6 +59,7 @@ pub fn routes() -> (Router<App>, utoipa::openapi::OpenApi) {
         .merge(library::routes())
         .merge(versions::routes().layer(axum::extract::DefaultBodyLimit::max(versions::MULTIPART_LIMIT)))
         .merge(uploads::routes())
+        .merge(accounts::routes())
         .split_for_parts()
 }
 
