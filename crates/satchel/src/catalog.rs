@@ -695,6 +695,7 @@ pub async fn product_json(e: &impl Exec, p: &Product, detail: bool) -> ApiResult
         "updated_at": p.updated_at,
     });
     if detail {
+        v["images"] = json!(crate::images::views(e, &p.id).await?);
         v["description_md"] = json!(p.description_md);
         v["description_html"] = json!(crate::markdown::to_html(&p.description_md));
         v["current_version"] = match current_version(e, p).await? {

@@ -25,6 +25,7 @@ pub mod demo_files;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod images;
 pub mod jobs;
 pub mod keys;
 pub mod library;

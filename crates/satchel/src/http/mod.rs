@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod catalog;
 pub mod commerce;
 pub mod extract;
+pub mod images;
 pub mod library;
 pub mod licenses;
 pub mod metrics;
@@ -60,6 +61,7 @@ pub fn routes() -> (Router<App>, utoipa::openapi::OpenApi) {
         .merge(versions::routes().layer(axum::extract::DefaultBodyLimit::max(versions::MULTIPART_LIMIT)))
         .merge(uploads::routes())
         .merge(accounts::routes())
+        .merge(images::routes())
         .split_for_parts()
 }
 
