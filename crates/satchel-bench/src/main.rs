@@ -5,6 +5,8 @@
 //! (file bytes), `openssl speed ed25519` (offline certificate checks). Traffic goes only to
 //! 127.0.0.1. Prints one table; figures are measurements, not pass/fail thresholds.
 
+mod catalog_scale;
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +28,12 @@ struct Args {
     /// Skip the PostgreSQL runs.
     #[arg(long)]
     sqlite_only: bool,
+    /// Products loaded for the catalog phase (default 1 000 000; 200 000 with --quick).
+    #[arg(long, value_name = "N")]
+    catalog_products: Option<usize>,
+    /// Run only the catalog-at-scale phase.
+    #[arg(long)]
+    catalog_only: bool,
 }
 
 struct Row {
@@ -436,36 +444,46 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut rows = Vec::new();
 
-    // Offline verification, one core, against OpenSSL's Ed25519 verify on one core.
-    let ours = offline_verify_per_sec(if args.quick { 2.0 } else { 5.0 })?;
-    let (reference, ratio) = match openssl_verify_per_sec() {
-        Some(r) => (
-            format!("openssl speed ed25519 {r:.0} verify/s"),
-            format!("{:.2}x", ours / r),
-        ),
-        None => ("openssl not found".into(), "-".into()),
-    };
-    rows.push(Row {
-        what: "offline certificate verify (1 core)".into(),
-        satchel: format!("{ours:.0}/s"),
-        reference,
-        ratio,
-    });
-
-    // nginx serves the reference; its raw root holds a 1 GiB sparse file like ours.
     let nginx_root = tempfile::tempdir()?;
-    std::fs::File::create(nginx_root.path().join("big.bin"))?.set_len(1 << 30)?;
-    let nginx = Nginx::start(nginx_root.path());
-    if nginx.is_none() {
-        eprintln!("nginx not found: install the Debian nginx package for the reference figures");
+    let mut nginx = None;
+    if !args.catalog_only {
+        // Offline verification, one core, against OpenSSL's Ed25519 verify on one core.
+        let ours = offline_verify_per_sec(if args.quick { 2.0 } else { 5.0 })?;
+        let (reference, ratio) = match openssl_verify_per_sec() {
+            Some(r) => (
+                format!("openssl speed ed25519 {r:.0} verify/s"),
+                format!("{:.2}x", ours / r),
+            ),
+            None => ("openssl not found".into(), "-".into()),
+        };
+        rows.push(Row {
+            what: "offline certificate verify (1 core)".into(),
+            satchel: format!("{ours:.0}/s"),
+            reference,
+            ratio,
+        });
+
+        // nginx serves the reference; its raw root holds a 1 GiB sparse file like ours.
+        std::fs::File::create(nginx_root.path().join("big.bin"))?.set_len(1 << 30)?;
+        nginx = Nginx::start(nginx_root.path());
+        if nginx.is_none() {
+            eprintln!("nginx not found: install the Debian nginx package for the reference figures");
+        }
     }
     let mut backends = vec![Backend::Sqlite];
     if !args.sqlite_only && sqlx_pg_ready().await {
         backends.push(Backend::Postgres);
     }
+    let catalog_n = args
+        .catalog_products
+        .unwrap_or(if args.quick { 200_000 } else { 1_000_000 });
     for b in backends {
-        eprintln!("running the {} phases…", b.name());
-        bench_backend(b, &args, nginx.as_ref(), &mut rows).await?;
+        if !args.catalog_only {
+            eprintln!("running the {} phases…", b.name());
+            bench_backend(b, &args, nginx.as_ref(), &mut rows).await?;
+        }
+        eprintln!("running the {} catalog phase…", b.name());
+        catalog_scale::run(b, catalog_n, &mut rows).await?;
     }
 
     let w0 = rows.iter().map(|r| r.what.len()).max().unwrap_or(10);

@@ -569,6 +569,23 @@ pub async fn list_products(
     seller_scope: Option<&str>,
 ) -> ApiResult<(Vec<Product>, Option<String>)> {
     let limit = params.limit.unwrap_or(20);
+    let Some(q) = list_query(e.backend(), params, seller_scope)? else {
+        return Ok((Vec::new(), None));
+    };
+    let mut rows: Vec<Product> = e.fetch_all(q).await?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(usize::try_from(limit).unwrap_or(20));
+        rows.last().map(|p| p.id.clone())
+    } else {
+        None
+    };
+    Ok((rows, next))
+}
+
+/// The listing query (`limit + 1` rows, newest first) for `params`; `None` when the search
+/// has no usable terms. Public so the benchmark can run and EXPLAIN the very same SQL.
+pub fn list_query(backend: Backend, params: &ListParams, seller_scope: Option<&str>) -> ApiResult<Option<Query>> {
+    let limit = params.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(crate::error::bad_request("invalid_limit", "limit must be between 1 and 100").field("limit"));
     }
@@ -583,9 +600,9 @@ pub async fn list_products(
     if let Some(text) = params.q.as_deref().filter(|t| !t.trim().is_empty()) {
         let terms = search_terms(text);
         if terms.is_empty() {
-            return Ok((Vec::new(), None));
+            return Ok(None);
         }
-        match e.backend() {
+        match backend {
             Backend::Sqlite => {
                 let expr = terms.iter().map(|t| format!("\"{t}\"*")).collect::<Vec<_>>().join(" ");
                 let a = q.arg(expr);
@@ -627,14 +644,7 @@ pub async fn list_products(
     }
     let a = q.arg(limit + 1);
     q.push_sql(&format!(" ORDER BY p.id DESC LIMIT {a}"));
-    let mut rows: Vec<Product> = e.fetch_all(q).await?;
-    let next = if rows.len() as i64 > limit {
-        rows.truncate(usize::try_from(limit).unwrap_or(20));
-        rows.last().map(|p| p.id.clone())
-    } else {
-        None
-    };
-    Ok((rows, next))
+    Ok(Some(q))
 }
 
 pub async fn current_version(
