@@ -143,7 +143,7 @@ async fn explain(t: &TestApp, q: &Query) -> anyhow::Result<Vec<String>> {
 fn scans_table(plan: &[String]) -> bool {
     plan.iter().any(|l| {
         let l = l.trim();
-        l.contains("Seq Scan on products") || (l.starts_with("SCAN p") && !l.contains("USING")) || l == "SCAN products"
+        l.contains("Seq Scan on products") || l == "SCAN p" || l == "SCAN products"
     })
 }
 
@@ -167,13 +167,17 @@ async fn measure(t: &TestApp, cases: &[ListParams], rounds: usize) -> anyhow::Re
             .map_err(|e| anyhow::anyhow!("{e:?}"))?
             .ok_or_else(|| anyhow::anyhow!("no query"))?;
         let plan = explain(t, &q).await?;
+        if std::ptr::eq(p, &cases[0]) {
+            eprintln!("  plan for {:?}/{:?}:\n    {}", p.q, p.cursor, plan.join("\n    "));
+        }
         if scans_table(&plan) {
             m.plans_scanning += 1;
             eprintln!("  plan scans the table for {:?}/{:?}:\n    {}", p.q, p.cursor, plan.join("\n    "));
         }
     }
+    let mut per_case: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
     for round in 0..rounds {
-        for p in cases {
+        for (ci, p) in cases.iter().enumerate() {
             let mut url = format!("{}/api/v1/products?limit=20", t.base_url);
             if let Some(q) = &p.q {
                 url.push_str(&format!("&q={q}"));
@@ -195,8 +199,13 @@ async fn measure(t: &TestApp, cases: &[ListParams], rounds: usize) -> anyhow::Re
             let t0 = Instant::now();
             let rows: Vec<satchel::db::models::Product> = t.app.db.fetch_all(q).await?;
             m.sql.push(t0.elapsed());
+            per_case[ci].push(t0.elapsed());
             anyhow::ensure!(rows.len() <= 21);
         }
+    }
+    for (p, lat) in cases.iter().zip(per_case.iter_mut()) {
+        let (p50, max) = (pct(lat, 0.5), pct(lat, 1.0));
+        eprintln!("  SQL {:?}/{:?}: p50 {p50:.2} ms, max {max:.2} ms", p.q, p.cursor);
     }
     Ok(m)
 }

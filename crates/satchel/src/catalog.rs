@@ -3,7 +3,9 @@
 //! Listing order is newest first by id (ids are time-ordered), paged by cursor = the last
 //! id seen, so every page is an index range scan (`(status, id)`), however deep. Search is
 //! the one dialect split: SQLite FTS5 `MATCH` vs PostgreSQL `tsvector @@ to_tsquery`, both
-//! fed the same sanitized prefix terms.
+//! fed the same sanitized prefix terms. On SQLite a search walks the FTS index newest first
+//! (rowid order, which is insertion order) joined to products, so a common word costs one
+//! page of matches, not all of them; its cursor is translated to that rowid.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -589,7 +591,24 @@ pub fn list_query(backend: Backend, params: &ListParams, seller_scope: Option<&s
     if !(1..=100).contains(&limit) {
         return Err(crate::error::bad_request("invalid_limit", "limit must be between 1 and 100").field("limit"));
     }
-    let mut q = Query::new(format!("SELECT {PRODUCT_COLS} FROM products p WHERE "));
+    let terms = match params.q.as_deref().filter(|t| !t.trim().is_empty()) {
+        Some(text) => {
+            let terms = search_terms(text);
+            if terms.is_empty() {
+                return Ok(None);
+            }
+            Some(terms)
+        }
+        None => None,
+    };
+    // SQLite search is driven by the FTS index in rowid order (newest first), so it stops
+    // after one page of matches instead of collecting every match of a common word.
+    let fts_driven = backend == Backend::Sqlite && terms.is_some();
+    let mut q = Query::new(if fts_driven {
+        format!("SELECT {PRODUCT_COLS} FROM products_fts JOIN products p ON p.rowid = products_fts.rowid WHERE ")
+    } else {
+        format!("SELECT {PRODUCT_COLS} FROM products p WHERE ")
+    });
     match seller_scope {
         Some(s) => {
             let a = q.arg(s);
@@ -597,18 +616,12 @@ pub fn list_query(backend: Backend, params: &ListParams, seller_scope: Option<&s
         }
         None => q.push_sql("p.status = 'published'"),
     }
-    if let Some(text) = params.q.as_deref().filter(|t| !t.trim().is_empty()) {
-        let terms = search_terms(text);
-        if terms.is_empty() {
-            return Ok(None);
-        }
+    if let Some(terms) = &terms {
         match backend {
             Backend::Sqlite => {
                 let expr = terms.iter().map(|t| format!("\"{t}\"*")).collect::<Vec<_>>().join(" ");
                 let a = q.arg(expr);
-                q.push_sql(&format!(
-                    " AND p.rowid IN (SELECT rowid FROM products_fts WHERE products_fts MATCH {a})"
-                ));
+                q.push_sql(&format!(" AND products_fts MATCH {a}"));
             }
             Backend::Postgres => {
                 let expr = terms.iter().map(|t| format!("{t}:*")).collect::<Vec<_>>().join(" & ");
@@ -640,10 +653,20 @@ pub fn list_query(backend: Backend, params: &ListParams, seller_scope: Option<&s
             .field("cursor"));
         }
         let a = q.arg(c);
-        q.push_sql(&format!(" AND p.id < {a}"));
+        if fts_driven {
+            q.push_sql(&format!(
+                " AND products_fts.rowid < (SELECT rowid FROM products WHERE id = {a})"
+            ));
+        } else {
+            q.push_sql(&format!(" AND p.id < {a}"));
+        }
     }
     let a = q.arg(limit + 1);
-    q.push_sql(&format!(" ORDER BY p.id DESC LIMIT {a}"));
+    if fts_driven {
+        q.push_sql(&format!(" ORDER BY products_fts.rowid DESC LIMIT {a}"));
+    } else {
+        q.push_sql(&format!(" ORDER BY p.id DESC LIMIT {a}"));
+    }
     Ok(Some(q))
 }
 
