@@ -42,7 +42,6 @@ fn registry() -> Registry<App> {
     r.register(crate::mail::send);
     r.register(crate::affiliates::run_release);
     r.register(crate::subscriptions::run_expire);
-    r.register(crate::uploads::run_cleanup);
     r
 }
 

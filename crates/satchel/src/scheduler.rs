@@ -16,7 +16,8 @@ use crate::ids::now;
 use crate::jobs::{self, Job};
 use crate::sql;
 
-/// Deletes finished jobs, expired sessions and used or expired magic links.
+/// Deletes finished jobs, expired sessions, used or expired magic links, and expired uploads
+/// (with their bytes and S3 multipart uploads).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Housekeeping {
     /// Keep finished (`done`) jobs this many seconds.
@@ -47,7 +48,8 @@ pub async fn run_housekeeping(app: App, job: Housekeeping) -> anyhow::Result<()>
             t - 86_400
         ))
         .await?;
-    tracing::info!(jobs, sessions, links, "housekeeping done");
+    let uploads = crate::uploads::cleanup_expired(&app).await?;
+    tracing::info!(jobs, sessions, links, uploads, "housekeeping done");
     Ok(())
 }
 
@@ -106,16 +108,6 @@ pub async fn tick(app: &App) -> anyhow::Result<usize> {
         crate::subscriptions::ExpireAccess::KIND,
         600,
         &crate::subscriptions::ExpireAccess,
-    )
-    .await?
-    {
-        n += 1;
-    }
-    if enqueue_if_due(
-        &app.db,
-        crate::uploads::CleanupExpired::KIND,
-        900,
-        &crate::uploads::CleanupExpired,
     )
     .await?
     {

@@ -47,7 +47,6 @@ use crate::catalog::NewFile;
 use crate::db::{Exec, Tx};
 use crate::error::{bad_request, conflict, not_found, unprocessable, ApiError, ApiResult};
 use crate::ids::{new_id, now, random_token};
-use crate::jobs::Job;
 use crate::sql;
 use crate::storage::{PartInfo, StorageError};
 pub use hash::ResumableSha256;
@@ -1119,20 +1118,7 @@ async fn discard_storage(app: &App, up: &Upload) {
 }
 
 /// Deletes expired uploads (unfinished, or finished and never published) and their bytes,
-/// including S3 multipart uploads. Run by the scheduler.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CleanupExpired;
-
-impl Job for CleanupExpired {
-    const KIND: &'static str = "uploads.cleanup_expired";
-}
-
-pub async fn run_cleanup(app: App, _job: CleanupExpired) -> anyhow::Result<()> {
-    let n = cleanup_expired(&app).await?;
-    tracing::info!(removed = n, "expired uploads cleaned");
-    Ok(())
-}
-
+/// including S3 multipart uploads. Run by the hourly housekeeping job.
 pub async fn cleanup_expired(app: &App) -> anyhow::Result<usize> {
     let t = now();
     let rows: Vec<Upload> = app
