@@ -14,23 +14,124 @@ use crate::Row;
 
 /// Words titles are made of; the first ones are common, the last rare (a Zipf-like draw).
 const WORDS: &[&str] = &[
-    "guide", "template", "pack", "course", "ebook", "preset", "font", "icon", "music", "theme", "plugin", "photo",
-    "video", "design", "starter", "kit", "bundle", "pro", "lite", "studio", "vintage", "modern", "minimal", "retro",
-    "cinematic", "lofi", "synthwave", "watercolor", "notion", "figma", "lightroom", "procreate", "blender", "unity",
-    "godot", "rust", "python", "kotlin", "swift", "svelte", "budget", "planner", "journal", "recipe", "yoga", "chess",
-    "origami", "calligraphy", "bonsai", "astronomy", "quilting", "woodworking", "sourdough", "kombucha", "beekeeping",
-    "typography", "illustration", "animation", "podcast", "mixing", "mastering", "sample", "loop", "drum", "piano",
-    "guitar", "violin", "ambient", "techno", "house", "jazz", "folk", "poster", "mockup", "wallpaper", "sticker",
-    "pattern", "texture", "brush", "shader", "sprite", "tileset", "voxel", "lowpoly", "isometric", "pixel", "cursor",
-    "emoji", "glyph", "serif", "sans", "mono", "script", "display", "grotesk", "humanist", "geometric", "slab",
+    "guide",
+    "template",
+    "pack",
+    "course",
+    "ebook",
+    "preset",
+    "font",
+    "icon",
+    "music",
+    "theme",
+    "plugin",
+    "photo",
+    "video",
+    "design",
+    "starter",
+    "kit",
+    "bundle",
+    "pro",
+    "lite",
+    "studio",
+    "vintage",
+    "modern",
+    "minimal",
+    "retro",
+    "cinematic",
+    "lofi",
+    "synthwave",
+    "watercolor",
+    "notion",
+    "figma",
+    "lightroom",
+    "procreate",
+    "blender",
+    "unity",
+    "godot",
+    "rust",
+    "python",
+    "kotlin",
+    "swift",
+    "svelte",
+    "budget",
+    "planner",
+    "journal",
+    "recipe",
+    "yoga",
+    "chess",
+    "origami",
+    "calligraphy",
+    "bonsai",
+    "astronomy",
+    "quilting",
+    "woodworking",
+    "sourdough",
+    "kombucha",
+    "beekeeping",
+    "typography",
+    "illustration",
+    "animation",
+    "podcast",
+    "mixing",
+    "mastering",
+    "sample",
+    "loop",
+    "drum",
+    "piano",
+    "guitar",
+    "violin",
+    "ambient",
+    "techno",
+    "house",
+    "jazz",
+    "folk",
+    "poster",
+    "mockup",
+    "wallpaper",
+    "sticker",
+    "pattern",
+    "texture",
+    "brush",
+    "shader",
+    "sprite",
+    "tileset",
+    "voxel",
+    "lowpoly",
+    "isometric",
+    "pixel",
+    "cursor",
+    "emoji",
+    "glyph",
+    "serif",
+    "sans",
+    "mono",
+    "script",
+    "display",
+    "grotesk",
+    "humanist",
+    "geometric",
+    "slab",
 ];
-const CATEGORIES: &[&str] = &["Ebooks", "Templates", "Music", "Software", "Courses", "Fonts", "Graphics", "Photos"];
+const CATEGORIES: &[&str] = &[
+    "Ebooks",
+    "Templates",
+    "Music",
+    "Software",
+    "Courses",
+    "Fonts",
+    "Graphics",
+    "Photos",
+];
 
 /// A small deterministic generator (no dependency, same data every run).
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         self.0 >> 33
     }
     /// Index into WORDS, skewed to the front.
@@ -172,7 +273,12 @@ async fn measure(t: &TestApp, cases: &[ListParams], rounds: usize) -> anyhow::Re
         }
         if scans_table(&plan) {
             m.plans_scanning += 1;
-            eprintln!("  plan scans the table for {:?}/{:?}:\n    {}", p.q, p.cursor, plan.join("\n    "));
+            eprintln!(
+                "  plan scans the table for {:?}/{:?}:\n    {}",
+                p.q,
+                p.cursor,
+                plan.join("\n    ")
+            );
         }
     }
     let mut per_case: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
@@ -223,7 +329,18 @@ pub async fn run(backend: Backend, products: usize, rows: &mut Vec<Row>) -> anyh
     });
 
     // Search: common, middling, rare and two-word queries.
-    let words = ["guide", "pack", "music", "figma", "sourdough", "grotesk", "slab", "pixel art", "retro font", "zzzz"];
+    let words = [
+        "guide",
+        "pack",
+        "music",
+        "figma",
+        "sourdough",
+        "grotesk",
+        "slab",
+        "pixel art",
+        "retro font",
+        "zzzz",
+    ];
     let search: Vec<ListParams> = words
         .iter()
         .map(|w| ListParams {
@@ -234,14 +351,25 @@ pub async fn run(backend: Backend, products: usize, rows: &mut Vec<Row>) -> anyh
     let mut s = measure(&t, &search, 30).await?;
     rows.push(Row {
         what: format!("GET /api/v1/products?q=… ({db}, {products}, {} queries)", s.http.len()),
-        satchel: format!("p50 {:.2} ms p99 {:.2} ms", pct(&mut s.http, 0.5), pct(&mut s.http, 0.99)),
+        satchel: format!(
+            "p50 {:.2} ms p99 {:.2} ms",
+            pct(&mut s.http, 0.5),
+            pct(&mut s.http, 0.99)
+        ),
         reference: format!(
             "same SQL on the pool p50 {:.2} ms p99 {:.2} ms; table scans in plans: {}",
             pct(&mut s.sql, 0.5),
             pct(&mut s.sql, 0.99),
             s.plans_scanning
         ),
-        ratio: format!("goal p99 < 50 ms: {}", if pct(&mut s.http, 0.99) < 50.0 { "met" } else { "NOT met" }),
+        ratio: format!(
+            "goal p99 < 50 ms: {}",
+            if pct(&mut s.http, 0.99) < 50.0 {
+                "met"
+            } else {
+                "NOT met"
+            }
+        ),
     });
 
     // Deep pages: cursors 50–95 % of the way down the listing.
@@ -265,14 +393,25 @@ pub async fn run(backend: Backend, products: usize, rows: &mut Vec<Row>) -> anyh
     anyhow::ensure!(d.rows == deep.len() * 20, "deep pages are full pages");
     rows.push(Row {
         what: format!("deep page (cursor at 50–95 %) ({db}, {products})"),
-        satchel: format!("p50 {:.2} ms p99 {:.2} ms", pct(&mut d.http, 0.5), pct(&mut d.http, 0.99)),
+        satchel: format!(
+            "p50 {:.2} ms p99 {:.2} ms",
+            pct(&mut d.http, 0.5),
+            pct(&mut d.http, 0.99)
+        ),
         reference: format!(
             "same SQL on the pool p50 {:.2} ms p99 {:.2} ms; table scans in plans: {}",
             pct(&mut d.sql, 0.5),
             pct(&mut d.sql, 0.99),
             d.plans_scanning
         ),
-        ratio: format!("goal p99 < 50 ms: {}", if pct(&mut d.http, 0.99) < 50.0 { "met" } else { "NOT met" }),
+        ratio: format!(
+            "goal p99 < 50 ms: {}",
+            if pct(&mut d.http, 0.99) < 50.0 {
+                "met"
+            } else {
+                "NOT met"
+            }
+        ),
     });
     Ok(())
 }

@@ -245,7 +245,7 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<()> {
         .get("tus-max-size")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let (Some(max), Some(big)) = (max, files.iter().find(|f| Some(f.size) > max.into())) {
+    if let Some((max, big)) = max.and_then(|m| files.iter().find(|f| f.size > m).map(|f| (m, f))) {
         bail!(
             "{} is {} bytes; this store accepts at most {max} bytes per file",
             big.name,

@@ -1104,8 +1104,7 @@ async fn discard_storage(app: &App, up: &Upload) {
                     tracing::warn!(upload = %up.id, error = %e, "could not abort the multipart upload");
                 }
             }
-            if st.part_size > 0 {
-                let parts = up.offset() / st.part_size;
+            if let Some(parts) = up.offset().checked_div(st.part_size) {
                 for k in [parts.saturating_sub(1), parts] {
                     let _ = app.storage.delete(&tail_key(&up.object_key, k)).await;
                 }
