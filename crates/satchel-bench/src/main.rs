@@ -34,6 +34,9 @@ struct Args {
     /// Run only the catalog-at-scale phase.
     #[arg(long)]
     catalog_only: bool,
+    /// Skip the SQLite runs.
+    #[arg(long, conflicts_with = "sqlite_only")]
+    postgres_only: bool,
 }
 
 struct Row {
@@ -470,7 +473,10 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("nginx not found: install the Debian nginx package for the reference figures");
         }
     }
-    let mut backends = vec![Backend::Sqlite];
+    let mut backends = Vec::new();
+    if !args.postgres_only {
+        backends.push(Backend::Sqlite);
+    }
     if !args.sqlite_only && sqlx_pg_ready().await {
         backends.push(Backend::Postgres);
     }

@@ -245,11 +245,22 @@ async fn an_admin_acts_across_sellers_and_a_seller_cannot() {
 async fn openapi_documents_uploads_images_keys_and_admin() {
     for backend in backends().await {
         let t = TestApp::start(backend).await;
-        let spec: Value = t.client.get(t.url("/api/openapi.json")).send().await.unwrap().json().await.unwrap();
+        let spec: Value = t
+            .client
+            .get(t.url("/api/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let paths = &spec["paths"];
         for (path, methods) in [
             ("/api/v1/uploads", &["options", "post", "get"][..]),
-            ("/api/v1/uploads/{id}", &["options", "head", "patch", "delete", "get"][..]),
+            (
+                "/api/v1/uploads/{id}",
+                &["options", "head", "patch", "delete", "get"][..],
+            ),
             ("/api/v1/products/{product_id}/versions", &["get", "post"][..]),
             ("/api/v1/products/{product_id}/images", &["post"][..]),
             ("/api/v1/products/{product_id}/images/{image_id}", &["delete"][..]),
