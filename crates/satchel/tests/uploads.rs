@@ -177,6 +177,29 @@ async fn upload_rows(t: &TestApp, seller: &str) -> Vec<Row> {
         .unwrap()
 }
 
+/// The upload's offset once no request holds its lease and it stayed put for half a second.
+async fn settled_offset(t: &TestApp, seller: &str, label: &str) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    let mut stable = 0;
+    loop {
+        let rows = upload_rows(t, seller).await;
+        assert_eq!(rows.len(), 1, "{label}: one upload");
+        let now = (rows[0].lock_token.is_none() && rows[0].upload_offset > 0).then_some(rows[0].upload_offset);
+        if now.is_some() && now == last {
+            stable += 1;
+            if stable >= 5 {
+                return u64::try_from(rows[0].upload_offset).unwrap();
+            }
+        } else {
+            stable = 0;
+        }
+        last = now;
+        assert!(std::time::Instant::now() < deadline, "{label}: the server never settled: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Peak resident memory of this process (VmHWM), bytes.
 fn peak_rss() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -266,19 +289,7 @@ async fn tuspy_resumes_a_multi_gib_upload_after_a_cut_and_a_restart() {
                 "{label}: the proxy cut the connection: {out}"
             );
             // The server notices the cut, keeps what arrived and releases its lease.
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            let kept = loop {
-                let rows = upload_rows(&t, &seller).await;
-                assert_eq!(rows.len(), 1, "{label}: one upload");
-                if rows[0].lock_token.is_none() && rows[0].upload_offset > 0 {
-                    break rows[0].upload_offset as u64;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{label}: server never settled: {rows:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            };
+            let kept = settled_offset(&t, &seller, &label).await;
             assert!(kept < size, "{label}: not complete yet");
             assert_ne!(
                 kept % chunk,
@@ -982,13 +993,7 @@ async fn the_cli_resumes_an_interrupted_upload_and_publishes() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         child.kill().await.unwrap();
-        let settled = loop {
-            let rows = upload_rows(&t, &seller).await;
-            if rows[0].lock_token.is_none() {
-                break rows[0].upload_offset as u64;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let settled = settled_offset(&t, &seller, label).await;
         assert!(settled >= 8 * MIB && settled < data.len() as u64, "{label}: {settled}");
 
         // Run again: it resumes from the store's offset and publishes.
