@@ -603,6 +603,9 @@ pub async fn list_products(
 /// Rows a PostgreSQL search first looks at, newest first, before asking the GIN index.
 pub const PG_SEARCH_WINDOW: i64 = 5_000;
 
+/// Builds the GIN query for matches below a window edge (edge id, rows wanted).
+pub type OlderMatches = Box<dyn Fn(&str, usize) -> Query + Send + Sync>;
+
 /// How a listing is fetched.
 pub enum ListPlan {
     /// No usable search terms: nothing matches.
@@ -620,7 +623,7 @@ pub enum ListPlan {
     PgSearch {
         window: Query,
         boundary: Query,
-        older: Box<dyn Fn(&str, usize) -> Query + Send + Sync>,
+        older: OlderMatches,
     },
 }
 

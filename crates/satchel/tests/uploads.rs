@@ -195,7 +195,10 @@ async fn settled_offset(t: &TestApp, seller: &str, label: &str) -> u64 {
             stable = 0;
         }
         last = now;
-        assert!(std::time::Instant::now() < deadline, "{label}: the server never settled: {rows:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{label}: the server never settled: {rows:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -1061,4 +1064,62 @@ async fn the_cli_resumes_an_interrupted_upload_and_publishes() {
             "{label}: refused runs upload nothing"
         );
     }
+}
+
+#[tokio::test]
+async fn server_side_copies_work_in_one_request_and_in_parts() {
+    // Publishing copies an upload inside the store. Objects over 5 GiB go part by part
+    // (UploadPartCopy); the threshold is lowered here so that path runs on a 13 MiB object.
+    let Some(s3) = S3Server::start().await else { return };
+    let store = satchel::storage::S3Storage::new(
+        &s3.endpoint,
+        "satchel",
+        "us-east-1",
+        true,
+        &s3.access_key,
+        &s3.secret_key,
+    )
+    .unwrap();
+    let data: Vec<u8> = (0..(13 * MIB as usize + 17)).map(|i| (i * 31 % 253) as u8).collect();
+    use satchel::storage::Storage;
+    store
+        .put(
+            "copy/src.bin",
+            satchel::storage::bytes_stream(data.clone()),
+            "application/octet-stream",
+        )
+        .await
+        .unwrap();
+    store
+        .copy_sized("copy/src.bin", "copy/one.bin", data.len() as u64, u64::MAX, 0)
+        .await
+        .unwrap();
+    store
+        .copy_sized("copy/src.bin", "copy/parts.bin", data.len() as u64, MIB, 5 * MIB)
+        .await
+        .unwrap();
+    for key in ["copy/one.bin", "copy/parts.bin"] {
+        let got = satchel::storage::collect(store.get(key, None).await.unwrap().body)
+            .await
+            .unwrap();
+        assert!(got == data, "{key}: byte-identical copy");
+    }
+    assert!(store.copy("copy/missing.bin", "copy/x.bin").await.is_err());
+
+    let dir = tempfile::tempdir().unwrap();
+    let local = satchel::storage::LocalStorage::new(dir.path().to_path_buf()).unwrap();
+    local
+        .put(
+            "a/src.bin",
+            satchel::storage::bytes_stream(data.clone()),
+            "application/octet-stream",
+        )
+        .await
+        .unwrap();
+    local.copy("a/src.bin", "b/dst.bin").await.unwrap();
+    local.delete("a/src.bin").await.unwrap();
+    let got = satchel::storage::collect(local.get("b/dst.bin", None).await.unwrap().body)
+        .await
+        .unwrap();
+    assert!(got == data, "local copy survives deleting the source");
 }
