@@ -5,6 +5,8 @@
 //! (file bytes), `openssl speed ed25519` (offline certificate checks). Traffic goes only to
 //! 127.0.0.1. Prints one table; figures are measurements, not pass/fail thresholds.
 
+mod catalog_scale;
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +34,15 @@ struct Args {
     /// client and wrk).
     #[arg(long)]
     licenses: bool,
+    /// Products loaded for the catalog phase (default 1 000 000; 200 000 with --quick).
+    #[arg(long, value_name = "N")]
+    catalog_products: Option<usize>,
+    /// Run only the catalog-at-scale phase.
+    #[arg(long)]
+    catalog_only: bool,
+    /// Skip the SQLite runs.
+    #[arg(long, conflicts_with = "sqlite_only")]
+    postgres_only: bool,
 }
 
 struct Row {
@@ -363,23 +374,32 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut rows = Vec::new();
 
-    // Offline verification, one core, against OpenSSL's Ed25519 verify on one core.
-    rows.push(licenses::offline_row(if args.quick { 2.0 } else { 5.0 })?);
-
-    // nginx serves the reference; its raw root holds a 1 GiB sparse file like ours.
     let nginx_root = tempfile::tempdir()?;
-    std::fs::File::create(nginx_root.path().join("big.bin"))?.set_len(1 << 30)?;
-    let nginx = Nginx::start(nginx_root.path());
-    if nginx.is_none() {
-        eprintln!("nginx not found: install the Debian nginx package for the reference figures");
+    let mut nginx = None;
+    if !args.catalog_only {
+        // Offline verification, one core, against OpenSSL's Ed25519 verify on one core.
+        rows.push(licenses::offline_row(if args.quick { 2.0 } else { 5.0 })?);
+
+        // nginx serves the reference; its raw root holds a 1 GiB sparse file like ours.
+        std::fs::File::create(nginx_root.path().join("big.bin"))?.set_len(1 << 30)?;
+        nginx = Nginx::start(nginx_root.path());
+        if nginx.is_none() {
+            eprintln!("nginx not found: install the Debian nginx package for the reference figures");
+        }
     }
-    let mut backends = vec![Backend::Sqlite];
+    let mut backends = Vec::new();
+    if !args.postgres_only {
+        backends.push(Backend::Sqlite);
+    }
     if !args.sqlite_only && sqlx_pg_ready().await {
         backends.push(Backend::Postgres);
     }
+    let catalog_n = args
+        .catalog_products
+        .unwrap_or(if args.quick { 200_000 } else { 1_000_000 });
     for b in backends {
-        eprintln!("running the {} phases…", b.name());
         if args.licenses {
+            eprintln!("running the {} license phases…", b.name());
             licenses::run(
                 b,
                 args.concurrency,
@@ -389,7 +409,12 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             continue;
         }
-        bench_backend(b, &args, nginx.as_ref(), &mut rows).await?;
+        if !args.catalog_only {
+            eprintln!("running the {} phases…", b.name());
+            bench_backend(b, &args, nginx.as_ref(), &mut rows).await?;
+        }
+        eprintln!("running the {} catalog phase…", b.name());
+        catalog_scale::run(b, catalog_n, &mut rows).await?;
     }
 
     let w0 = rows.iter().map(|r| r.what.len()).max().unwrap_or(10);

@@ -103,6 +103,31 @@ pub async fn create_seller_account(
     Ok((seller, user))
 }
 
+/// A new API key for `seller_id`, owned by `user_id`: returns (key id, key). The key is
+/// shown once; only its sha256 and a display prefix are stored.
+pub async fn mint_api_key(e: &impl Exec, seller_id: &str, user_id: &str, name: &str) -> ApiResult<(String, String)> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(
+            unprocessable("invalid_name", "name must be 1–100 printable characters, like \"CI\"").field("name"),
+        );
+    }
+    let key = format!("sk_live_{}", random_token(32));
+    let id = new_id("key");
+    e.execute(sql!(
+        "INSERT INTO api_keys (id, seller_id, user_id, name, prefix, key_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &id,
+        seller_id,
+        user_id,
+        name,
+        key.chars().take(12).collect::<String>(),
+        hash_secret(&key),
+        now()
+    ))
+    .await?;
+    Ok((id, key))
+}
+
 /// Mints an API key for the seller that `email` belongs to; returns the key (shown once).
 pub async fn create_api_key(e: &impl Exec, seller_email: &str, name: &str) -> ApiResult<String> {
     let email = normalize_email(seller_email)?;

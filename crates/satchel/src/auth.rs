@@ -6,6 +6,11 @@
 //! the `satchel_session` cookie: HttpOnly, SameSite=Lax, Secure when the store is served over
 //! https. Every seller endpoint takes a [`SellerAuth`] and scopes its queries to its
 //! `seller_id`, so another seller's objects are simply not found.
+//!
+//! An admin acts on another seller's store by adding `X-Act-As-Seller: sel_…` to any seller
+//! request: the extractor then carries that seller's id (the admin's user id and role stay),
+//! so every seller endpoint works unchanged for the admin. Anyone else sending the header gets
+//! 403; an unknown seller id is 404.
 
 use axum::extract::FromRequestParts;
 use axum::http::header;
@@ -18,6 +23,8 @@ use crate::ids::{hash_secret, now, random_token};
 use crate::sql;
 
 pub const SESSION_COOKIE: &str = "satchel_session";
+/// Header with which an admin acts as another seller.
+pub const ACT_AS_HEADER: &str = "x-act-as-seller";
 const SESSION_DAYS: i64 = 14;
 
 /// An authenticated seller (or admin acting for their own store).
@@ -44,31 +51,106 @@ impl FromRequestParts<App> for SellerAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
-        let t = now();
-        if let Some(key) = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        {
-            let row: Option<(String, String, String, String, Option<i64>)> = app
-                .db
-                .fetch_optional(sql!(
-                    "SELECT k.id, u.id, k.seller_id, u.role, k.last_used_at FROM api_keys k JOIN users u ON u.id = k.user_id
-                     JOIN sellers sl ON sl.id = k.seller_id
-                     WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND sl.status = 'active'",
-                    hash_secret(key.trim())
-                ))
+        let who = authenticate(parts, app).await?;
+        let Some(target) = parts.headers.get(ACT_AS_HEADER) else {
+            return Ok(who);
+        };
+        let target = target.to_str().unwrap_or_default().trim().to_string();
+        if who.role != "admin" {
+            return Err(crate::error::forbidden(
+                "admin_only",
+                "only an admin can act as another seller (X-Act-As-Seller)",
+            ));
+        }
+        if crate::accounts::find_seller(&app.db, &target).await?.is_none() {
+            return Err(crate::error::not_found("seller"));
+        }
+        tracing::info!(admin = %who.user_id, seller = %target, "admin acting as seller");
+        Ok(SellerAuth {
+            seller_id: target,
+            ..who
+        })
+    }
+}
+
+/// An admin (role `admin`); 403 for sellers.
+#[derive(Debug, Clone)]
+pub struct AdminAuth(pub SellerAuth);
+
+impl FromRequestParts<App> for AdminAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
+        let who = authenticate(parts, app).await?;
+        if who.role != "admin" {
+            return Err(crate::error::forbidden("admin_only", "this needs an admin account"));
+        }
+        Ok(AdminAuth(who))
+    }
+}
+
+/// Who is calling, by API key or session, before any act-as.
+async fn authenticate(parts: &Parts, app: &App) -> Result<SellerAuth, ApiError> {
+    let t = now();
+    if let Some(key) = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        let row: Option<(String, String, String, String, Option<i64>)> = app
+            .db
+            .fetch_optional(sql!(
+                "SELECT k.id, u.id, k.seller_id, u.role, k.last_used_at FROM api_keys k JOIN users u ON u.id = k.user_id
+                 JOIN sellers sl ON sl.id = k.seller_id
+                 WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND sl.status = 'active'",
+                hash_secret(key.trim())
+            ))
+            .await?;
+        let Some((key_id, user_id, seller_id, role, last_used)) = row else {
+            return Err(unauthorized(
+                "this API key is unknown or revoked; create one with `satchel admin create-api-key`",
+            ));
+        };
+        if last_used.is_none_or(|l| l < t - 60) {
+            app.db
+                .execute(sql!("UPDATE api_keys SET last_used_at = $2 WHERE id = $1", &key_id, t))
                 .await?;
-            let Some((key_id, user_id, seller_id, role, last_used)) = row else {
-                return Err(unauthorized(
-                    "this API key is unknown or revoked; create one with `satchel admin create-api-key`",
-                ));
-            };
-            if last_used.is_none_or(|l| l < t - 60) {
-                app.db
-                    .execute(sql!("UPDATE api_keys SET last_used_at = $2 WHERE id = $1", &key_id, t))
-                    .await?;
+        }
+        return Ok(SellerAuth {
+            user_id,
+            seller_id,
+            role,
+        });
+    }
+    if let Some(token) = cookie(&parts.headers, SESSION_COOKIE) {
+        let row: Option<(String, Option<String>, String, String)> = app
+            .db
+            .fetch_optional(sql!(
+                "SELECT u.id, u.seller_id, u.role, s.csrf_token FROM sessions s JOIN users u ON u.id = s.user_id
+                 JOIN sellers sl ON sl.id = u.seller_id
+                 WHERE s.token_hash = $1 AND s.expires_at > $2 AND sl.status = 'active'",
+                hash_secret(&token),
+                t
+            ))
+            .await?;
+        if let Some((user_id, Some(seller_id), role, csrf)) = row.filter(|r| r.2 == "seller" || r.2 == "admin") {
+            // A browser sends the cookie with any request, so a request that changes
+            // something must also prove it came from our pages: the session's CSRF token
+            // (from the sign-in answer or the dashboard) in `X-CSRF-Token`.
+            if !parts.method.is_safe() {
+                use subtle::ConstantTimeEq;
+                let sent = parts
+                    .headers
+                    .get("x-csrf-token")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                if !bool::from(sent.as_bytes().ct_eq(csrf.as_bytes())) {
+                    return Err(crate::error::forbidden(
+                        "csrf_failed",
+                        "requests signed in by session cookie must send X-CSRF-Token (the csrf_token from POST /api/v1/auth/login); scripts should use an API key",
+                    ));
+                }
             }
             return Ok(SellerAuth {
                 user_id,
@@ -76,46 +158,10 @@ impl FromRequestParts<App> for SellerAuth {
                 role,
             });
         }
-        if let Some(token) = cookie(&parts.headers, SESSION_COOKIE) {
-            let row: Option<(String, Option<String>, String, String)> = app
-                .db
-                .fetch_optional(sql!(
-                    "SELECT u.id, u.seller_id, u.role, s.csrf_token FROM sessions s JOIN users u ON u.id = s.user_id
-                     JOIN sellers sl ON sl.id = u.seller_id
-                     WHERE s.token_hash = $1 AND s.expires_at > $2 AND sl.status = 'active'",
-                    hash_secret(&token),
-                    t
-                ))
-                .await?;
-            if let Some((user_id, Some(seller_id), role, csrf)) = row.filter(|r| r.2 == "seller" || r.2 == "admin") {
-                // A browser sends the cookie with any request, so a request that changes
-                // something must also prove it came from our pages: the session's CSRF token
-                // (from the sign-in answer or the dashboard) in `X-CSRF-Token`.
-                if !parts.method.is_safe() {
-                    use subtle::ConstantTimeEq;
-                    let sent = parts
-                        .headers
-                        .get("x-csrf-token")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default();
-                    if !bool::from(sent.as_bytes().ct_eq(csrf.as_bytes())) {
-                        return Err(crate::error::forbidden(
-                            "csrf_failed",
-                            "requests signed in by session cookie must send X-CSRF-Token (the csrf_token from POST /api/v1/auth/login); scripts should use an API key",
-                        ));
-                    }
-                }
-                return Ok(SellerAuth {
-                    user_id,
-                    seller_id,
-                    role,
-                });
-            }
-        }
-        Err(unauthorized(
-            "sign in (POST /api/v1/auth/login) or send Authorization: Bearer <API key>",
-        ))
     }
+    Err(unauthorized(
+        "sign in (POST /api/v1/auth/login) or send Authorization: Bearer <API key>",
+    ))
 }
 
 /// A new session for `user_id`: returns (cookie value, Set-Cookie header, CSRF token).

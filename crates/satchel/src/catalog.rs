@@ -3,7 +3,9 @@
 //! Listing order is newest first by id (ids are time-ordered), paged by cursor = the last
 //! id seen, so every page is an index range scan (`(status, id)`), however deep. Search is
 //! the one dialect split: SQLite FTS5 `MATCH` vs PostgreSQL `tsvector @@ to_tsquery`, both
-//! fed the same sanitized prefix terms.
+//! fed the same sanitized prefix terms. On SQLite a search walks the FTS index newest first
+//! (rowid order, which is insertion order) joined to products, so a common word costs one
+//! page of matches, not all of them; its cursor is translated to that rowid.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -582,36 +584,97 @@ pub async fn list_products(
     seller_scope: Option<&str>,
 ) -> ApiResult<(Vec<Product>, Option<String>)> {
     let limit = params.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(crate::error::bad_request("invalid_limit", "limit must be between 1 and 100").field("limit"));
+    let mut rows: Vec<Product> = match list_plan(e.backend(), params, seller_scope)? {
+        ListPlan::Empty => return Ok((Vec::new(), None)),
+        ListPlan::One(q) => e.fetch_all(q).await?,
+        ListPlan::PgSearch {
+            window,
+            boundary,
+            older,
+        } => {
+            let mut rows: Vec<Product> = e.fetch_all(window).await?;
+            let want = usize::try_from(limit + 1).unwrap_or(21);
+            if rows.len() < want {
+                let edge: Option<(String,)> = e.fetch_optional(boundary).await?;
+                if let Some((edge,)) = edge {
+                    let more: Vec<Product> = e.fetch_all(older(&edge, want - rows.len())).await?;
+                    rows.extend(more);
+                }
+            }
+            rows
+        }
+    };
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(usize::try_from(limit).unwrap_or(20));
+        rows.last().map(|p| p.id.clone())
+    } else {
+        None
+    };
+    Ok((rows, next))
+}
+
+/// Rows a PostgreSQL search first looks at, newest first, before asking the GIN index.
+pub const PG_SEARCH_WINDOW: i64 = 5_000;
+
+/// Builds the GIN query for matches below a window edge (edge id, rows wanted).
+pub type OlderMatches = Box<dyn Fn(&str, usize) -> Query + Send + Sync>;
+
+/// How a listing is fetched.
+pub enum ListPlan {
+    /// No usable search terms: nothing matches.
+    Empty,
+    /// One query (`limit + 1` rows, newest first).
+    One(Query),
+    /// PostgreSQL search. The planner cannot tell a word in every fifth product from one in
+    /// none (prefix `tsquery` estimates), and either plan is wrong for the other: walking the
+    /// id index until a page of matches stops early for common words but reads everything for
+    /// rare ones; the GIN index is instant for rare words but collects every match of a common
+    /// one before sorting. So: `window` checks the newest [`PG_SEARCH_WINDOW`] rows (bounded);
+    /// if that does not fill the page, `boundary` finds the window's last id and `older` asks the
+    /// GIN index (a materialized CTE, so no plan can turn it into a scan of the id index) for
+    /// the matches below it — few, since the word was rare in the window.
+    PgSearch {
+        window: Query,
+        boundary: Query,
+        older: OlderMatches,
+    },
+}
+
+impl ListPlan {
+    /// Every statement the plan may run (for EXPLAIN in the benchmark).
+    pub fn queries(&self) -> Vec<Query> {
+        match self {
+            ListPlan::Empty => Vec::new(),
+            ListPlan::One(q) => vec![q.clone()],
+            ListPlan::PgSearch {
+                window,
+                boundary,
+                older,
+            } => vec![window.clone(), boundary.clone(), older("prd_", 21)],
+        }
     }
-    let mut q = Query::new(format!("SELECT {PRODUCT_COLS} FROM products p WHERE "));
+}
+
+/// How a listing's cursor becomes a condition.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CursorBy {
+    /// `p.id < cursor` (the listing order).
+    Id,
+    /// The FTS rowid of the cursor's product (SQLite search order).
+    Rowid,
+    /// Not here (the caller bounds the rows another way).
+    Omit,
+}
+
+/// The filters every listing shares (scope, category, tag, seller, cursor) as SQL conditions
+/// appended to `q`.
+fn push_filters(q: &mut Query, params: &ListParams, seller_scope: Option<&str>, cursor: CursorBy) -> ApiResult<()> {
     match seller_scope {
         Some(s) => {
             let a = q.arg(s);
             q.push_sql(&format!("p.seller_id = {a}"));
         }
         None => q.push_sql("p.status = 'published'"),
-    }
-    if let Some(text) = params.q.as_deref().filter(|t| !t.trim().is_empty()) {
-        let terms = search_terms(text);
-        if terms.is_empty() {
-            return Ok((Vec::new(), None));
-        }
-        match e.backend() {
-            Backend::Sqlite => {
-                let expr = terms.iter().map(|t| format!("\"{t}\"*")).collect::<Vec<_>>().join(" ");
-                let a = q.arg(expr);
-                q.push_sql(&format!(
-                    " AND p.rowid IN (SELECT rowid FROM products_fts WHERE products_fts MATCH {a})"
-                ));
-            }
-            Backend::Postgres => {
-                let expr = terms.iter().map(|t| format!("{t}:*")).collect::<Vec<_>>().join(" & ");
-                let a = q.arg(expr);
-                q.push_sql(&format!(" AND p.search @@ to_tsquery('simple', {a})"));
-            }
-        }
     }
     if let Some(c) = params.category.as_deref().filter(|c| !c.is_empty()) {
         let a = q.arg(c);
@@ -635,19 +698,99 @@ pub async fn list_products(
             )
             .field("cursor"));
         }
-        let a = q.arg(c);
-        q.push_sql(&format!(" AND p.id < {a}"));
+        match cursor {
+            CursorBy::Rowid => {
+                let a = q.arg(c);
+                q.push_sql(&format!(
+                    " AND products_fts.rowid < (SELECT rowid FROM products WHERE id = {a})"
+                ));
+            }
+            CursorBy::Id => {
+                let a = q.arg(c);
+                q.push_sql(&format!(" AND p.id < {a}"));
+            }
+            CursorBy::Omit => {}
+        }
     }
-    let a = q.arg(limit + 1);
-    q.push_sql(&format!(" ORDER BY p.id DESC LIMIT {a}"));
-    let mut rows: Vec<Product> = e.fetch_all(q).await?;
-    let next = if rows.len() as i64 > limit {
-        rows.truncate(usize::try_from(limit).unwrap_or(20));
-        rows.last().map(|p| p.id.clone())
-    } else {
-        None
+    Ok(())
+}
+
+/// How to fetch one page for `params` on `backend`. Public so the benchmark can EXPLAIN the
+/// very statements the API runs.
+pub fn list_plan(backend: Backend, params: &ListParams, seller_scope: Option<&str>) -> ApiResult<ListPlan> {
+    let limit = params.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(crate::error::bad_request("invalid_limit", "limit must be between 1 and 100").field("limit"));
+    }
+    let terms = match params.q.as_deref().filter(|t| !t.trim().is_empty()) {
+        Some(text) => {
+            let terms = search_terms(text);
+            if terms.is_empty() {
+                return Ok(ListPlan::Empty);
+            }
+            Some(terms)
+        }
+        None => None,
     };
-    Ok((rows, next))
+    let Some(terms) = terms else {
+        let mut q = Query::new(format!("SELECT {PRODUCT_COLS} FROM products p WHERE "));
+        push_filters(&mut q, params, seller_scope, CursorBy::Id)?;
+        let a = q.arg(limit + 1);
+        q.push_sql(&format!(" ORDER BY p.id DESC LIMIT {a}"));
+        return Ok(ListPlan::One(q));
+    };
+    match backend {
+        Backend::Sqlite => {
+            // Driven by the FTS index in rowid order (newest first), so it stops after one page
+            // of matches instead of collecting every match of a common word.
+            let mut q = Query::new(format!(
+                "SELECT {PRODUCT_COLS} FROM products_fts JOIN products p ON p.rowid = products_fts.rowid WHERE "
+            ));
+            push_filters(&mut q, params, seller_scope, CursorBy::Rowid)?;
+            let expr = terms.iter().map(|t| format!("\"{t}\"*")).collect::<Vec<_>>().join(" ");
+            let a = q.arg(expr);
+            q.push_sql(&format!(" AND products_fts MATCH {a}"));
+            let a = q.arg(limit + 1);
+            q.push_sql(&format!(" ORDER BY products_fts.rowid DESC LIMIT {a}"));
+            Ok(ListPlan::One(q))
+        }
+        Backend::Postgres => {
+            let tsquery = terms.iter().map(|t| format!("{t}:*")).collect::<Vec<_>>().join(" & ");
+            let mut window = Query::new(format!("SELECT {PRODUCT_COLS} FROM (SELECT * FROM products p WHERE "));
+            push_filters(&mut window, params, seller_scope, CursorBy::Id)?;
+            let w = window.arg(PG_SEARCH_WINDOW);
+            let t = window.arg(tsquery.clone());
+            let n = window.arg(limit + 1);
+            window.push_sql(&format!(
+                " ORDER BY p.id DESC LIMIT {w}) p WHERE p.search @@ to_tsquery('simple', {t}) ORDER BY p.id DESC LIMIT {n}"
+            ));
+            let mut boundary = Query::new("SELECT p.id FROM products p WHERE ".to_string());
+            push_filters(&mut boundary, params, seller_scope, CursorBy::Id)?;
+            let o = boundary.arg(PG_SEARCH_WINDOW - 1);
+            boundary.push_sql(&format!(" ORDER BY p.id DESC OFFSET {o} LIMIT 1"));
+            let mut base = Query::new("WITH m AS MATERIALIZED (SELECT p.id FROM products p WHERE ".to_string());
+            // The cursor and the window edge are applied outside the CTE: inside, PostgreSQL
+            // would AND the GIN bitmap with an id-range bitmap of nearly the whole table.
+            push_filters(&mut base, params, seller_scope, CursorBy::Omit)?;
+            let t = base.arg(tsquery);
+            base.push_sql(&format!(" AND p.search @@ to_tsquery('simple', {t}))"));
+            let older = move |edge: &str, n: usize| {
+                let mut q = base.clone();
+                let e = q.arg(edge);
+                let n = q.arg(i64::try_from(n).unwrap_or(21));
+                q.push_sql(&format!(
+                    ", top AS (SELECT id FROM m WHERE id < {e} ORDER BY id DESC LIMIT {n}) \
+                     SELECT {PRODUCT_COLS} FROM products p JOIN top ON top.id = p.id ORDER BY p.id DESC"
+                ));
+                q
+            };
+            Ok(ListPlan::PgSearch {
+                window,
+                boundary,
+                older: Box::new(older),
+            })
+        }
+    }
 }
 
 pub async fn current_version(
@@ -710,6 +853,7 @@ pub async fn product_json(e: &impl Exec, p: &Product, detail: bool) -> ApiResult
     if detail {
         // Lists fill ratings for the whole page in one query (see http::catalog).
         v["rating"] = crate::reviews::rating(e, &p.id).await?.json();
+        v["images"] = json!(crate::images::views(e, &p.id).await?);
         v["description_md"] = json!(p.description_md);
         v["description_html"] = json!(crate::markdown::to_html(&p.description_md));
         v["current_version"] = match current_version(e, p).await? {

@@ -65,6 +65,7 @@ pub struct Config {
     pub jobs: JobsConfig,
     pub affiliates: AffiliatesConfig,
     pub licenses: LicensesConfig,
+    pub uploads: UploadsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +91,45 @@ impl Default for LicensesConfig {
             validation_cache_secs: 60,
         }
     }
+}
+
+/// Resumable uploads (tus) and product images.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadsConfig {
+    /// Largest resumable upload in bytes (default 10 GiB); bigger `Upload-Length`s get 413.
+    pub max_size: u64,
+    /// Hours an unfinished (or finished but unpublished) upload is kept after its last write.
+    pub expire_hours: i64,
+    /// Largest preview image in bytes (default 10 MiB).
+    pub image_max_bytes: u64,
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        Self {
+            max_size: 10 * 1024 * 1024 * 1024,
+            expire_hours: 24,
+            image_max_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// Parses a byte size: `1048576`, `512K`, `100M`, `10G`, `1T` (binary units; `MiB`, `GB`… accepted).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -224,6 +264,7 @@ impl Default for Config {
             jobs: JobsConfig::default(),
             affiliates: AffiliatesConfig::default(),
             licenses: LicensesConfig::default(),
+            uploads: UploadsConfig::default(),
         }
     }
 }
@@ -315,6 +356,10 @@ const ENV_KEYS: &[&str] = &[
     "SATCHEL_KEYS_DIR",
     "SATCHEL_CONFIG",
     "SATCHEL_LOG",
+    "SATCHEL_UPLOAD_MAX_SIZE",
+    "SATCHEL_UPLOAD_EXPIRE_HOURS",
+    // Read by `satchel product upload` (the client), not by the server.
+    "SATCHEL_API_KEY",
 ];
 
 impl Config {
@@ -421,6 +466,19 @@ impl Config {
         if let Some(v) = get("SATCHEL_KEYS_DIR") {
             self.keys.dir = Some(PathBuf::from(v));
         }
+        if let Some(v) = get("SATCHEL_UPLOAD_MAX_SIZE") {
+            self.uploads.max_size = parse_size(&v).ok_or_else(|| {
+                invalid(
+                    "SATCHEL_UPLOAD_MAX_SIZE",
+                    format!("{v:?} is not a size like 10G, 500M or 1048576"),
+                )
+            })?;
+        }
+        if let Some(v) = get("SATCHEL_UPLOAD_EXPIRE_HOURS") {
+            self.uploads.expire_hours = v
+                .parse()
+                .map_err(|_| invalid("SATCHEL_UPLOAD_EXPIRE_HOURS", "expected a whole number of hours"))?;
+        }
         Ok(())
     }
 
@@ -453,6 +511,12 @@ impl Config {
             .map_err(|e| invalid("payments.stripe_api_base", e.to_string()))?;
         if self.delivery.default_max_downloads < 1 {
             return Err(invalid("delivery.default_max_downloads", "must be at least 1"));
+        }
+        if self.uploads.max_size == 0 {
+            return Err(invalid("uploads.max_size", "must be at least 1 byte"));
+        }
+        if self.uploads.expire_hours < 1 {
+            return Err(invalid("uploads.expire_hours", "must be at least 1"));
         }
         if self.jobs.concurrency == 0 {
             return Err(invalid("jobs.concurrency", "must be at least 1"));
@@ -550,6 +614,23 @@ mod tests {
             .to_string();
         assert!(err.contains("storage.url"), "{err}");
         assert!(Config::load_from(None, &env(&[("SATCHEL_TEST_REQUIRE_ALL", "1")])).is_ok());
+    }
+
+    #[test]
+    fn upload_limits_come_from_env_with_units() {
+        let cfg = Config::load_from(
+            None,
+            &env(&[("SATCHEL_UPLOAD_MAX_SIZE", "2G"), ("SATCHEL_API_KEY", "sk_live_x")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.uploads.max_size, 2 << 30);
+        assert_eq!(Config::default().uploads.max_size, 10 << 30);
+        let err = Config::load_from(None, &env(&[("SATCHEL_UPLOAD_MAX_SIZE", "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SATCHEL_UPLOAD_MAX_SIZE"), "{err}");
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("12x"), None);
     }
 
     #[test]

@@ -63,6 +63,9 @@ enum Command {
         /// The leaked file (PDF, ZIP, EPUB…).
         file: PathBuf,
     },
+    /// Work with a running store's products (upload and publish a version).
+    #[command(subcommand)]
+    Product(satchel::upload_client::ProductCommand),
 }
 
 #[derive(Subcommand)]
@@ -160,6 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Admin(cmd) => admin(cfg, cmd).await,
         Command::Trace { file } => trace(cfg, &file).await,
+        Command::Product(cmd) => satchel::upload_client::run(cmd).await,
     }
 }
 

@@ -16,7 +16,8 @@ use crate::ids::now;
 use crate::jobs::{self, Job};
 use crate::sql;
 
-/// Deletes finished jobs, expired sessions and used or expired magic links.
+/// Deletes finished jobs, expired sessions, used or expired magic links, and expired uploads
+/// (with their bytes and S3 multipart uploads).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Housekeeping {
     /// Keep finished (`done`) jobs this many seconds.
@@ -47,7 +48,8 @@ pub async fn run_housekeeping(app: App, job: Housekeeping) -> anyhow::Result<()>
             t - 86_400
         ))
         .await?;
-    tracing::info!(jobs, sessions, links, "housekeeping done");
+    let uploads = crate::uploads::cleanup_expired(&app).await?;
+    tracing::info!(jobs, sessions, links, uploads, "housekeeping done");
     Ok(())
 }
 

@@ -530,3 +530,53 @@ impl TestApp {
         true
     }
 }
+
+impl TestApp {
+    /// Stops this server abruptly and starts a fresh [`App`] on the same data dir, database
+    /// (the same PostgreSQL schema), storage and address — what a restart or a crash and
+    /// restart of the process looks like to clients. In-flight requests are cut.
+    pub async fn restart(&mut self) {
+        let schema: Option<String> = if self.backend == Backend::Postgres {
+            use crate::db::Exec;
+            let (s,): (String,) = self
+                .app
+                .db
+                .fetch_one(crate::sql!("SELECT CAST(current_schema() AS TEXT)"))
+                .await
+                .expect("current schema");
+            Some(s)
+        } else {
+            None
+        };
+        self.stop.cancel();
+        // The old server drops its listener once it stops accepting; then the port is ours.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(std::time::Instant::now() < deadline, "cannot rebind {}: {e}", self.addr);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let app = App::open_with_schema(self.app.cfg.clone(), schema.as_deref())
+            .await
+            .expect("reopen app");
+        let stop = CancellationToken::new();
+        tokio::spawn(crate::http::serve(app.clone(), listener, stop.clone()));
+        self.app = app;
+        self.stop = stop;
+    }
+
+    /// A new seller account with an API key: returns (seller id, key).
+    pub async fn seller_with_key(&self, email: &str) -> (String, String) {
+        let (seller, _) = crate::accounts::create_seller_account(&self.app.db, email, "password123", "Shop", "seller")
+            .await
+            .expect("create seller");
+        let key = crate::accounts::create_api_key(&self.app.db, email, "test")
+            .await
+            .expect("api key");
+        (seller.id, key)
+    }
+}

@@ -26,40 +26,23 @@ pub fn validate_version(v: &str) -> ApiResult<String> {
     Ok(v.to_string())
 }
 
-#[derive(sqlx::FromRow)]
-struct CompletedUpload {
-    object_key: String,
-    length: Option<i64>,
-    sha256: Option<String>,
-    file_name: String,
-    content_type: String,
-}
-
-/// Files of completed resumable uploads owned by this seller, ready to attach to a version.
-pub async fn files_from_uploads(e: &impl Exec, seller_id: &str, uploads: &[String]) -> ApiResult<Vec<NewFile>> {
-    let mut files = Vec::new();
-    for u in uploads {
-        // Accept the upload's URL or its bare id.
-        let id = u.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
-        let row: Option<CompletedUpload> = e
-            .fetch_optional(sql!(
-                "SELECT object_key, length, sha256, file_name, content_type FROM uploads WHERE id = $1 AND seller_id = $2 AND status = 'complete'",
-                id,
-                seller_id
-            ))
-            .await?;
-        let up = row.ok_or_else(|| {
-            unprocessable("invalid_upload", format!("{u} is not a completed upload of yours")).field("uploads")
-        })?;
-        files.push(NewFile {
-            name: up.file_name,
-            object_key: up.object_key,
-            size: up.length.unwrap_or(0),
-            sha256: up.sha256.unwrap_or_default(),
-            content_type: up.content_type,
-        });
+/// 409 when the product already has this version (checked before any file is copied).
+pub async fn ensure_new_version(e: &impl Exec, product_id: &str, version: &str) -> ApiResult<()> {
+    let n = e
+        .fetch_i64(sql!(
+            "SELECT COUNT(*) FROM product_versions WHERE product_id = $1 AND version = $2",
+            product_id,
+            version
+        ))
+        .await?;
+    if n > 0 {
+        return Err(crate::error::conflict(
+            "version_exists",
+            format!("version {version:?} already exists for this product"),
+        )
+        .field("version"));
     }
-    Ok(files)
+    Ok(())
 }
 
 /// Inserts the version (409 on a duplicate), makes it current, and notifies every buyer.

@@ -825,7 +825,6 @@ async fn dashboard_screenshots_light_and_dark_desktop_and_phone() {
 /// JSON naming the upload. The published bytes are the whole file and no second upload
 /// was created.
 #[tokio::test]
-#[ignore = "needs the tus server (uploads branch)"]
 async fn tus_uploader_resumes_an_interrupted_upload_and_publishes() {
     use base64::Engine;
     use sha2::Digest;

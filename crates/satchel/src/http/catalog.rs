@@ -62,6 +62,7 @@ async fn cover(State(app): State<App>, Path(id): Path<String>) -> ApiResult<axum
         "png" => "image/png",
         "jpg" | "jpeg" => "image/jpeg",
         "webp" => "image/webp",
+        "gif" => "image/gif",
         _ => "application/octet-stream",
     };
     let got = app.storage.get(&key, None).await.map_err(|e| match e {

@@ -2,12 +2,14 @@
 //! `utoipa_axum`), the request middleware (request id, tracing span, metrics), health and
 //! readiness, and the server loop with graceful shutdown.
 
+pub mod accounts;
 pub mod affiliate_portal;
 pub mod branding;
 pub mod catalog;
 pub mod commerce;
 pub mod dashboard;
 pub mod extract;
+pub mod images;
 pub mod invoices;
 pub mod library;
 pub mod library_pages;
@@ -19,6 +21,7 @@ pub mod ranges;
 pub mod ratelimit;
 pub mod reviews;
 pub mod seller;
+pub mod uploads;
 pub mod versions;
 pub mod views;
 
@@ -50,6 +53,7 @@ use crate::error::{ApiError, REQUEST_ID};
         (name = "seller", description = "Seller API: API key (Bearer) or dashboard session"),
         (name = "reviews", description = "Verified-buyer reviews and ratings"),
         (name = "affiliates", description = "The affiliate portal (magic-link sign-in; an affiliate sees only their own data)"),
+        (name = "uploads", description = "Resumable uploads (tus 1.0) for version files"),
     )
 )]
 struct ApiDoc;
@@ -69,6 +73,9 @@ pub fn routes() -> (Router<App>, utoipa::openapi::OpenApi) {
         .merge(affiliate_portal::routes())
         .merge(branding::routes())
         .merge(versions::routes().layer(axum::extract::DefaultBodyLimit::max(versions::MULTIPART_LIMIT)))
+        .merge(uploads::routes())
+        .merge(accounts::routes())
+        .merge(images::routes())
         .split_for_parts()
 }
 

@@ -306,6 +306,7 @@ struct ProductPage {
     category_href: String,
     tags: Vec<Chip>,
     description_html: String,
+    images: Vec<crate::images::ImageView>,
     version: Option<VersionView>,
     policy: Vec<String>,
     free: bool,
@@ -437,6 +438,7 @@ async fn product_view(
             })
             .collect(),
         description_html: crate::markdown::to_html(&p.description_md),
+        images: crate::images::views(&app.db, &p.id).await?,
         version,
         policy: policy_words(p),
         free: p.price == 0 && p.pwyw_min.is_none(),

@@ -19,7 +19,7 @@ use crate::error::{bad_request, not_found, ApiResult};
 pub const MULTIPART_LIMIT: usize = 512 * 1024 * 1024;
 
 pub fn routes() -> OpenApiRouter<App> {
-    OpenApiRouter::new().routes(routes!(create_version))
+    OpenApiRouter::new().routes(routes!(list_versions, create_version))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -55,11 +55,17 @@ async fn create_version(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
+    let mut attached = Vec::new();
     let (version, changelog, files) = if is_json {
         let crate::http::extract::ApiJson(body) =
             crate::http::extract::ApiJson::<VersionJson>::from_request(req, &app).await?;
         let version = crate::versions::validate_version(&body.version)?;
-        let files = crate::versions::files_from_uploads(&app.db, &auth.seller_id, &body.uploads).await?;
+        crate::versions::ensure_new_version(&app.db, &product.id, &version).await?;
+        // Complete uploads are copied to the version's keys first (a link / server-side copy);
+        // the transaction below marks them used, so a failed publish changes nothing.
+        attached =
+            crate::uploads::attach_to_version(&app, &auth.seller_id, &product.id, &version, &body.uploads).await?;
+        let files = attached.iter().map(|a| a.file.clone()).collect();
         (version, body.changelog, files)
     } else {
         let mut mp = Multipart::from_request(req, &app)
@@ -125,13 +131,49 @@ async fn create_version(
     };
     let tx = app.db.begin().await?;
     let v = crate::versions::publish(&app, &tx, &product, &version, &changelog, &files).await?;
+    crate::uploads::mark_used(&tx, &attached, &v.id).await?;
     tx.commit().await?;
     app.jobs_enqueued();
+    crate::uploads::drop_staging(&app, &attached).await;
     let body = json!({
         "id": v.id, "product_id": product.id, "version": v.version, "changelog_md": v.changelog_md, "published_at": v.created_at,
         "files": files.iter().map(|f| json!({"name": f.name, "size": f.size, "sha256": f.sha256, "content_type": f.content_type})).collect::<Vec<_>>(),
     });
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Versions of one of your products, newest first, with their files (`{items, next_cursor}`).
+#[utoipa::path(get, path = "/api/v1/products/{product_id}/versions", tag = "seller", params(("product_id" = String, Path, description = "Product id or slug")),
+    responses((status = 200, description = "`{items, next_cursor}`"), (status = 404, description = "Not one of your products")))]
+async fn list_versions(
+    State(app): State<App>,
+    auth: SellerAuth,
+    Path(product_id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    use crate::db::Exec;
+    let product = catalog::find_product(&app.db, &product_id)
+        .await?
+        .filter(|p| p.seller_id == auth.seller_id)
+        .ok_or_else(|| not_found("product"))?;
+    let versions: Vec<crate::db::models::ProductVersion> = app
+        .db
+        .fetch_all(crate::sql!(
+            "SELECT id, product_id, version, changelog_md, created_at FROM product_versions WHERE product_id = $1 ORDER BY id DESC",
+            &product.id
+        ))
+        .await?;
+    let mut items = Vec::with_capacity(versions.len());
+    for v in versions {
+        let files = catalog::version_files(&app.db, &v.id).await?;
+        items.push(json!({
+            "id": v.id, "version": v.version, "changelog_md": v.changelog_md, "published_at": v.created_at,
+            "current": product.current_version_id.as_deref() == Some(v.id.as_str()),
+            "files": files.iter().map(|f| json!({"name": f.name, "size": f.size, "sha256": f.sha256, "content_type": f.content_type})).collect::<Vec<_>>(),
+        }));
+    }
+    Ok(Json(
+        json!({"product_id": product.id, "slug": product.slug, "items": items, "next_cursor": null}),
+    ))
 }
 
 fn multipart_error(e: &axum::extract::multipart::MultipartError) -> crate::error::ApiError {

@@ -227,4 +227,30 @@ impl Storage for LocalStorage {
     fn kind(&self) -> &'static str {
         "local"
     }
+
+    async fn copy(&self, src: &str, dst: &str) -> Result<(), StorageError> {
+        let from = self.path_of(src)?;
+        let to = self.path_of(dst)?;
+        if !tokio::fs::try_exists(&from).await? {
+            return Err(StorageError::NotFound(src.to_string()));
+        }
+        if let Some(parent) = to.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        // A hard link under a temporary name renamed into place: instant for any size, and
+        // readers of `dst` never see a half-written file. Copy where links are not possible.
+        let tmp = self.tmp_path();
+        if let Some(parent) = tmp.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        if tokio::fs::hard_link(&from, &tmp).await.is_err() {
+            tokio::fs::copy(&from, &tmp).await?;
+        }
+        tokio::fs::rename(&tmp, &to).await?;
+        Ok(())
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
 }

@@ -90,6 +90,13 @@ pub trait Storage: Send + Sync + 'static {
     /// Reachability for `/readyz`.
     async fn check(&self) -> Result<(), StorageError>;
     fn kind(&self) -> &'static str;
+    /// Copies an object within the store without the bytes passing through us where the
+    /// backend allows (a hard link on local disk, a server-side copy on S3).
+    async fn copy(&self, src: &str, dst: &str) -> Result<(), StorageError>;
+    /// The directory behind a local store (resumable uploads append to files in it).
+    fn local_root(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 pub type DynStorage = Arc<dyn Storage>;

@@ -18,6 +18,18 @@ use super::{validate_key, ByteStream, GetResult, ObjectMeta, PartInfo, PutResult
 
 const PART_SIZE: usize = 8 * 1024 * 1024;
 const SIGN_TTL: Duration = Duration::from_secs(600);
+/// Largest object S3 copies in one `CopyObject`; bigger ones are copied part by part.
+pub const COPY_SINGLE_MAX: u64 = 5 * 1024 * 1024 * 1024;
+/// Part size of a multipart server-side copy.
+pub const COPY_PART: u64 = 1024 * 1024 * 1024;
+
+/// Characters kept as they are in `x-amz-copy-source` (S3 wants the key URL-encoded, `/` kept).
+const COPY_SOURCE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 pub struct S3Storage {
     bucket: Bucket,
@@ -79,6 +91,91 @@ impl S3Storage {
         check(resp, "create bucket").await.map(|_| ())
     }
 
+    fn copy_source(&self, key: &str) -> String {
+        format!(
+            "/{}/{}",
+            self.bucket.name(),
+            percent_encoding::utf8_percent_encode(key, COPY_SOURCE)
+        )
+    }
+
+    /// Server-side copy: one `CopyObject` up to `single_max` bytes, else a multipart upload
+    /// whose parts are `UploadPartCopy` ranges of `part` bytes. No byte passes through us.
+    pub async fn copy_sized(
+        &self,
+        src: &str,
+        dst: &str,
+        size: u64,
+        single_max: u64,
+        part: u64,
+    ) -> Result<(), StorageError> {
+        validate_key(src)?;
+        validate_key(dst)?;
+        let source = self.copy_source(src);
+        if size <= single_max {
+            let mut action = self.bucket.put_object(Some(&self.creds), dst);
+            action.headers_mut().insert("x-amz-copy-source", source.clone());
+            let url = action.sign(SIGN_TTL);
+            let resp = self
+                .http
+                .put(url)
+                .header("x-amz-copy-source", &source)
+                .send()
+                .await
+                .map_err(remote)?;
+            let text = check(resp, src).await?.text().await.map_err(remote)?;
+            // S3 can answer 200 and report the failure in the body.
+            if text.contains("<Error>") {
+                return Err(StorageError::Remote(format!(
+                    "copy {src} → {dst}: {}",
+                    text.chars().take(300).collect::<String>()
+                )));
+            }
+            return Ok(());
+        }
+        let part = part.max(super::MIN_PART_SIZE);
+        let upload_id = self.multipart_start(dst).await?;
+        let result: Result<Vec<PartInfo>, StorageError> = async {
+            let mut parts = Vec::new();
+            let mut start = 0u64;
+            while start < size {
+                let end = (start + part).min(size);
+                let number = u16::try_from(parts.len() + 1).map_err(|_| remote("more than 65535 parts"))?;
+                let range = format!("bytes={}-{}", start, end - 1);
+                let mut action = self.bucket.upload_part(Some(&self.creds), dst, number, &upload_id);
+                action.headers_mut().insert("x-amz-copy-source", source.clone());
+                action.headers_mut().insert("x-amz-copy-source-range", range.clone());
+                let url = action.sign(SIGN_TTL);
+                let resp = self
+                    .http
+                    .put(url)
+                    .header("x-amz-copy-source", &source)
+                    .header("x-amz-copy-source-range", &range)
+                    .send()
+                    .await
+                    .map_err(remote)?;
+                let text = check(resp, src).await?.text().await.map_err(remote)?;
+                let etag = xml_value(&text, "ETag")
+                    .ok_or_else(|| remote(format!("upload part copy: no ETag in {text:.200}")))?;
+                parts.push(PartInfo {
+                    number,
+                    etag: etag.replace("&quot;", "\""),
+                    size: end - start,
+                });
+                start = end;
+            }
+            Ok(parts)
+        }
+        .await;
+        match result {
+            Ok(parts) => self.multipart_complete(dst, &upload_id, &parts).await,
+            Err(e) => {
+                let _ = self.multipart_abort(dst, &upload_id).await;
+                Err(e)
+            }
+        }
+    }
+
     async fn put_single(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), StorageError> {
         let url = self.bucket.put_object(Some(&self.creds), key).sign(SIGN_TTL);
         let resp = self
@@ -107,6 +204,14 @@ async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response,
     let body = resp.text().await.unwrap_or_default();
     let snippet: String = body.chars().take(300).collect();
     Err(StorageError::Remote(format!("{what}: HTTP {status}: {snippet}")))
+}
+
+/// The text of the first `<tag>…</tag>` in an XML answer.
+fn xml_value(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let len = xml[start..].find(&format!("</{tag}>"))?;
+    Some(xml[start..start + len].to_string())
 }
 
 fn header_u64(resp: &reqwest::Response, name: &str) -> Option<u64> {
@@ -329,5 +434,10 @@ impl Storage for S3Storage {
 
     fn kind(&self) -> &'static str {
         "s3"
+    }
+
+    async fn copy(&self, src: &str, dst: &str) -> Result<(), StorageError> {
+        let size = self.head(src).await?.size;
+        self.copy_sized(src, dst, size, COPY_SINGLE_MAX, COPY_PART).await
     }
 }
