@@ -960,7 +960,17 @@ pub fn safe_file_name(name: &str) -> Result<String, ApiError> {
 
 /// Object key of a version's original file: `{seller}/{product}/{version}/original/{name}`.
 pub fn original_key(seller_id: &str, product_id: &str, version: &str, file_name: &str) -> String {
-    let v: String = version
+    format!(
+        "{seller_id}/{product_id}/{}/original/{file_name}",
+        version_segment(version)
+    )
+}
+
+/// A version string as a storage path segment (other characters become `_`). Two versions
+/// with the same segment would share files, so a product never has two (see
+/// `versions::ensure_new_version`).
+pub fn version_segment(version: &str) -> String {
+    version
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
@@ -969,8 +979,7 @@ pub fn original_key(seller_id: &str, product_id: &str, version: &str, file_name:
                 '_'
             }
         })
-        .collect();
-    format!("{seller_id}/{product_id}/{v}/original/{file_name}")
+        .collect()
 }
 
 #[cfg(test)]

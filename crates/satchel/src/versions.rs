@@ -28,19 +28,23 @@ pub fn validate_version(v: &str) -> ApiResult<String> {
 
 /// 409 when the product already has this version (checked before any file is copied).
 pub async fn ensure_new_version(e: &impl Exec, product_id: &str, version: &str) -> ApiResult<()> {
-    let n = e
-        .fetch_i64(sql!(
-            "SELECT COUNT(*) FROM product_versions WHERE product_id = $1 AND version = $2",
-            product_id,
-            version
+    let existing: Vec<(String,)> = e
+        .fetch_all(sql!(
+            "SELECT version FROM product_versions WHERE product_id = $1",
+            product_id
         ))
         .await?;
-    if n > 0 {
-        return Err(crate::error::conflict(
-            "version_exists",
-            format!("version {version:?} already exists for this product"),
-        )
-        .field("version"));
+    let segment = crate::catalog::version_segment(version);
+    if let Some((taken,)) = existing
+        .iter()
+        .find(|(v,)| v == version || crate::catalog::version_segment(v) == segment)
+    {
+        let message = if taken == version {
+            format!("version {version:?} already exists for this product")
+        } else {
+            format!("version {version:?} would share its files with version {taken:?}; choose another version string")
+        };
+        return Err(crate::error::conflict("version_exists", message).field("version"));
     }
     Ok(())
 }

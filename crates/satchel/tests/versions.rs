@@ -92,16 +92,26 @@ async fn a_new_version_reaches_every_buyer_and_nobody_else() {
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["files"][0]["name"], "book v2.pdf", "file names never become paths");
         assert_eq!(v["files"][0]["sha256"], hex::encode(Sha256::digest(&new_pdf)));
-        let r = t
-            .client
-            .post(t.url(&path))
-            .bearer_auth(&key)
-            .multipart(form("2.0.0", "again.pdf", vec![1, 2, 3]))
-            .send()
+        // A taken version is refused before any byte is stored: the published file, same
+        // name and all, keeps its bytes.
+        let published_key = satchel::catalog::original_key(&product.seller_id, &product.id, "2.0.0", "book v2.pdf");
+        for (version, name) in [("2.0.0", "book v2.pdf"), ("2.0.0", "again.pdf")] {
+            let r = t
+                .client
+                .post(t.url(&path))
+                .bearer_auth(&key)
+                .multipart(form(version, name, vec![1, 2, 3]))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 409, "{backend:?}: {version}");
+            assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "version_exists");
+        }
+        let stored = satchel::storage::collect(t.app.storage.get(&published_key, None).await.unwrap().body)
             .await
             .unwrap();
-        assert_eq!(r.status(), 409);
-        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "version_exists");
+        assert_eq!(stored, new_pdf, "{backend:?}: the published file is untouched");
+
         let (s, e) = t
             .post_json(&path, &json!({"version": "2.1", "uploads": ["upl_nope"]}))
             .await;
@@ -174,5 +184,47 @@ async fn a_new_version_reaches_every_buyer_and_nobody_else() {
             hex::encode(Sha256::digest(&body[..new_pdf.len()])),
             hex::encode(Sha256::digest(&new_pdf))
         );
+    }
+}
+
+#[tokio::test]
+async fn versions_that_would_share_storage_are_refused() {
+    for backend in backends().await {
+        let t = TestApp::start_demo(backend).await;
+        let key = satchel::accounts::create_api_key(&t.app.db, "demo@satchel.test", "ci")
+            .await
+            .unwrap();
+        let product = satchel::catalog::find_product(&t.app.db, "demo-templates")
+            .await
+            .unwrap()
+            .unwrap();
+        let path = format!("/api/v1/products/{}/versions", product.id);
+        let post = |version: &'static str| {
+            t.client
+                .post(t.url(&path))
+                .bearer_auth(&key)
+                .multipart(form(version, "kit.zip", b"first".to_vec()))
+                .send()
+        };
+        assert_eq!(post("1_1").await.unwrap().status(), 201, "{backend:?}");
+        let r = post("1 1").await.unwrap();
+        assert_eq!(r.status(), 409, "{backend:?}: \"1 1\" would be stored as 1_1");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "version_exists");
+        assert!(body["error"]["message"].as_str().unwrap().contains("share its files"));
+        let stored = satchel::storage::collect(
+            t.app
+                .storage
+                .get(
+                    &satchel::catalog::original_key(&product.seller_id, &product.id, "1_1", "kit.zip"),
+                    None,
+                )
+                .await
+                .unwrap()
+                .body,
+        )
+        .await
+        .unwrap();
+        assert_eq!(stored, b"first");
     }
 }

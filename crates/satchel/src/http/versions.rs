@@ -75,9 +75,10 @@ async fn create_version(
         while let Some(field) = mp.next_field().await.map_err(|e| multipart_error(&e))? {
             match field.name().unwrap_or_default() {
                 "version" => {
-                    version = Some(crate::versions::validate_version(
-                        &field.text().await.map_err(|e| multipart_error(&e))?,
-                    )?)
+                    let v = crate::versions::validate_version(&field.text().await.map_err(|e| multipart_error(&e))?)?;
+                    // Refused before a byte is stored: a taken version's files stay as published.
+                    crate::versions::ensure_new_version(&app.db, &product.id, &v).await?;
+                    version = Some(v);
                 }
                 "changelog" => changelog = field.text().await.map_err(|e| multipart_error(&e))?,
                 _ => {
