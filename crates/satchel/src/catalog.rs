@@ -553,6 +553,19 @@ pub async fn find_product(e: &impl Exec, id_or_slug: &str) -> Result<Option<Prod
     .await
 }
 
+/// A product buyers can see and buy: published, from a store that is not suspended.
+pub async fn find_for_sale(e: &impl Exec, id_or_slug: &str) -> Result<Option<Product>, crate::db::DbError> {
+    let col = if id_or_slug.starts_with("prd_") { "id" } else { "slug" };
+    e.fetch_optional(sql!(
+        format!(
+            "SELECT {PRODUCT_COLS} FROM products p JOIN sellers s ON s.id = p.seller_id
+             WHERE p.{col} = $1 AND p.status = 'published' AND s.status = 'active'"
+        ),
+        id_or_slug
+    ))
+    .await
+}
+
 /// Search terms: alphanumeric words, lower-cased, at most 8, each used as a prefix.
 pub fn search_terms(q: &str) -> Vec<String> {
     q.split(|c: char| !c.is_alphanumeric())
@@ -674,7 +687,10 @@ fn push_filters(q: &mut Query, params: &ListParams, seller_scope: Option<&str>, 
             let a = q.arg(s);
             q.push_sql(&format!("p.seller_id = {a}"));
         }
-        None => q.push_sql("p.status = 'published'"),
+        // Suspended stores are few: the subquery is a small hashed set, not a join per row.
+        None => q.push_sql(
+            "p.status = 'published' AND p.seller_id NOT IN (SELECT id FROM sellers WHERE status <> 'active')",
+        ),
     }
     if let Some(c) = params.category.as_deref().filter(|c| !c.is_empty()) {
         let a = q.arg(c);

@@ -269,17 +269,14 @@ pub async fn create_order(
     let mut priced: Vec<Priced> = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
         let field = format!("items[{i}]");
-        let product: Product = catalog::find_product(tx, &line.product_id)
-            .await?
-            .filter(|p| p.status == "published")
-            .ok_or_else(|| {
-                crate::error::ApiError::new(
-                    axum::http::StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("product {:?} not found", line.product_id),
-                )
-                .field(&format!("{field}.product_id"))
-            })?;
+        let product: Product = catalog::find_for_sale(tx, &line.product_id).await?.ok_or_else(|| {
+            crate::error::ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                format!("product {:?} not found", line.product_id),
+            )
+            .field(&format!("{field}.product_id"))
+        })?;
         if priced.iter().any(|p| p.product.id == product.id) {
             return Err(unprocessable("duplicate_item", "list each product once and use quantity").field(&field));
         }

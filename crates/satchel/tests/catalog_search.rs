@@ -92,3 +92,53 @@ async fn search_pages_cover_every_match_once_beyond_the_window() {
         assert_eq!(v["items"].as_array().unwrap().len(), 0);
     }
 }
+
+#[tokio::test]
+async fn a_suspended_store_disappears_from_the_storefront_and_comes_back() {
+    for backend in satchel::testing::backends().await {
+        let t = satchel::testing::TestApp::start_demo(backend).await;
+        let count = |t: &satchel::testing::TestApp| {
+            let url = t.url("/api/v1/products?limit=100");
+            let client = t.client.clone();
+            async move {
+                let v: serde_json::Value = client.get(url).send().await.unwrap().json().await.unwrap();
+                v["items"].as_array().unwrap().len()
+            }
+        };
+        let before = count(&t).await;
+        assert!(before >= 7, "{backend:?}");
+        let seller = t.demo_seller().await;
+        t.app
+            .db
+            .execute(satchel::sql!(
+                "UPDATE sellers SET status = 'suspended' WHERE id = $1",
+                &seller
+            ))
+            .await
+            .unwrap();
+        assert_eq!(count(&t).await, 0, "{backend:?}: the catalog hides a suspended store");
+        let r = t.client.get(t.url("/api/v1/products/demo-ebook")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{backend:?}");
+        let r = t.client.get(t.url("/p/demo-ebook")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{backend:?}");
+        let (status, _) = t
+            .post_json(
+                "/api/v1/products/demo-ebook/purchase",
+                &serde_json::json!({"email": "x@example.com"}),
+            )
+            .await;
+        assert_eq!(status, 404, "{backend:?}: nothing can be bought");
+        let r = t.client.get(t.url("/api/v1/products?q=handbook")).send().await.unwrap();
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["items"].as_array().unwrap().len(), 0, "{backend:?}: search too");
+        t.app
+            .db
+            .execute(satchel::sql!(
+                "UPDATE sellers SET status = 'active' WHERE id = $1",
+                &seller
+            ))
+            .await
+            .unwrap();
+        assert_eq!(count(&t).await, before, "{backend:?}");
+    }
+}

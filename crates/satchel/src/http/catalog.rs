@@ -43,6 +43,13 @@ async fn get_product(State(app): State<App>, Path(id): Path<String>) -> ApiResul
         .await?
         .filter(|p| p.status != "draft")
         .ok_or_else(|| not_found("product"))?;
+    // A suspended store's products are hidden like drafts.
+    let active = crate::accounts::find_seller(&app.db, &p.seller_id)
+        .await?
+        .is_some_and(|s| s.status == "active");
+    if !active {
+        return Err(not_found("product"));
+    }
     Ok(Json(catalog::product_json(&app.db, &p, true).await?))
 }
 

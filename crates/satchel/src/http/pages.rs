@@ -390,9 +390,8 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 async fn published(app: &App, slug: &str) -> ApiResult<Product> {
-    catalog::find_product(&app.db, slug)
+    catalog::find_for_sale(&app.db, slug)
         .await?
-        .filter(|p| p.status == "published")
         .ok_or_else(|| crate::error::not_found("product"))
 }
 
@@ -627,10 +626,7 @@ async fn cart_view(
     let mut subtotal = 0_i64;
     let mut currency = String::from("USD");
     for (id, q) in lines {
-        if let Some(p) = catalog::find_product(&app.db, id)
-            .await?
-            .filter(|p| p.status == "published")
-        {
+        if let Some(p) = catalog::find_for_sale(&app.db, id).await? {
             subtotal += p.price.max(p.pwyw_min.unwrap_or(0)) * q;
             currency.clone_from(&p.currency);
             views.push(CartLineView {

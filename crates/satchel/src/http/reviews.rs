@@ -251,9 +251,8 @@ async fn reviews_page(
     Path(slug): Path<String>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Html<String>> {
-    let p = crate::catalog::find_product(&app.db, &slug)
+    let p = crate::catalog::find_for_sale(&app.db, &slug)
         .await?
-        .filter(|p| p.status == "published")
         .ok_or_else(|| not_found("product"))?;
     let mut block = reviews_block(&app, &p).await?;
     let (rows, next) = reviews::list_shown(&app.db, &p.id, q.cursor.as_deref(), reviews::PAGE).await?;
