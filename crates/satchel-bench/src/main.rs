@@ -17,6 +17,7 @@ use satchel::testing::TestApp;
 use serde_json::json;
 
 mod licenses;
+mod wrk_get;
 
 #[derive(Parser)]
 #[command(about = "Satchel benchmarks, each figure beside a reference measured in the same run")]
@@ -251,11 +252,36 @@ async fn bench_backend(
         let o = t.buy_paid("bench-small", &format!("b{i}@example.com")).await;
         links.push(o["items"][0]["download_url"].as_str().unwrap_or_default().to_string());
     }
-    let ours = load(links, args.concurrency, dur, |s| s == 302).await;
+    // Both sides are driven by the same generator: wrk (its own process) when installed,
+    // else the in-process client.
+    let use_wrk = wrk_get::available();
+    let path_of = |url: &str| url.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap_or_default();
+    let ours = if use_wrk {
+        let paths: Vec<String> = links.iter().map(|l| path_of(l)).collect();
+        wrk_get::run(&t.base_url, &paths, 302, args.concurrency, dur)?
+    } else {
+        load(links, args.concurrency, dur, |s| s == 302).await
+    };
+    let counted = t
+        .app
+        .db
+        .fetch_i64(satchel::sql!("SELECT COUNT(*) FROM download_events"))
+        .await?;
     let (reference, ratio) = match nginx_ref {
         Some(n) => {
             let urls: Vec<String> = (0..args.concurrency).map(|i| n.signed(&format!("/dl/{i}"))).collect();
-            let r = load(urls, args.concurrency, dur, |s| s == 302).await;
+            let r = if use_wrk {
+                let paths: Vec<String> = urls.iter().map(|u| path_of(u)).collect();
+                wrk_get::run(
+                    &format!("http://127.0.0.1:{}", n.port),
+                    &paths,
+                    302,
+                    args.concurrency,
+                    dur,
+                )?
+            } else {
+                load(urls, args.concurrency, dur, |s| s == 302).await
+            };
             (
                 format!("nginx secure_link {}", fmt_load(&r)),
                 format!("{:.2}x", ours.rps / r.rps.max(1.0)),
@@ -264,8 +290,12 @@ async fn bench_backend(
         None => ("nginx not installed".into(), "-".into()),
     };
     rows.push(Row {
-        what: format!("download start ({db}, {} clients)", args.concurrency),
-        satchel: fmt_load(&ours),
+        what: format!(
+            "download start ({db}, {} conns, {})",
+            args.concurrency,
+            if use_wrk { "wrk" } else { "in-process client" }
+        ),
+        satchel: format!("{} ({counted} counted)", fmt_load(&ours)),
         reference,
         ratio,
     });

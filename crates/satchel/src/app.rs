@@ -20,6 +20,8 @@ pub struct AppInner {
     pub keys: Keys,
     pub metrics: Metrics,
     pub rate_limiter: crate::http::ratelimit::RateLimiter,
+    /// Group commit of download starts (see `delivery::batch`).
+    pub download_starts: crate::delivery::batch::Batcher,
     /// Key-guessing counters and the validation cache of this instance.
     pub licensing: crate::licensing::Runtime,
     /// Rung after a commit that enqueued jobs, so the in-process worker starts at once.
@@ -78,6 +80,7 @@ impl App {
             keys,
             metrics: Metrics::default(),
             rate_limiter: crate::http::ratelimit::RateLimiter::default(),
+            download_starts: crate::delivery::batch::Batcher::default(),
             licensing,
             job_wake: Arc::new(Notify::new()),
             registry: Arc::new(registry()),

@@ -10,9 +10,12 @@
 //! (for support look-ups), and the MAC over the grant id is what authorizes a redemption.
 //! Redemption is one conditional UPDATE that decrements `remaining` only for a live grant
 //! (order paid, grant active and unexpired, count left, IP policy met): exact under any
-//! concurrency. It answers a 302 to a delivery URL `f1.{grant}.{file}.{exp}.{kid}.{mac}`
+//! concurrency. Concurrent starts share one transaction ([`batch`], group commit), so the
+//! rate is not capped by commits per second. It answers a 302 to a delivery URL `f1.{grant}.{file}.{exp}.{kid}.{mac}`
 //! valid long enough for the file; ranges and resumes on it never count again, but each
 //! request re-checks that the grant is still live, so a refund stops issued URLs at once.
+
+pub mod batch;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -170,57 +173,27 @@ pub async fn redeem(
         ));
     }
     let prefix = ip_prefix(ip);
-    let tx = app.db.begin().await?;
-    let updated: Option<(String, String)> = tx
-        .fetch_optional(sql!(
-            "UPDATE download_grants
-             SET remaining = remaining - 1, updated_at = $2,
-                 ip_bound = CASE WHEN ip_policy = 'bind_first' AND ip_bound IS NULL THEN $3 ELSE ip_bound END
-             WHERE id = $1 AND status = 'active' AND remaining > 0 AND expires_at > $2
-               AND (ip_policy <> 'bind_first' OR ip_bound IS NULL OR ip_bound = $3)
-               AND (ip_policy <> 'allow_list' OR (',' || ip_allow || ',') LIKE ('%,' || $4 || ',%'))
-               AND EXISTS (SELECT 1 FROM orders o WHERE o.id = download_grants.order_id AND o.status IN ('paid', 'partially_refunded'))
-             RETURNING id, product_id",
-            grant_id,
-            t,
-            &prefix,
-            ip.to_string()
-        ))
-        .await?;
-    let Some((gid, product_id)) = updated else {
-        drop(tx);
-        return Err(explain_refusal(app, grant_id, &prefix, t).await?);
+    let start = batch::Start {
+        grant_id: grant_id.to_string(),
+        file_name: file_name.map(str::to_string),
+        ip: ip.to_string(),
+        prefix: prefix.clone(),
+        user_agent: user_agent.to_string(),
+        at: t,
     };
-    let file = pick_file(&tx, &product_id, file_name).await?;
-    tx.execute(sql!(
-        "INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'started', $8)",
-        new_id("dle"),
-        &gid,
-        &file.id,
-        t,
-        ip.to_string(),
-        &prefix,
-        user_agent.chars().take(300).collect::<String>(),
-        file.size
-    ))
-    .await?;
-    tx.commit().await?;
-    Ok(delivery_url(app, &gid, &file))
-}
-
-async fn pick_file(e: &impl Exec, product_id: &str, name: Option<&str>) -> ApiResult<FileRow> {
-    // One query: the named file (or the first by name) of the product's current version.
-    let file: Option<FileRow> = e
-        .fetch_optional(sql!(
-            "SELECT f.id, f.product_id, f.version_id, f.name, f.object_key, f.size, f.sha256, f.content_type, f.created_at
-             FROM products p JOIN files f ON f.version_id = p.current_version_id
-             WHERE p.id = $1 AND ($2 = '' OR f.name = $2) ORDER BY f.name LIMIT 1",
-            product_id,
-            name.unwrap_or("")
-        ))
-        .await?;
-    file.ok_or_else(|| crate::error::not_found("file"))
+    let settled = app.download_starts.settle(&app.db, start).await.map_err(|e| {
+        tracing::error!(error = %e, "download start not recorded");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "The download could not start just now; nothing was counted. Try again in a moment.",
+        )
+    })?;
+    match settled {
+        batch::Settled::Counted(file) => Ok(delivery_url(app, grant_id, &file)),
+        batch::Settled::NoSuchFile => Err(crate::error::not_found("file")),
+        batch::Settled::Refused => Err(explain_refusal(app, grant_id, &prefix, t).await?),
+    }
 }
 
 async fn explain_refusal(app: &App, grant_id: &str, prefix: &str, t: i64) -> ApiResult<ApiError> {

@@ -408,3 +408,88 @@ async fn fulfillment_is_idempotent() {
         assert_eq!(payments, 1);
     }
 }
+
+/// Group commit: starts of many grants arriving together settle in shared transactions, and
+/// each grant still counts exactly its limit — with IP binding, unknown files and refusals
+/// mixed into the same batches.
+#[tokio::test]
+async fn concurrent_starts_across_many_grants_settle_exactly() {
+    for backend in backends().await {
+        let t = TestApp::start_demo_with(backend, |c| c.server.trust_forwarded_for = true).await;
+        let mut links = Vec::new();
+        for i in 0..16 {
+            let o = t.buy_paid("demo-templates", &format!("batch{i}@example.com")).await;
+            links.push(o["items"][0]["download_url"].as_str().unwrap().to_string());
+        }
+        let grant_of = |link: &str| link.rsplit('/').next().unwrap().split('.').nth(1).unwrap().to_string();
+        // A quarter of the grants bind to the first network that uses them.
+        for link in &links[..4] {
+            t.app
+                .db
+                .execute(sql!(
+                    "UPDATE download_grants SET ip_policy = 'bind_first' WHERE id = $1",
+                    grant_of(link)
+                ))
+                .await
+                .unwrap();
+        }
+        let mut tasks = Vec::new();
+        for (g, link) in links.iter().enumerate() {
+            for k in 0..12 {
+                let (c, l) = (t.client.clone(), link.clone());
+                let ip = format!("10.0.{}.{}", k % 2, g);
+                tasks.push(tokio::spawn(async move {
+                    let r = c.get(&l).header("x-forwarded-for", ip).send().await.unwrap();
+                    (g, r.status().as_u16())
+                }));
+            }
+            // A file the product does not have: refused, counts nothing.
+            let (c, l) = (t.client.clone(), format!("{link}?file=missing.zip"));
+            tasks.push(tokio::spawn(async move {
+                (usize::MAX, c.get(&l).send().await.unwrap().status().as_u16())
+            }));
+        }
+        let mut ok = vec![0; links.len()];
+        for task in tasks {
+            match task.await.unwrap() {
+                (usize::MAX, status) => assert!(
+                    status == 404 || status == 403,
+                    "{backend:?}: missing file gave {status}"
+                ),
+                (g, 302) => ok[g] += 1,
+                (_, 403) => {}
+                (_, other) => panic!("{backend:?}: unexpected status {other}"),
+            }
+        }
+        assert_eq!(
+            ok,
+            vec![5; links.len()],
+            "{backend:?}: every grant counts exactly its limit"
+        );
+        for (g, link) in links.iter().enumerate() {
+            let id = grant_of(link);
+            let (remaining, events): (i64, i64) = t
+                .app
+                .db
+                .fetch_one(sql!(
+                    "SELECT remaining, (SELECT COUNT(*) FROM download_events e WHERE e.grant_id = g.id) FROM download_grants g WHERE id = $1",
+                    &id
+                ))
+                .await
+                .unwrap();
+            assert_eq!((remaining, events), (0, 5), "{backend:?} grant {g}");
+            let prefixes = t
+                .app
+                .db
+                .fetch_i64(sql!(
+                    "SELECT COUNT(DISTINCT ip_prefix) FROM download_events WHERE grant_id = $1",
+                    &id
+                ))
+                .await
+                .unwrap();
+            if g < 4 {
+                assert_eq!(prefixes, 1, "{backend:?}: a bound grant is only used from its network");
+            }
+        }
+    }
+}
