@@ -15,7 +15,11 @@
 //!    the database's, not ours. A (grant, address) pair that failed once fails for the rest of
 //!    the batch (state only gets tighter inside the transaction), so 500 starts of a grant of 5
 //!    cost six rounds, not 500;
-//! 3. one multi-row INSERT logs a `download_events` row per counted start; then one commit.
+//! 3. one INSERT logs a `download_events` row per counted start; then one commit.
+//!
+//! Each statement takes its rows as one JSON parameter (`json_each` on SQLite,
+//! `json_to_recordset` on PostgreSQL — the one dialect switch here), so a batch of any size
+//! is the same prepared statement.
 //!
 //! Each waiting request learns its own result after the commit, so a 302 is only ever sent
 //! for a start that is durable. When the store is idle a batch holds one start and costs what
@@ -28,7 +32,7 @@ use std::sync::OnceLock;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::db::models::FileRow;
-use crate::db::{Db, DbError, Exec, Query, Tx};
+use crate::db::{Backend, Db, DbError, Exec, Query, Tx};
 use crate::ids::new_id;
 
 /// Most starts settled by one transaction (bounded so one statement's parameters stay far
@@ -138,10 +142,26 @@ struct GrantFile {
     file: FileRow,
 }
 
-/// `(grant ids…)` as `$n` placeholders appended to `q`.
-fn in_list<'a>(q: &mut Query, ids: impl Iterator<Item = &'a str>) -> String {
-    let marks: Vec<String> = ids.map(|id| q.arg(id)).collect();
-    marks.join(", ")
+/// A row source reading a JSON array of objects from one text parameter, so every batch,
+/// whatever its size, is the same statement (prepared once, cached) with one argument —
+/// rather than hundreds of placeholders bound one by one. `cols` are (key, PostgreSQL type).
+fn json_rows(backend: Backend, param: &str, cols: &[(&str, &str)]) -> String {
+    match backend {
+        Backend::Sqlite => format!(
+            "SELECT {} FROM json_each({param})",
+            cols.iter()
+                .map(|(k, _)| format!("json_extract(value, '$.{k}') AS {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Backend::Postgres => format!(
+            "SELECT * FROM json_to_recordset({param}::json) AS x({})",
+            cols.iter()
+                .map(|(k, t)| format!("{k} {t}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 async fn settle_batch(db: &Db, starts: &[Start]) -> Result<Vec<Settled>, DbError> {
@@ -149,15 +169,18 @@ async fn settle_batch(db: &Db, starts: &[Start]) -> Result<Vec<Settled>, DbError
     let mut outcomes: Vec<Option<Settled>> = starts.iter().map(|_| None).collect();
 
     // 1. The files each grant can deliver, and the file each start gets.
+    let backend = tx.backend();
     let grants: HashSet<&str> = starts.iter().map(|s| s.grant_id.as_str()).collect();
-    let mut q = Query::new("");
-    let list = in_list(&mut q, grants.iter().copied());
-    q.push_sql(&format!(
-        "SELECT g.id AS grant_id, f.id, f.product_id, f.version_id, f.name, f.object_key, f.size, f.sha256, f.content_type, f.created_at
-         FROM download_grants g JOIN products p ON p.id = g.product_id JOIN files f ON f.version_id = p.current_version_id
-         WHERE g.id IN ({list}) ORDER BY f.name"
-    ));
-    let rows: Vec<GrantFile> = tx.fetch_all(q).await?;
+    let ids: Vec<serde_json::Value> = grants.iter().map(|g| serde_json::json!({ "g": g })).collect();
+    let rows: Vec<GrantFile> = tx
+        .fetch_all(Query::new(format!(
+            "SELECT g.id AS grant_id, f.id, f.product_id, f.version_id, f.name, f.object_key, f.size, f.sha256, f.content_type, f.created_at
+             FROM download_grants g JOIN products p ON p.id = g.product_id JOIN files f ON f.version_id = p.current_version_id
+             WHERE g.id IN (SELECT g FROM ({}) AS j) ORDER BY f.name",
+            json_rows(backend, "$1", &[("g", "text")])
+        ))
+        .bind(serde_json::Value::Array(ids).to_string()))
+        .await?;
     let mut files: HashMap<&str, Vec<&FileRow>> = HashMap::new();
     for r in &rows {
         files.entry(r.grant_id.as_str()).or_default().push(&r.file);
@@ -231,35 +254,38 @@ async fn settle_batch(db: &Db, starts: &[Start]) -> Result<Vec<Settled>, DbError
         })
         .collect();
     if !counted.is_empty() {
-        let mut q = Query::new(
-            "INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes) VALUES ",
-        );
-        for (n, (i, f)) in counted.iter().enumerate() {
-            let s = &starts[*i];
-            let row = [
-                q.arg(new_id("dle")),
-                q.arg(s.grant_id.as_str()),
-                q.arg(f.id.as_str()),
-                q.arg(s.at),
-                q.arg(s.ip.as_str()),
-                q.arg(s.prefix.as_str()),
-                q.arg(s.user_agent.chars().take(300).collect::<String>()),
-                q.arg(f.size),
-            ];
-            q.push_sql(&format!(
-                "{}({}, {}, {}, {}, {}, {}, {}, 'started', {})",
-                if n == 0 { "" } else { ", " },
-                row[0],
-                row[1],
-                row[2],
-                row[3],
-                row[4],
-                row[5],
-                row[6],
-                row[7]
-            ));
-        }
-        tx.execute(q).await?;
+        let rows: Vec<serde_json::Value> = counted
+            .iter()
+            .map(|(i, f)| {
+                let s = &starts[*i];
+                serde_json::json!({
+                    "id": new_id("dle"), "g": s.grant_id, "f": f.id, "at": s.at, "ip": s.ip, "p": s.prefix,
+                    "ua": s.user_agent.chars().take(300).collect::<String>(), "b": f.size,
+                })
+            })
+            .collect();
+        tx.execute(
+            Query::new(format!(
+                "INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes)
+                 SELECT id, g, f, at, ip, p, ua, 'started', b FROM ({}) AS j",
+                json_rows(
+                    backend,
+                    "$1",
+                    &[
+                        ("id", "text"),
+                        ("g", "text"),
+                        ("f", "text"),
+                        ("at", "bigint"),
+                        ("ip", "text"),
+                        ("p", "text"),
+                        ("ua", "text"),
+                        ("b", "bigint")
+                    ]
+                )
+            ))
+            .bind(serde_json::Value::Array(rows).to_string()),
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(outcomes.into_iter().map(|o| o.unwrap_or(Settled::Refused)).collect())
@@ -268,33 +294,28 @@ async fn settle_batch(db: &Db, starts: &[Start]) -> Result<Vec<Settled>, DbError
 /// One statement: decrements each listed request's grant if it is live for that request.
 /// Returns the grant ids that were counted.
 async fn decrement_round(tx: &Tx, starts: &[Start], round: &[usize], at: i64) -> Result<HashSet<String>, DbError> {
-    let mut q = Query::new("");
-    let t = q.arg(at);
-    let values: Vec<String> = round
+    let rows: Vec<serde_json::Value> = round
         .iter()
         .map(|i| {
             let s = &starts[*i];
-            format!(
-                "({}, {}, {})",
-                q.arg(s.grant_id.as_str()),
-                q.arg(s.prefix.as_str()),
-                q.arg(s.ip.as_str())
-            )
+            serde_json::json!({ "gid": s.grant_id, "prefix": s.prefix, "ip": s.ip })
         })
         .collect();
-    q.push_sql(&format!(
-        "WITH r (gid, prefix, ip) AS (VALUES {values})
+    let q = Query::new(format!(
+        "WITH r AS ({})
          UPDATE download_grants
-         SET remaining = remaining - 1, updated_at = {t},
+         SET remaining = remaining - 1, updated_at = $1,
              ip_bound = CASE WHEN ip_policy = 'bind_first' AND ip_bound IS NULL THEN r.prefix ELSE ip_bound END
          FROM r
-         WHERE download_grants.id = r.gid AND status = 'active' AND remaining > 0 AND expires_at > {t}
+         WHERE download_grants.id = r.gid AND status = 'active' AND remaining > 0 AND expires_at > $1
            AND (ip_policy <> 'bind_first' OR ip_bound IS NULL OR ip_bound = r.prefix)
            AND (ip_policy <> 'allow_list' OR (',' || ip_allow || ',') LIKE ('%,' || r.ip || ',%'))
            AND EXISTS (SELECT 1 FROM orders o WHERE o.id = download_grants.order_id AND o.status IN ('paid', 'partially_refunded'))
          RETURNING download_grants.id",
-        values = values.join(", ")
-    ));
+        json_rows(tx.backend(), "$2", &[("gid", "text"), ("prefix", "text"), ("ip", "text")])
+    ))
+    .bind(at)
+    .bind(serde_json::Value::Array(rows).to_string());
     let rows: Vec<(String,)> = tx.fetch_all(q).await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
