@@ -206,6 +206,7 @@ pub async fn redeem(
     ))
     .await?;
     tx.commit().await?;
+    crate::abuse::after_start(app, &gid, &prefix);
     Ok(delivery_url(app, &gid, &file))
 }
 
@@ -240,8 +241,15 @@ async fn explain_refusal(app: &App, grant_id: &str, prefix: &str, t: i64) -> Api
         ));
     };
     let _ = (&g.id, &g.product_id, &g.ip_allow);
+    let order_live = matches!(g.order_status.as_str(), "paid" | "partially_refunded");
+    if order_live && g.status == "reconfirm" {
+        return crate::abuse::reconfirm_refusal(app, grant_id).await;
+    }
+    if order_live && g.status == "suspended" {
+        return Ok(crate::abuse::suspended_refusal());
+    }
     Ok(
-        if !matches!(g.order_status.as_str(), "paid" | "partially_refunded") || g.status != "active" {
+        if !order_live || g.status != "active" {
             download_error(StatusCode::FORBIDDEN, "access_revoked", "Access to this download has been revoked (for example after a refund). Contact the store if this is a mistake.")
         } else if g.expires_at <= t {
             download_error(
