@@ -515,3 +515,196 @@ async fn seller_grant_actions_reset_extend_revoke_and_isolation() {
         assert_eq!(download_from(&t, &url2, "10.6.0.1").await.0, 403);
     }
 }
+
+// ---------- dashboard pages ----------
+
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+/// A dashboard session (the seller session of `POST /api/v1/auth/login`).
+async fn login(t: &TestApp, email: &str, password: &str) -> Session {
+    let r = t
+        .client
+        .post(t.url("/api/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let v: Value = r.json().await.unwrap();
+    Session {
+        cookie,
+        csrf: v["csrf_token"].as_str().unwrap().to_string(),
+    }
+}
+
+async fn page(t: &TestApp, s: &Session, path: &str) -> (u16, String) {
+    let r = t
+        .client
+        .get(t.url(path))
+        .header("cookie", &s.cookie)
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn post_form(t: &TestApp, s: &Session, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    t.client
+        .post(t.url(path))
+        .header("cookie", &s.cookie)
+        .header("accept", "text/html")
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn dashboard_abuse_page_lists_flags_and_acts_with_csrf() {
+    for backend in backends().await {
+        let t = TestApp::start_demo_with(backend, |c| {
+            trusting(c);
+            c.abuse.soft_prefixes = 0;
+            c.abuse.suspend_prefixes = 2;
+        })
+        .await;
+        let s = login(&t, satchel::demo::DEMO_EMAIL, satchel::demo::DEMO_PASSWORD).await;
+        let (status, html) = page(&t, &s, "/dashboard/abuse").await;
+        assert_eq!(status, 200);
+        assert!(html.contains("id=\"no-flags\"") && html.contains("No open flags"), "empty state");
+        assert!(html.contains("href=\"/dashboard/abuse\" aria-current=\"page\""), "nav link, current");
+
+        let mut flagged = Vec::new();
+        for n in 0..2 {
+            let (order_id, gid, url) = bought(&t, &format!("dash{n}@example.com"), 10).await;
+            for ip in ["10.7.1.1", "10.7.2.1"] {
+                assert_eq!(download_from(&t, &url, ip).await.0, 302);
+            }
+            wait_status(&t, &gid, "suspended").await;
+            flagged.push((order_id, gid, url));
+        }
+        let (_, html) = page(&t, &s, "/dashboard/abuse").await;
+        assert!(!html.contains("id=\"no-flags\""));
+        for (order_id, _, _) in &flagged {
+            assert!(html.contains(&format!("href=\"/dashboard/orders/{order_id}\"")), "order link");
+        }
+        assert!(html.contains("Notion Life OS Templates") && html.contains("dash0@example.com"));
+        assert!(html.contains("10.7.1.0/24") && html.contains("10.7.2.0/24"), "prefixes shown");
+        assert!(html.contains("Download link shared"));
+        let flag_ids: Vec<String> = t
+            .app
+            .db
+            .fetch_all::<(String,)>(sql!("SELECT id FROM abuse_flags WHERE subject_kind = 'grant' ORDER BY id"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        for f in &flag_ids {
+            for b in ["clear", "suspend", "revoke"] {
+                assert!(html.contains(&format!("id=\"{b}-{f}\"")), "{b} button for {f}");
+            }
+        }
+
+        // Without the session's CSRF token: refused, nothing changes.
+        let r = post_form(&t, &s, &format!("/dashboard/abuse/{}/action", flag_ids[0]), &[("csrf", "nope"), ("action", "clear")]).await;
+        assert_eq!(r.status(), 403);
+        assert_eq!(grant(&t, &flagged[0].1).await.0, "suspended");
+        // Another seller: 404, nothing changes.
+        satchel::accounts::create_seller_account(&t.app.db, "rival@example.com", "rival-password", "Rival", "seller")
+            .await
+            .unwrap();
+        let rival = login(&t, "rival@example.com", "rival-password").await;
+        let (_, html) = page(&t, &rival, "/dashboard/abuse").await;
+        assert!(html.contains("id=\"no-flags\""), "a seller sees only its own flags");
+        let r = post_form(&t, &rival, &format!("/dashboard/abuse/{}/action", flag_ids[0]), &[("csrf", &rival.csrf), ("action", "revoke")]).await;
+        assert_eq!(r.status(), 404);
+        assert_eq!(grant(&t, &flagged[0].1).await.0, "suspended");
+
+        // Clear and revoke from the page.
+        let r = post_form(&t, &s, &format!("/dashboard/abuse/{}/action", flag_ids[0]), &[("csrf", &s.csrf), ("action", "clear")]).await;
+        assert_eq!(r.status(), 303);
+        assert_eq!(r.headers()["location"], "/dashboard/abuse?notice=flag_clear");
+        assert_eq!(grant(&t, &flagged[0].1).await.0, "active");
+        assert_eq!(download_from(&t, &flagged[0].2, "10.7.1.1").await.0, 302);
+        let r = post_form(&t, &s, &format!("/dashboard/abuse/{}/action", flag_ids[1]), &[("csrf", &s.csrf), ("action", "revoke")]).await;
+        assert_eq!(r.status(), 303);
+        assert_eq!(grant(&t, &flagged[1].1).await.0, "revoked");
+        let (_, html) = page(&t, &s, "/dashboard/abuse?notice=flag_clear").await;
+        assert!(html.contains("Flag cleared") && html.contains("id=\"no-flags\""));
+        let (_, html) = page(&t, &s, "/dashboard/abuse?status=resolved").await;
+        assert!(html.contains(&format!("id=\"flag-{}\"", flag_ids[0])) && html.contains(">cleared<") && html.contains(">revoked<"));
+    }
+}
+
+#[tokio::test]
+async fn dashboard_order_page_resets_extends_and_revokes_downloads() {
+    for backend in backends().await {
+        let t = TestApp::start_demo_with(backend, trusting).await;
+        let s = login(&t, satchel::demo::DEMO_EMAIL, satchel::demo::DEMO_PASSWORD).await;
+        let (order_id, gid, url) = bought(&t, "page@example.com", 1).await;
+        t.app
+            .db
+            .execute(sql!("UPDATE download_grants SET ip_policy = 'bind_first' WHERE id = $1", &gid))
+            .await
+            .unwrap();
+        assert_eq!(download_from(&t, &url, "10.8.0.1").await.0, 302);
+        let (status, html) = page(&t, &s, &format!("/dashboard/orders/{order_id}")).await;
+        assert_eq!(status, 200);
+        assert!(html.contains("id=\"downloads\"") && html.contains(&format!("id=\"grant-{gid}\"")));
+        assert!(html.contains("0 of 1") && html.contains("10.8.0.0/24"), "remaining and the bound network");
+        for b in ["reset", "extend", "revoke"] {
+            assert!(html.contains(&format!("id=\"{b}-{gid}\"")), "{b}");
+        }
+        let action = format!("/dashboard/orders/{order_id}/grants/{gid}");
+
+        // CSRF and other sellers: refused, nothing changes.
+        let r = post_form(&t, &s, &action, &[("csrf", ""), ("action", "reset")]).await;
+        assert_eq!(r.status(), 403);
+        satchel::accounts::create_seller_account(&t.app.db, "rival@example.com", "rival-password", "Rival", "seller")
+            .await
+            .unwrap();
+        let rival = login(&t, "rival@example.com", "rival-password").await;
+        let r = post_form(&t, &rival, &action, &[("csrf", &rival.csrf), ("action", "reset")]).await;
+        assert_eq!(r.status(), 404);
+        assert_eq!(grant(&t, &gid).await.1, 0);
+
+        // Reset.
+        let r = post_form(&t, &s, &action, &[("csrf", &s.csrf), ("action", "reset")]).await;
+        assert_eq!(r.status(), 303);
+        assert_eq!(grant(&t, &gid).await.1, 1);
+        let (_, html) = page(&t, &s, &format!("/dashboard/orders/{order_id}?notice=grant_reset")).await;
+        assert!(html.contains("Downloads reset") && html.contains("1 of 1") && !html.contains("10.8.0.0/24"));
+        // Extend: a bad number is a page with the message, then a good one moves the date.
+        let (before,): (i64,) = t
+            .app
+            .db
+            .fetch_one(sql!("SELECT expires_at FROM download_grants WHERE id = $1", &gid))
+            .await
+            .unwrap();
+        let r = post_form(&t, &s, &action, &[("csrf", &s.csrf), ("action", "extend"), ("days", "0")]).await;
+        assert_eq!(r.status(), 422);
+        assert!(r.text().await.unwrap().contains("Days must be 1"));
+        let r = post_form(&t, &s, &action, &[("csrf", &s.csrf), ("action", "extend"), ("days", "10")]).await;
+        assert_eq!(r.status(), 303);
+        let (after,): (i64,) = t
+            .app
+            .db
+            .fetch_one(sql!("SELECT expires_at FROM download_grants WHERE id = $1", &gid))
+            .await
+            .unwrap();
+        assert_eq!(after, before + 10 * 86_400);
+        // Revoke.
+        let r = post_form(&t, &s, &action, &[("csrf", &s.csrf), ("action", "revoke")]).await;
+        assert_eq!(r.status(), 303);
+        assert_eq!(grant(&t, &gid).await.0, "revoked");
+        assert_eq!(download_from(&t, &url, "10.8.0.1").await.0, 403);
+        let (_, html) = page(&t, &s, &format!("/dashboard/orders/{order_id}")).await;
+        assert!(!html.contains(&format!("id=\"revoke-{gid}\"")), "no revoke button on a revoked download");
+    }
+}
