@@ -272,7 +272,15 @@ async fn suspend(app: &App, g: &GrantInfo, detail: &Value, t: i64) -> anyhow::Re
         t
     ))
     .await?;
-    crate::grants::audit(&tx, "system", "grant.suspended", &g.id, &json!({"flag_id": flag_id, "detail": detail}), t).await?;
+    crate::grants::audit(
+        &tx,
+        "system",
+        "grant.suspended",
+        &g.id,
+        &json!({"flag_id": flag_id, "detail": detail}),
+        t,
+    )
+    .await?;
     seller_alert(app, &tx, g, detail).await?;
     tx.commit().await?;
     app.jobs_enqueued();
@@ -288,7 +296,10 @@ async fn seller_alert(app: &App, tx: &Tx, g: &GrantInfo, detail: &Value) -> anyh
         .await?;
     let to = match to {
         Some((e,)) => e,
-        None => match crate::accounts::find_seller(tx, &g.seller_id).await?.and_then(|s| s.support_email) {
+        None => match crate::accounts::find_seller(tx, &g.seller_id)
+            .await?
+            .and_then(|s| s.support_email)
+        {
             Some(e) => e,
             None => {
                 tracing::warn!(seller = %g.seller_id, "no address for the abuse alert");
@@ -300,7 +311,11 @@ async fn seller_alert(app: &App, tx: &Tx, g: &GrantInfo, detail: &Value) -> anyh
     let base = app.cfg.public_url();
     let prefixes: Vec<String> = detail["prefixes"]
         .as_array()
-        .map(|a| a.iter().filter_map(|p| p["prefix"].as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["prefix"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let (text, html) = crate::mail::render(
         app.cfg.email.templates_dir.as_deref(),
@@ -394,7 +409,21 @@ async fn reconfirm_email(app: &App, tx: &Tx, g: &GrantInfo, nonce: &str, t: i64)
 /// has lapsed, a fresh one is emailed (once per link lifetime, whatever the concurrency).
 pub async fn reconfirm_refusal(app: &App, grant_id: &str) -> ApiResult<ApiError> {
     let t = now();
-    if let Some(g) = grant_info(&app.db, grant_id).await? {
+    // Read first: refusals while the link is live (the common case) write nothing.
+    let sent: Option<(Option<i64>,)> = app
+        .db
+        .fetch_optional(sql!(
+            "SELECT reconfirm_sent_at FROM download_grants WHERE id = $1",
+            grant_id
+        ))
+        .await?;
+    let lapsed = sent.is_some_and(|(at,)| at.is_none_or(|at| at <= t - link_ttl(app)));
+    let info = if lapsed {
+        grant_info(&app.db, grant_id).await?
+    } else {
+        None
+    };
+    if let Some(g) = info {
         let tx = app.db.begin().await?;
         let nonce = random_token(12);
         let n = tx
@@ -560,7 +589,11 @@ impl FlagRow {
         }
         self.detail_json()["prefixes"]
             .as_array()
-            .map(|a| a.iter().filter_map(|p| p["prefix"].as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p["prefix"].as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -580,7 +613,8 @@ impl FlagRow {
     }
 }
 
-const FLAG_SELECT: &str = "SELECT f.id, f.seller_id, f.subject_kind, f.subject_id, f.reason, f.detail, f.status, f.resolution,
+const FLAG_SELECT: &str =
+    "SELECT f.id, f.seller_id, f.subject_kind, f.subject_id, f.reason, f.detail, f.status, f.resolution,
         f.created_at, f.resolved_at, g.order_id, g.email, g.status AS grant_status, g.remaining, g.max_downloads,
         g.product_id, p.title AS product_title
      FROM abuse_flags f
@@ -612,11 +646,7 @@ pub async fn list_flags(app: &App, who: &Viewer, q: &FlagQuery) -> ApiResult<(Ve
         "open" => query.push_sql(" AND f.status = 'open'"),
         "resolved" => query.push_sql(" AND f.status <> 'open'"),
         "all" => {}
-        _ => {
-            return Err(
-                unprocessable("invalid_status", "status must be open, resolved or all").field("status"),
-            )
-        }
+        _ => return Err(unprocessable("invalid_status", "status must be open, resolved or all").field("status")),
     }
     if let Some(c) = q.cursor.as_deref().filter(|c| !c.is_empty()) {
         let a = query.arg(c);
@@ -716,9 +746,15 @@ mod tests {
         let cfg = AbuseConfig::default();
         let tr = Tracker::default();
         assert!(tr.should_check(&cfg, "g1", "1.2.3.0/24", 1000), "first sight");
-        assert!(!tr.should_check(&cfg, "g1", "1.2.3.0/24", 1001), "known network, low rate");
+        assert!(
+            !tr.should_check(&cfg, "g1", "1.2.3.0/24", 1001),
+            "known network, low rate"
+        );
         assert!(tr.should_check(&cfg, "g1", "1.2.4.0/24", 1002), "new network");
-        assert!(tr.should_check(&cfg, "g1", "1.2.3.0/24", 1000 + RECHECK_SECS + 1), "rechecked after a while");
+        assert!(
+            tr.should_check(&cfg, "g1", "1.2.3.0/24", 1000 + RECHECK_SECS + 1),
+            "rechecked after a while"
+        );
         // Half of the soft velocity threshold (10/h) from one network: checked from then on.
         let tr = Tracker::default();
         let mut due = Vec::new();

@@ -532,9 +532,18 @@ impl Config {
             ("SATCHEL_ABUSE_WINDOW_HOURS", &mut self.abuse.window_hours),
             ("SATCHEL_ABUSE_SOFT_PREFIXES", &mut self.abuse.soft_prefixes),
             ("SATCHEL_ABUSE_SUSPEND_PREFIXES", &mut self.abuse.suspend_prefixes),
-            ("SATCHEL_ABUSE_SOFT_STARTS_PER_HOUR", &mut self.abuse.soft_starts_per_hour),
-            ("SATCHEL_ABUSE_SUSPEND_STARTS_PER_HOUR", &mut self.abuse.suspend_starts_per_hour),
-            ("SATCHEL_ABUSE_RECONFIRM_LINK_MINUTES", &mut self.abuse.reconfirm_link_minutes),
+            (
+                "SATCHEL_ABUSE_SOFT_STARTS_PER_HOUR",
+                &mut self.abuse.soft_starts_per_hour,
+            ),
+            (
+                "SATCHEL_ABUSE_SUSPEND_STARTS_PER_HOUR",
+                &mut self.abuse.suspend_starts_per_hour,
+            ),
+            (
+                "SATCHEL_ABUSE_RECONFIRM_LINK_MINUTES",
+                &mut self.abuse.reconfirm_link_minutes,
+            ),
         ] {
             if let Some(v) = get(k) {
                 *slot = v
@@ -706,7 +715,10 @@ mod tests {
     fn abuse_thresholds_come_from_env() {
         let cfg = Config::load_from(
             None,
-            &env(&[("SATCHEL_ABUSE_SOFT_PREFIXES", "4"), ("SATCHEL_ABUSE_SUSPEND_STARTS_PER_HOUR", "0")]),
+            &env(&[
+                ("SATCHEL_ABUSE_SOFT_PREFIXES", "4"),
+                ("SATCHEL_ABUSE_SUSPEND_STARTS_PER_HOUR", "0"),
+            ]),
         )
         .unwrap();
         assert_eq!(cfg.abuse.soft_prefixes, 4);

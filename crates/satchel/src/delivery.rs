@@ -249,7 +249,7 @@ async fn explain_refusal(app: &App, grant_id: &str, prefix: &str, t: i64) -> Api
         return Ok(crate::abuse::suspended_refusal());
     }
     Ok(
-        if !order_live || g.status != "active" {
+        if !matches!(g.order_status.as_str(), "paid" | "partially_refunded") || g.status != "active" {
             download_error(StatusCode::FORBIDDEN, "access_revoked", "Access to this download has been revoked (for example after a refund). Contact the store if this is a mistake.")
         } else if g.expires_at <= t {
             download_error(

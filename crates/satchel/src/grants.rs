@@ -71,8 +71,11 @@ impl GrantRow {
 
 /// The grants of one order (the caller checked the order is the seller's).
 pub async fn for_order(e: &impl Exec, order_id: &str) -> ApiResult<Vec<GrantRow>> {
-    Ok(e.fetch_all(sql!(format!("{GRANT_SELECT} WHERE g.order_id = $1 ORDER BY g.id"), order_id))
-        .await?)
+    Ok(e.fetch_all(sql!(
+        format!("{GRANT_SELECT} WHERE g.order_id = $1 ORDER BY g.id"),
+        order_id
+    ))
+    .await?)
 }
 
 async fn own_grant(e: &impl Exec, seller_id: &str, grant_id: &str) -> ApiResult<GrantRow> {
@@ -196,12 +199,13 @@ fn parse_action(action: &str, body: &[u8]) -> ApiResult<Action> {
         "revoke" => Ok(Action::Revoke),
         "extend" => {
             let req: ExtendGrant = serde_json::from_slice(body).map_err(|e| {
-                crate::error::bad_request("invalid_json", format!("{e}; send {{\"days\": N}} with N from 1 to {MAX_EXTEND_DAYS}"))
+                crate::error::bad_request(
+                    "invalid_json",
+                    format!("{e}; send {{\"days\": N}} with N from 1 to {MAX_EXTEND_DAYS}"),
+                )
             })?;
             if !(1..=MAX_EXTEND_DAYS).contains(&req.days) {
-                return Err(
-                    unprocessable("invalid_days", format!("days must be 1–{MAX_EXTEND_DAYS}")).field("days")
-                );
+                return Err(unprocessable("invalid_days", format!("days must be 1–{MAX_EXTEND_DAYS}")).field("days"));
             }
             Ok(Action::Extend(req.days))
         }

@@ -44,13 +44,7 @@ async fn bought(t: &TestApp, email: &str, max: i64) -> (String, String, String) 
 
 /// One download start from `ip`: (status, JSON body or Null).
 async fn download_from(t: &TestApp, url: &str, ip: &str) -> (u16, Value) {
-    let r = t
-        .client
-        .get(url)
-        .header("x-forwarded-for", ip)
-        .send()
-        .await
-        .unwrap();
+    let r = t.client.get(url).header("x-forwarded-for", ip).send().await.unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
@@ -71,7 +65,10 @@ async fn wait_status(t: &TestApp, gid: &str, want: &str) {
         if status == want {
             return;
         }
-        assert!(Instant::now() < deadline, "grant {gid} stayed {status}, expected {want}");
+        assert!(
+            Instant::now() < deadline,
+            "grant {gid} stayed {status}, expected {want}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -129,7 +126,13 @@ async fn sharing_asks_the_buyer_to_reconfirm_then_suspends_with_one_flag() {
         let (status, body) = download_from(&t, &url, "10.0.1.7").await;
         assert_eq!(status, 403, "{backend:?}");
         assert_eq!(body["error"]["code"], "reconfirm_required");
-        assert!(body["error"]["message"].as_str().unwrap().contains("emailed you a link"), "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("emailed you a link"),
+            "{body}"
+        );
         let (_, body) = download_from(&t, &url, "10.0.9.7").await;
         assert_eq!(body["error"]["code"], "reconfirm_required");
         assert_eq!(grant(&t, &gid).await.1, 47, "refusals count nothing");
@@ -162,7 +165,10 @@ async fn sharing_asks_the_buyer_to_reconfirm_then_suspends_with_one_flag() {
             let r = t.client.get(&link).send().await.unwrap();
             assert_eq!(r.status(), 200);
             let html = r.text().await.unwrap();
-            assert!(html.contains("<form method=\"post\"") && html.contains("id=\"confirm\""), "{html}");
+            assert!(
+                html.contains("<form method=\"post\"") && html.contains("id=\"confirm\""),
+                "{html}"
+            );
             assert_eq!(grant(&t, &gid).await.0, "reconfirm", "GET consumes nothing");
         }
         // A tampered link is not a link.
@@ -199,7 +205,10 @@ async fn sharing_asks_the_buyer_to_reconfirm_then_suspends_with_one_flag() {
         assert_eq!(status, 403);
         assert_eq!(body["error"]["code"], "access_revoked");
         assert!(
-            body["error"]["message"].as_str().unwrap().contains("suspended for unusual activity"),
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("suspended for unusual activity"),
             "{body}"
         );
         assert_eq!(
@@ -209,7 +218,11 @@ async fn sharing_asks_the_buyer_to_reconfirm_then_suspends_with_one_flag() {
         let alerts = emails(&t, "abuse_alert").await;
         assert_eq!(alerts.len(), 1, "{backend:?}: one seller alert");
         assert_eq!(alerts[0].0, satchel::demo::DEMO_EMAIL);
-        assert!(alerts[0].1.contains(&order_id) && alerts[0].1.contains("2001:db8:6:0::/64"), "{}", alerts[0].1);
+        assert!(
+            alerts[0].1.contains(&order_id) && alerts[0].1.contains("2001:db8:6:0::/64"),
+            "{}",
+            alerts[0].1
+        );
         // Evaluating again changes nothing.
         assert_eq!(
             satchel::abuse::evaluate(&t.app, &gid).await.unwrap(),
@@ -234,12 +247,26 @@ async fn sharing_asks_the_buyer_to_reconfirm_then_suspends_with_one_flag() {
         let (_, other_key) = t.seller_with_key("other@example.com").await;
         let (_, list) = api(&t, &other_key, "GET", "/api/v1/seller/abuse-flags?status=all", None).await;
         assert_eq!(list["items"].as_array().unwrap().len(), 0);
-        let (status, _) = api(&t, &other_key, "POST", &format!("/api/v1/seller/abuse-flags/{flag_id}/clear"), None).await;
+        let (status, _) = api(
+            &t,
+            &other_key,
+            "POST",
+            &format!("/api/v1/seller/abuse-flags/{flag_id}/clear"),
+            None,
+        )
+        .await;
         assert_eq!(status, 404);
         assert_eq!(grant(&t, &gid).await.0, "suspended");
 
         // Clear: the download works again and what was accepted does not trip it again.
-        let (status, cleared) = api(&t, &key, "POST", &format!("/api/v1/seller/abuse-flags/{flag_id}/clear"), None).await;
+        let (status, cleared) = api(
+            &t,
+            &key,
+            "POST",
+            &format!("/api/v1/seller/abuse-flags/{flag_id}/clear"),
+            None,
+        )
+        .await;
         assert_eq!(status, 200, "{cleared}");
         assert_eq!(cleared["status"], "resolved");
         assert_eq!(cleared["resolution"], "cleared");
@@ -249,7 +276,14 @@ async fn sharing_asks_the_buyer_to_reconfirm_then_suspends_with_one_flag() {
             satchel::abuse::evaluate(&t.app, &gid).await.unwrap(),
             satchel::abuse::Outcome::Nothing
         );
-        let (status, body) = api(&t, &key, "POST", &format!("/api/v1/seller/abuse-flags/{flag_id}/revoke"), None).await;
+        let (status, body) = api(
+            &t,
+            &key,
+            "POST",
+            &format!("/api/v1/seller/abuse-flags/{flag_id}/revoke"),
+            None,
+        )
+        .await;
         assert_eq!(status, 409);
         assert_eq!(body["error"]["code"], "flag_resolved");
         let (_, open) = api(&t, &key, "GET", "/api/v1/seller/abuse-flags", None).await;
@@ -259,7 +293,14 @@ async fn sharing_asks_the_buyer_to_reconfirm_then_suspends_with_one_flag() {
         let (status, _) = api(&t, &key, "GET", "/api/v1/seller/abuse-flags?status=nope", None).await;
         assert_eq!(status, 422);
         assert_eq!(
-            count(&t, sql!("SELECT COUNT(*) FROM audit_log WHERE subject_id = $1 AND action = 'abuse_flag.clear'", &flag_id)).await,
+            count(
+                &t,
+                sql!(
+                    "SELECT COUNT(*) FROM audit_log WHERE subject_id = $1 AND action = 'abuse_flag.clear'",
+                    &flag_id
+                )
+            )
+            .await,
             1
         );
     }
@@ -292,19 +333,40 @@ async fn flag_actions_suspend_and_revoke_and_network_flags_only_clear() {
         }
         // suspend: the flag is resolved, the download stays suspended.
         let (fid, gid, url) = &flags[0];
-        let (status, v) = api(&t, &key, "POST", &format!("/api/v1/seller/abuse-flags/{fid}/suspend"), None).await;
+        let (status, v) = api(
+            &t,
+            &key,
+            "POST",
+            &format!("/api/v1/seller/abuse-flags/{fid}/suspend"),
+            None,
+        )
+        .await;
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["resolution"], "suspended");
         assert_eq!(grant(&t, gid).await.0, "suspended");
         assert_eq!(download_from(&t, url, "10.1.1.1").await.0, 403);
         // revoke: dead.
         let (fid, gid, url) = &flags[1];
-        let (status, v) = api(&t, &key, "POST", &format!("/api/v1/seller/abuse-flags/{fid}/revoke"), None).await;
+        let (status, v) = api(
+            &t,
+            &key,
+            "POST",
+            &format!("/api/v1/seller/abuse-flags/{fid}/revoke"),
+            None,
+        )
+        .await;
         assert_eq!(status, 200, "{v}");
         assert_eq!(grant(&t, gid).await.0, "revoked");
         let (status, body) = download_from(&t, url, "10.1.1.1").await;
         assert_eq!((status, body["error"]["code"].as_str()), (403, Some("access_revoked")));
-        let (status, _) = api(&t, &key, "POST", &format!("/api/v1/seller/abuse-flags/{fid}/explode"), None).await;
+        let (status, _) = api(
+            &t,
+            &key,
+            "POST",
+            &format!("/api/v1/seller/abuse-flags/{fid}/explode"),
+            None,
+        )
+        .await;
         assert_eq!(status, 422);
 
         // A store-wide key-guessing flag: only an admin (the demo seller is one) sees it,
@@ -327,7 +389,14 @@ async fn flag_actions_suspend_and_revoke_and_network_flags_only_clear() {
         assert_eq!(net["seller_id"], "");
         assert_eq!(net["actions"], json!(["clear"]));
         let nid = net["id"].as_str().unwrap();
-        let (status, body) = api(&t, &plain, "POST", &format!("/api/v1/seller/abuse-flags/{nid}/clear"), None).await;
+        let (status, body) = api(
+            &t,
+            &plain,
+            "POST",
+            &format!("/api/v1/seller/abuse-flags/{nid}/clear"),
+            None,
+        )
+        .await;
         assert_eq!(status, 404, "a seller cannot act on a store-wide flag: {body}");
         // Acting as a store, an admin sees that store's flags only.
         let r = t
@@ -339,12 +408,33 @@ async fn flag_actions_suspend_and_revoke_and_network_flags_only_clear() {
             .await
             .unwrap();
         let scoped: Value = r.json().await.unwrap();
-        assert!(scoped["items"].as_array().unwrap().iter().all(|f| f["subject_kind"] == "grant"), "{scoped}");
-        let (status, body) = api(&t, &admin, "POST", &format!("/api/v1/seller/abuse-flags/{nid}/suspend"), None).await;
+        assert!(
+            scoped["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|f| f["subject_kind"] == "grant"),
+            "{scoped}"
+        );
+        let (status, body) = api(
+            &t,
+            &admin,
+            "POST",
+            &format!("/api/v1/seller/abuse-flags/{nid}/suspend"),
+            None,
+        )
+        .await;
         assert_eq!(status, 409);
         assert_eq!(body["error"]["code"], "action_not_applicable");
         assert!(body["error"]["message"].as_str().unwrap().contains("only be cleared"));
-        let (status, body) = api(&t, &admin, "POST", &format!("/api/v1/seller/abuse-flags/{nid}/clear"), None).await;
+        let (status, body) = api(
+            &t,
+            &admin,
+            "POST",
+            &format!("/api/v1/seller/abuse-flags/{nid}/clear"),
+            None,
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["status"], "resolved");
     }
@@ -393,7 +483,11 @@ async fn concurrent_downloads_from_many_networks_stay_exact_and_flag_once() {
         assert!(ok >= 6, "suspension needs six networks to have downloaded: {ok}");
         assert_eq!(remaining, 10 - ok, "every success counted once");
         assert_eq!(
-            count(&t, sql!("SELECT COUNT(*) FROM download_events WHERE grant_id = $1", &gid)).await,
+            count(
+                &t,
+                sql!("SELECT COUNT(*) FROM download_events WHERE grant_id = $1", &gid)
+            )
+            .await,
             ok
         );
         // Late evaluations (if any are still running) find nothing to do; exactly one flag and alert.
@@ -424,7 +518,10 @@ async fn download_velocity_asks_for_reconfirmation() {
         }
         wait_status(&t, &gid, "reconfirm").await;
         let (status, body) = download_from(&t, &url, "10.3.0.1").await;
-        assert_eq!((status, body["error"]["code"].as_str()), (403, Some("reconfirm_required")));
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("reconfirm_required"))
+        );
         assert_eq!(emails(&t, "download_reconfirm").await.len(), 1);
     }
 }
@@ -437,7 +534,10 @@ async fn seller_grant_actions_reset_extend_revoke_and_isolation() {
         let (order_id, gid, url) = bought(&t, "buyer@example.com", 2).await;
         t.app
             .db
-            .execute(sql!("UPDATE download_grants SET ip_policy = 'bind_first' WHERE id = $1", &gid))
+            .execute(sql!(
+                "UPDATE download_grants SET ip_policy = 'bind_first' WHERE id = $1",
+                &gid
+            ))
             .await
             .unwrap();
         for _ in 0..2 {
@@ -461,7 +561,14 @@ async fn seller_grant_actions_reset_extend_revoke_and_isolation() {
         // Another seller: 404 for every action, nothing changes.
         let (_, other) = t.seller_with_key("rival@example.com").await;
         for (action, body) in [("reset", None), ("extend", Some(json!({"days": 5}))), ("revoke", None)] {
-            let (status, _) = api(&t, &other, "POST", &format!("/api/v1/seller/grants/{gid}/{action}"), body).await;
+            let (status, _) = api(
+                &t,
+                &other,
+                "POST",
+                &format!("/api/v1/seller/grants/{gid}/{action}"),
+                body,
+            )
+            .await;
             assert_eq!(status, 404, "{backend:?} {action}");
         }
         let (status, _) = api(&t, &other, "GET", &format!("/api/v1/seller/orders/{order_id}"), None).await;
@@ -473,7 +580,12 @@ async fn seller_grant_actions_reset_extend_revoke_and_isolation() {
         assert_eq!(status, 200, "{v}");
         assert_eq!((v["remaining"].as_i64(), v["ip_bound"].is_null()), (Some(2), true));
         assert_eq!(download_from(&t, &url, "10.5.0.1").await.0, 302);
-        assert_eq!(download_from(&t, v["download_url"].as_str().unwrap(), "10.5.0.1").await.0, 302);
+        assert_eq!(
+            download_from(&t, v["download_url"].as_str().unwrap(), "10.5.0.1")
+                .await
+                .0,
+            302
+        );
 
         // Extend: checked input, then the access window moves.
         for (body, want) in [
@@ -482,10 +594,24 @@ async fn seller_grant_actions_reset_extend_revoke_and_isolation() {
             (json!({"days": "x"}), 400),
             (json!({"weeks": 1}), 400),
         ] {
-            let (status, _) = api(&t, &key, "POST", &format!("/api/v1/seller/grants/{gid}/extend"), Some(body)).await;
+            let (status, _) = api(
+                &t,
+                &key,
+                "POST",
+                &format!("/api/v1/seller/grants/{gid}/extend"),
+                Some(body),
+            )
+            .await;
             assert_eq!(status, want);
         }
-        let (status, v) = api(&t, &key, "POST", &format!("/api/v1/seller/grants/{gid}/extend"), Some(json!({"days": 30}))).await;
+        let (status, v) = api(
+            &t,
+            &key,
+            "POST",
+            &format!("/api/v1/seller/grants/{gid}/extend"),
+            Some(json!({"days": 30})),
+        )
+        .await;
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["expires_at"].as_i64().unwrap(), expires + 30 * 86_400);
         let (status, _) = api(&t, &key, "POST", &format!("/api/v1/seller/grants/{gid}/destroy"), None).await;
@@ -497,22 +623,164 @@ async fn seller_grant_actions_reset_extend_revoke_and_isolation() {
         let (status, body) = download_from(&t, &url, "10.5.0.1").await;
         assert_eq!((status, body["error"]["code"].as_str()), (403, Some("access_revoked")));
         assert_eq!(
-            count(&t, sql!("SELECT COUNT(*) FROM audit_log WHERE subject_id = $1 AND action LIKE 'grant.%'", &gid)).await,
+            count(
+                &t,
+                sql!(
+                    "SELECT COUNT(*) FROM audit_log WHERE subject_id = $1 AND action LIKE 'grant.%'",
+                    &gid
+                )
+            )
+            .await,
             3,
             "reset, extend, revoke audit-logged; refusals not"
         );
 
         // A refunded order's grant stays dead whatever the seller does.
         let (o2, gid2, url2) = bought(&t, "refunded@example.com", 5).await;
-        let (status, _) = api(&t, &key, "POST", &format!("/api/v1/orders/{o2}/refund"), Some(json!({}))).await;
+        let (status, _) = api(
+            &t,
+            &key,
+            "POST",
+            &format!("/api/v1/orders/{o2}/refund"),
+            Some(json!({})),
+        )
+        .await;
         assert_eq!(status, 200);
         for (action, body) in [("reset", None), ("extend", Some(json!({"days": 5})))] {
-            let (status, v) = api(&t, &key, "POST", &format!("/api/v1/seller/grants/{gid2}/{action}"), body).await;
+            let (status, v) = api(
+                &t,
+                &key,
+                "POST",
+                &format!("/api/v1/seller/grants/{gid2}/{action}"),
+                body,
+            )
+            .await;
             assert_eq!(status, 409, "{action}: {v}");
             assert_eq!(v["error"]["code"], "order_refunded");
         }
         assert_eq!(grant(&t, &gid2).await.0, "revoked");
         assert_eq!(download_from(&t, &url2, "10.6.0.1").await.0, 403);
+    }
+}
+
+fn link_in(text: &str) -> String {
+    text.split_whitespace()
+        .find(|w| w.contains("/downloads/reconfirm/"))
+        .map(|w| w.trim_matches(|c: char| c == '"' || c == '<' || c == '>').to_string())
+        .expect("a re-confirmation link")
+}
+
+#[tokio::test]
+async fn a_lapsed_reconfirm_link_is_replaced_on_the_next_attempt_and_confirms_once() {
+    for backend in backends().await {
+        let t = TestApp::start_demo_with(backend, trusting).await;
+        let (_, gid, url) = bought(&t, "late@example.com", 20).await;
+        for ip in ["10.9.1.1", "10.9.2.1", "10.9.3.1"] {
+            assert_eq!(download_from(&t, &url, ip).await.0, 302);
+        }
+        wait_status(&t, &gid, "reconfirm").await;
+        let first = link_in(&emails(&t, "download_reconfirm").await[0].1);
+        // Attempts while the link is live send nothing more.
+        for _ in 0..3 {
+            assert_eq!(download_from(&t, &url, "10.9.1.1").await.0, 403);
+        }
+        assert_eq!(emails(&t, "download_reconfirm").await.len(), 1);
+        // The emailed link lapses (sent more than reconfirm_link_minutes ago): the next
+        // attempt, however many come at once, emails exactly one new link.
+        t.app
+            .db
+            .execute(sql!(
+                "UPDATE download_grants SET reconfirm_sent_at = reconfirm_sent_at - 3601 WHERE id = $1",
+                &gid
+            ))
+            .await
+            .unwrap();
+        let attempts: Vec<_> = (0..6)
+            .map(|_| {
+                let (client, url) = (t.client.clone(), url.clone());
+                tokio::spawn(async move {
+                    client
+                        .get(&url)
+                        .header("x-forwarded-for", "10.9.1.1")
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect();
+        for a in attempts {
+            assert_eq!(a.await.unwrap(), 403);
+        }
+        let mails = emails(&t, "download_reconfirm").await;
+        assert_eq!(mails.len(), 2, "{backend:?}: one replacement link");
+        let second = link_in(&mails[1].1);
+        assert_ne!(first, second);
+        let r = t.client.post(&first).send().await.unwrap();
+        assert_eq!(r.status(), 410, "the replaced link no longer works");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "link_replaced");
+        // Many presses of the new link at once: exactly one confirms.
+        let presses: Vec<_> = (0..5)
+            .map(|_| {
+                let (client, link) = (t.client.clone(), second.clone());
+                tokio::spawn(async move { client.post(&link).send().await.unwrap().status().as_u16() })
+            })
+            .collect();
+        let mut codes = Vec::new();
+        for p in presses {
+            codes.push(p.await.unwrap());
+        }
+        assert_eq!(codes.iter().filter(|c| **c == 200).count(), 1, "{backend:?}: {codes:?}");
+        assert!(codes.iter().all(|c| *c == 200 || *c == 410), "{codes:?}");
+        assert_eq!(grant(&t, &gid).await.0, "active");
+        assert_eq!(
+            count(
+                &t,
+                sql!(
+                    "SELECT COUNT(*) FROM audit_log WHERE subject_id = $1 AND action = 'grant.reconfirmed'",
+                    &gid
+                )
+            )
+            .await,
+            1
+        );
+        assert_eq!(download_from(&t, &url, "10.9.1.1").await.0, 302);
+    }
+}
+
+#[tokio::test]
+async fn the_reconfirm_email_goes_through_a_real_smtp_server_and_its_link_works() {
+    let Some(smtp) = satchel::testing::SmtpServer::start().await else {
+        return;
+    };
+    for backend in backends().await {
+        let smtp_url = smtp.url.clone();
+        let t = TestApp::start_demo_with(backend, move |c| {
+            trusting(c);
+            c.email.smtp_url = Some(satchel::config::Secret::new(smtp_url));
+        })
+        .await;
+        let who = format!("smtp-{}@example.com", backend.name());
+        let (_, gid, url) = bought(&t, &who, 20).await;
+        for ip in ["10.10.1.1", "10.10.2.1", "10.10.3.1"] {
+            assert_eq!(download_from(&t, &url, ip).await.0, 302);
+        }
+        wait_status(&t, &gid, "reconfirm").await;
+        t.drain_jobs().await;
+        let msg = smtp
+            .messages()
+            .into_iter()
+            .map(|m| m.replace("=\r\n", "").replace("=\n", "").replace("=3D", "="))
+            .find(|m| m.contains(&format!("To: {who}")) && m.contains("/downloads/reconfirm/"))
+            .expect("the re-confirmation email was delivered");
+        assert!(
+            msg.contains("Subject: Confirm your downloads of Notion Life OS Templates"),
+            "{msg}"
+        );
+        let link = link_in(msg.split("text/plain").nth(1).unwrap());
+        assert_eq!(t.client.post(&link).send().await.unwrap().status(), 200);
+        assert_eq!(grant(&t, &gid).await.0, "active");
     }
 }
 
@@ -533,7 +801,13 @@ async fn login(t: &TestApp, email: &str, password: &str) -> Session {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
     let v: Value = r.json().await.unwrap();
     Session {
         cookie,
@@ -576,8 +850,14 @@ async fn dashboard_abuse_page_lists_flags_and_acts_with_csrf() {
         let s = login(&t, satchel::demo::DEMO_EMAIL, satchel::demo::DEMO_PASSWORD).await;
         let (status, html) = page(&t, &s, "/dashboard/abuse").await;
         assert_eq!(status, 200);
-        assert!(html.contains("id=\"no-flags\"") && html.contains("No open flags"), "empty state");
-        assert!(html.contains("href=\"/dashboard/abuse\" aria-current=\"page\""), "nav link, current");
+        assert!(
+            html.contains("id=\"no-flags\"") && html.contains("No open flags"),
+            "empty state"
+        );
+        assert!(
+            html.contains("href=\"/dashboard/abuse\" aria-current=\"page\""),
+            "nav link, current"
+        );
 
         let mut flagged = Vec::new();
         for n in 0..2 {
@@ -591,15 +871,23 @@ async fn dashboard_abuse_page_lists_flags_and_acts_with_csrf() {
         let (_, html) = page(&t, &s, "/dashboard/abuse").await;
         assert!(!html.contains("id=\"no-flags\""));
         for (order_id, _, _) in &flagged {
-            assert!(html.contains(&format!("href=\"/dashboard/orders/{order_id}\"")), "order link");
+            assert!(
+                html.contains(&format!("href=\"/dashboard/orders/{order_id}\"")),
+                "order link"
+            );
         }
         assert!(html.contains("Notion Life OS Templates") && html.contains("dash0@example.com"));
-        assert!(html.contains("10.7.1.0/24") && html.contains("10.7.2.0/24"), "prefixes shown");
+        assert!(
+            html.contains("10.7.1.0/24") && html.contains("10.7.2.0/24"),
+            "prefixes shown"
+        );
         assert!(html.contains("Download link shared"));
         let flag_ids: Vec<String> = t
             .app
             .db
-            .fetch_all::<(String,)>(sql!("SELECT id FROM abuse_flags WHERE subject_kind = 'grant' ORDER BY id"))
+            .fetch_all::<(String,)>(sql!(
+                "SELECT id FROM abuse_flags WHERE subject_kind = 'grant' ORDER BY id"
+            ))
             .await
             .unwrap()
             .into_iter()
@@ -612,7 +900,13 @@ async fn dashboard_abuse_page_lists_flags_and_acts_with_csrf() {
         }
 
         // Without the session's CSRF token: refused, nothing changes.
-        let r = post_form(&t, &s, &format!("/dashboard/abuse/{}/action", flag_ids[0]), &[("csrf", "nope"), ("action", "clear")]).await;
+        let r = post_form(
+            &t,
+            &s,
+            &format!("/dashboard/abuse/{}/action", flag_ids[0]),
+            &[("csrf", "nope"), ("action", "clear")],
+        )
+        .await;
         assert_eq!(r.status(), 403);
         assert_eq!(grant(&t, &flagged[0].1).await.0, "suspended");
         // Another seller: 404, nothing changes.
@@ -622,23 +916,45 @@ async fn dashboard_abuse_page_lists_flags_and_acts_with_csrf() {
         let rival = login(&t, "rival@example.com", "rival-password").await;
         let (_, html) = page(&t, &rival, "/dashboard/abuse").await;
         assert!(html.contains("id=\"no-flags\""), "a seller sees only its own flags");
-        let r = post_form(&t, &rival, &format!("/dashboard/abuse/{}/action", flag_ids[0]), &[("csrf", &rival.csrf), ("action", "revoke")]).await;
+        let r = post_form(
+            &t,
+            &rival,
+            &format!("/dashboard/abuse/{}/action", flag_ids[0]),
+            &[("csrf", &rival.csrf), ("action", "revoke")],
+        )
+        .await;
         assert_eq!(r.status(), 404);
         assert_eq!(grant(&t, &flagged[0].1).await.0, "suspended");
 
         // Clear and revoke from the page.
-        let r = post_form(&t, &s, &format!("/dashboard/abuse/{}/action", flag_ids[0]), &[("csrf", &s.csrf), ("action", "clear")]).await;
+        let r = post_form(
+            &t,
+            &s,
+            &format!("/dashboard/abuse/{}/action", flag_ids[0]),
+            &[("csrf", &s.csrf), ("action", "clear")],
+        )
+        .await;
         assert_eq!(r.status(), 303);
         assert_eq!(r.headers()["location"], "/dashboard/abuse?notice=flag_clear");
         assert_eq!(grant(&t, &flagged[0].1).await.0, "active");
         assert_eq!(download_from(&t, &flagged[0].2, "10.7.1.1").await.0, 302);
-        let r = post_form(&t, &s, &format!("/dashboard/abuse/{}/action", flag_ids[1]), &[("csrf", &s.csrf), ("action", "revoke")]).await;
+        let r = post_form(
+            &t,
+            &s,
+            &format!("/dashboard/abuse/{}/action", flag_ids[1]),
+            &[("csrf", &s.csrf), ("action", "revoke")],
+        )
+        .await;
         assert_eq!(r.status(), 303);
         assert_eq!(grant(&t, &flagged[1].1).await.0, "revoked");
         let (_, html) = page(&t, &s, "/dashboard/abuse?notice=flag_clear").await;
         assert!(html.contains("Flag cleared") && html.contains("id=\"no-flags\""));
         let (_, html) = page(&t, &s, "/dashboard/abuse?status=resolved").await;
-        assert!(html.contains(&format!("id=\"flag-{}\"", flag_ids[0])) && html.contains(">cleared<") && html.contains(">revoked<"));
+        assert!(
+            html.contains(&format!("id=\"flag-{}\"", flag_ids[0]))
+                && html.contains(">cleared<")
+                && html.contains(">revoked<")
+        );
     }
 }
 
@@ -650,14 +966,20 @@ async fn dashboard_order_page_resets_extends_and_revokes_downloads() {
         let (order_id, gid, url) = bought(&t, "page@example.com", 1).await;
         t.app
             .db
-            .execute(sql!("UPDATE download_grants SET ip_policy = 'bind_first' WHERE id = $1", &gid))
+            .execute(sql!(
+                "UPDATE download_grants SET ip_policy = 'bind_first' WHERE id = $1",
+                &gid
+            ))
             .await
             .unwrap();
         assert_eq!(download_from(&t, &url, "10.8.0.1").await.0, 302);
         let (status, html) = page(&t, &s, &format!("/dashboard/orders/{order_id}")).await;
         assert_eq!(status, 200);
         assert!(html.contains("id=\"downloads\"") && html.contains(&format!("id=\"grant-{gid}\"")));
-        assert!(html.contains("0 of 1") && html.contains("10.8.0.0/24"), "remaining and the bound network");
+        assert!(
+            html.contains("0 of 1") && html.contains("10.8.0.0/24"),
+            "remaining and the bound network"
+        );
         for b in ["reset", "extend", "revoke"] {
             assert!(html.contains(&format!("id=\"{b}-{gid}\"")), "{b}");
         }
@@ -687,10 +1009,22 @@ async fn dashboard_order_page_resets_extends_and_revokes_downloads() {
             .fetch_one(sql!("SELECT expires_at FROM download_grants WHERE id = $1", &gid))
             .await
             .unwrap();
-        let r = post_form(&t, &s, &action, &[("csrf", &s.csrf), ("action", "extend"), ("days", "0")]).await;
+        let r = post_form(
+            &t,
+            &s,
+            &action,
+            &[("csrf", &s.csrf), ("action", "extend"), ("days", "0")],
+        )
+        .await;
         assert_eq!(r.status(), 422);
         assert!(r.text().await.unwrap().contains("Days must be 1"));
-        let r = post_form(&t, &s, &action, &[("csrf", &s.csrf), ("action", "extend"), ("days", "10")]).await;
+        let r = post_form(
+            &t,
+            &s,
+            &action,
+            &[("csrf", &s.csrf), ("action", "extend"), ("days", "10")],
+        )
+        .await;
         assert_eq!(r.status(), 303);
         let (after,): (i64,) = t
             .app
@@ -705,6 +1039,9 @@ async fn dashboard_order_page_resets_extends_and_revokes_downloads() {
         assert_eq!(grant(&t, &gid).await.0, "revoked");
         assert_eq!(download_from(&t, &url, "10.8.0.1").await.0, 403);
         let (_, html) = page(&t, &s, &format!("/dashboard/orders/{order_id}")).await;
-        assert!(!html.contains(&format!("id=\"revoke-{gid}\"")), "no revoke button on a revoked download");
+        assert!(
+            !html.contains(&format!("id=\"revoke-{gid}\"")),
+            "no revoke button on a revoked download"
+        );
     }
 }

@@ -620,7 +620,10 @@ pub async fn grant_action(
 ) -> ApiResult<Response> {
     dash.check_csrf(&f.csrf)?;
     let o = own_order(&app, &dash, &id).await?;
-    let belongs = crate::grants::for_order(&app.db, &o.id).await?.iter().any(|g| g.id == grant_id);
+    let belongs = crate::grants::for_order(&app.db, &o.id)
+        .await?
+        .iter()
+        .any(|g| g.id == grant_id);
     if !belongs {
         return Err(not_found("download"));
     }
@@ -637,7 +640,15 @@ pub async fn grant_action(
     } else {
         String::new()
     };
-    crate::grants::seller_action(&app, &dash.seller_id, &dash.user_id, &grant_id, &f.action, body.as_bytes()).await?;
+    crate::grants::seller_action(
+        &app,
+        &dash.seller_id,
+        &dash.user_id,
+        &grant_id,
+        &f.action,
+        body.as_bytes(),
+    )
+    .await?;
     Ok(see_other(&format!(
         "/dashboard/orders/{}?notice=grant_{}#downloads",
         o.id,
