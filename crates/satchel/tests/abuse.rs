@@ -148,6 +148,7 @@ async fn sharing_asks_the_buyer_to_reconfirm_then_suspends_with_one_flag() {
         assert_eq!(r.status(), 403);
         let html = r.text().await.unwrap();
         assert!(html.contains("<html") && html.contains("emailed you a link"), "{html}");
+        assert!(html.contains("Check your email to continue"), "{html}");
 
         // Exactly one email to the buyer, with the link.
         let mails = emails(&t, "download_reconfirm").await;
