@@ -10,6 +10,8 @@
 //!   now on (library, resent receipt, the `download_url` this returns) carry the new one.
 //! - `revoke`: the grant is dead.
 //!
+//! A reset or revoke also resolves the grant's open abuse flag (as cleared / revoked).
+//!
 //! A refunded order's (or refunded item's) grants stay dead whatever the action: reset and
 //! extend are refused with 409 `order_refunded`, and redemption checks the order anyway.
 
@@ -233,6 +235,23 @@ pub async fn seller_action(
     }
     let t = now();
     apply(&tx, &before.id, action, t).await?;
+    // A reset or revoke settles the grant's open abuse flag, if any (the seller decided).
+    let settles = match action {
+        Action::Reset => Some("cleared"),
+        Action::Revoke => Some("revoked"),
+        _ => None,
+    };
+    if let Some(resolution) = settles {
+        tx.execute(sql!(
+            "UPDATE abuse_flags SET status = 'resolved', resolution = $2, resolved_by = $3, resolved_at = $4
+             WHERE subject_kind = 'grant' AND subject_id = $1 AND status = 'open'",
+            &before.id,
+            resolution,
+            actor,
+            t
+        ))
+        .await?;
+    }
     let after = own_grant(&tx, seller_id, grant_id).await?;
     audit(
         &tx,

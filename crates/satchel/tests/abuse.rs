@@ -369,6 +369,28 @@ async fn flag_actions_suspend_and_revoke_and_network_flags_only_clear() {
         )
         .await;
         assert_eq!(status, 422);
+        // Resetting a flagged download from its order settles the flag too.
+        let (_, gid3, url3) = bought(&t, "b3@example.com", 10).await;
+        for ip in ["10.1.1.1", "10.1.2.1"] {
+            assert_eq!(download_from(&t, &url3, ip).await.0, 302);
+        }
+        wait_status(&t, &gid3, "suspended").await;
+        let (status, _) = api(&t, &key, "POST", &format!("/api/v1/seller/grants/{gid3}/reset"), None).await;
+        assert_eq!(status, 200);
+        let (flag_status, resolution): (String, Option<String>) = t
+            .app
+            .db
+            .fetch_one(sql!(
+                "SELECT status, resolution FROM abuse_flags WHERE subject_id = $1",
+                &gid3
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            (flag_status.as_str(), resolution.as_deref()),
+            ("resolved", Some("cleared"))
+        );
+        assert_eq!(download_from(&t, &url3, "10.1.1.1").await.0, 302);
 
         // A store-wide key-guessing flag: only an admin (the demo seller is one) sees it,
         // and it only clears.
