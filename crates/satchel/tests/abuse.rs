@@ -88,6 +88,10 @@ async fn emails(t: &TestApp, kind: &str) -> Vec<(String, String)> {
         .unwrap()
 }
 
+async fn all_flags(t: &TestApp) -> usize {
+    usize::try_from(count(t, sql!("SELECT COUNT(*) FROM abuse_flags")).await).unwrap()
+}
+
 async fn demo_key(t: &TestApp) -> String {
     satchel::accounts::create_api_key(&t.app.db, satchel::demo::DEMO_EMAIL, "test")
         .await
@@ -160,6 +164,21 @@ async fn sharing_asks_the_buyer_to_reconfirm_then_suspends_with_one_flag() {
             .find(|w| w.contains("/downloads/reconfirm/"))
             .unwrap()
             .to_string();
+
+        // The buyer's library says the same instead of offering the link.
+        let (cookie, _) = t.library_session("sharer@example.com").await;
+        let html = t
+            .client
+            .get(t.url("/library"))
+            .header("cookie", &cookie)
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(html.contains("we emailed you a link to confirm"), "{html}");
 
         // GET (a person, or a mail scanner) only shows the button.
         for _ in 0..2 {
@@ -260,6 +279,18 @@ async fn sharing_asks_the_buyer_to_reconfirm_then_suspends_with_one_flag() {
         assert_eq!(grant(&t, &gid).await.0, "suspended");
 
         // Clear: the download works again and what was accepted does not trip it again.
+        let html = t
+            .client
+            .get(t.url("/library"))
+            .header("cookie", &cookie)
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(html.contains("suspended for unusual activity"), "library: {html}");
         let (status, cleared) = api(
             &t,
             &key,
@@ -411,6 +442,23 @@ async fn flag_actions_suspend_and_revoke_and_network_flags_only_clear() {
             .clone();
         assert_eq!(net["seller_id"], "");
         assert_eq!(net["actions"], json!(["clear"]));
+        // Paged: one at a time, the cursor walks every flag once.
+        let mut seen = Vec::new();
+        let mut path = "/api/v1/seller/abuse-flags?status=all&limit=1".to_string();
+        loop {
+            let (status, page) = api(&t, &admin, "GET", &path, None).await;
+            assert_eq!(status, 200);
+            assert_eq!(page["items"].as_array().unwrap().len(), 1);
+            seen.push(page["items"][0]["id"].as_str().unwrap().to_string());
+            match page["next_cursor"].as_str() {
+                Some(c) => path = format!("/api/v1/seller/abuse-flags?status=all&limit=1&cursor={c}"),
+                None => break,
+            }
+        }
+        let total = all_flags(&t).await;
+        assert_eq!(seen.len(), total, "{seen:?}");
+        let (status, _) = api(&t, &admin, "GET", "/api/v1/seller/abuse-flags?limit=0", None).await;
+        assert_eq!(status, 422);
         let nid = net["id"].as_str().unwrap();
         let (status, body) = api(
             &t,
@@ -683,6 +731,26 @@ async fn seller_grant_actions_reset_extend_revoke_and_isolation() {
         }
         assert_eq!(grant(&t, &gid2).await.0, "revoked");
         assert_eq!(download_from(&t, &url2, "10.6.0.1").await.0, 403);
+
+        // Every new endpoint is in the OpenAPI document.
+        let spec: Value = t
+            .client
+            .get(t.url("/api/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for path in [
+            "/api/v1/seller/grants/{grant_id}/{action}",
+            "/api/v1/seller/abuse-flags",
+            "/api/v1/seller/abuse-flags/{flag_id}/{action}",
+            "/downloads/reconfirm/{token}",
+        ] {
+            assert!(spec["paths"][path].is_object(), "{path} missing from the spec");
+        }
+        assert!(spec["paths"]["/downloads/reconfirm/{token}"]["post"].is_object());
     }
 }
 
