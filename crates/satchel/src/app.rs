@@ -24,6 +24,8 @@ pub struct AppInner {
     pub download_starts: crate::delivery::batch::Batcher,
     /// Key-guessing counters and the validation cache of this instance.
     pub licensing: crate::licensing::Runtime,
+    /// What this instance has seen of each grant's downloads (abuse detection's pre-filter).
+    pub abuse: crate::abuse::Tracker,
     /// Rung after a commit that enqueued jobs, so the in-process worker starts at once.
     pub job_wake: Arc<Notify>,
     pub registry: Arc<Registry<App>>,
@@ -82,6 +84,7 @@ impl App {
             rate_limiter: crate::http::ratelimit::RateLimiter::default(),
             download_starts: crate::delivery::batch::Batcher::default(),
             licensing,
+            abuse: crate::abuse::Tracker::default(),
             job_wake: Arc::new(Notify::new()),
             registry: Arc::new(registry()),
         })))

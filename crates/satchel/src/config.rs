@@ -66,6 +66,48 @@ pub struct Config {
     pub affiliates: AffiliatesConfig,
     pub licenses: LicensesConfig,
     pub uploads: UploadsConfig,
+    pub abuse: AbuseConfig,
+}
+
+/// Download abuse detection per grant (see `abuse`): distinct client networks (/24 IPv4,
+/// /64 IPv6) within `window_hours`, and download starts within the last hour. Crossing a
+/// `soft` threshold asks the buyer to re-confirm by email; crossing a `suspend` threshold
+/// suspends the link and alerts the seller. 0 turns a threshold off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AbuseConfig {
+    pub window_hours: u32,
+    pub soft_prefixes: u32,
+    pub suspend_prefixes: u32,
+    pub soft_starts_per_hour: u32,
+    pub suspend_starts_per_hour: u32,
+    /// Minutes a re-confirmation link stays valid (a new one is emailed on the next
+    /// download attempt after it lapsed).
+    pub reconfirm_link_minutes: u32,
+}
+
+impl Default for AbuseConfig {
+    fn default() -> Self {
+        Self {
+            window_hours: 24,
+            soft_prefixes: 3,
+            suspend_prefixes: 6,
+            soft_starts_per_hour: 10,
+            suspend_starts_per_hour: 30,
+            reconfirm_link_minutes: 60,
+        }
+    }
+}
+
+impl AbuseConfig {
+    /// Whether any threshold is on.
+    pub fn enabled(&self) -> bool {
+        self.window_hours > 0
+            && (self.soft_prefixes > 0
+                || self.suspend_prefixes > 0
+                || self.soft_starts_per_hour > 0
+                || self.suspend_starts_per_hour > 0)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -265,6 +307,7 @@ impl Default for Config {
             affiliates: AffiliatesConfig::default(),
             licenses: LicensesConfig::default(),
             uploads: UploadsConfig::default(),
+            abuse: AbuseConfig::default(),
         }
     }
 }
@@ -358,6 +401,12 @@ const ENV_KEYS: &[&str] = &[
     "SATCHEL_LOG",
     "SATCHEL_UPLOAD_MAX_SIZE",
     "SATCHEL_UPLOAD_EXPIRE_HOURS",
+    "SATCHEL_ABUSE_WINDOW_HOURS",
+    "SATCHEL_ABUSE_SOFT_PREFIXES",
+    "SATCHEL_ABUSE_SUSPEND_PREFIXES",
+    "SATCHEL_ABUSE_SOFT_STARTS_PER_HOUR",
+    "SATCHEL_ABUSE_SUSPEND_STARTS_PER_HOUR",
+    "SATCHEL_ABUSE_RECONFIRM_LINK_MINUTES",
     // Read by `satchel product upload` (the client), not by the server.
     "SATCHEL_API_KEY",
 ];
@@ -479,6 +528,29 @@ impl Config {
                 .parse()
                 .map_err(|_| invalid("SATCHEL_UPLOAD_EXPIRE_HOURS", "expected a whole number of hours"))?;
         }
+        for (k, slot) in [
+            ("SATCHEL_ABUSE_WINDOW_HOURS", &mut self.abuse.window_hours),
+            ("SATCHEL_ABUSE_SOFT_PREFIXES", &mut self.abuse.soft_prefixes),
+            ("SATCHEL_ABUSE_SUSPEND_PREFIXES", &mut self.abuse.suspend_prefixes),
+            (
+                "SATCHEL_ABUSE_SOFT_STARTS_PER_HOUR",
+                &mut self.abuse.soft_starts_per_hour,
+            ),
+            (
+                "SATCHEL_ABUSE_SUSPEND_STARTS_PER_HOUR",
+                &mut self.abuse.suspend_starts_per_hour,
+            ),
+            (
+                "SATCHEL_ABUSE_RECONFIRM_LINK_MINUTES",
+                &mut self.abuse.reconfirm_link_minutes,
+            ),
+        ] {
+            if let Some(v) = get(k) {
+                *slot = v
+                    .parse()
+                    .map_err(|_| invalid(k, format!("expected a whole number (0 = off), got {v:?}")))?;
+            }
+        }
         Ok(())
     }
 
@@ -517,6 +589,12 @@ impl Config {
         }
         if self.uploads.expire_hours < 1 {
             return Err(invalid("uploads.expire_hours", "must be at least 1"));
+        }
+        if self.abuse.reconfirm_link_minutes == 0 {
+            return Err(invalid("abuse.reconfirm_link_minutes", "must be at least 1"));
+        }
+        if self.abuse.window_hours > 24 * 90 {
+            return Err(invalid("abuse.window_hours", "at most 2160 (90 days)"));
         }
         if self.jobs.concurrency == 0 {
             return Err(invalid("jobs.concurrency", "must be at least 1"));
@@ -631,6 +709,26 @@ mod tests {
         assert!(err.contains("SATCHEL_UPLOAD_MAX_SIZE"), "{err}");
         assert_eq!(parse_size("512MiB"), Some(512 << 20));
         assert_eq!(parse_size("12x"), None);
+    }
+
+    #[test]
+    fn abuse_thresholds_come_from_env() {
+        let cfg = Config::load_from(
+            None,
+            &env(&[
+                ("SATCHEL_ABUSE_SOFT_PREFIXES", "4"),
+                ("SATCHEL_ABUSE_SUSPEND_STARTS_PER_HOUR", "0"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.abuse.soft_prefixes, 4);
+        assert_eq!(cfg.abuse.suspend_starts_per_hour, 0);
+        assert_eq!(cfg.abuse.window_hours, 24);
+        assert!(cfg.abuse.enabled());
+        let err = Config::load_from(None, &env(&[("SATCHEL_ABUSE_WINDOW_HOURS", "-1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SATCHEL_ABUSE_WINDOW_HOURS"), "{err}");
     }
 
     #[test]

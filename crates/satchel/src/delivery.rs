@@ -11,8 +11,8 @@
 //! Redemption is one conditional UPDATE that decrements `remaining` only for a live grant
 //! (order paid, grant active and unexpired, count left, IP policy met): exact under any
 //! concurrency. Concurrent starts share one transaction ([`batch`], group commit), so the
-//! rate is not capped by commits per second. It answers a 302 to a delivery URL `f1.{grant}.{file}.{exp}.{kid}.{mac}`
-//! valid long enough for the file; ranges and resumes on it never count again, but each
+//! rate is not capped by commits per second. It answers a 302 to a delivery URL
+//! `f1.{grant}.{file}.{exp}.{kid}.{mac}` valid long enough for the file; ranges and resumes on it never count again, but each
 //! request re-checks that the grant is still live, so a refund stops issued URLs at once.
 
 pub mod batch;
@@ -190,7 +190,10 @@ pub async fn redeem(
         )
     })?;
     match settled {
-        batch::Settled::Counted(file) => Ok(delivery_url(app, grant_id, &file)),
+        batch::Settled::Counted(file) => {
+            crate::abuse::after_start(app, grant_id, &prefix);
+            Ok(delivery_url(app, grant_id, &file))
+        }
         batch::Settled::NoSuchFile => Err(crate::error::not_found("file")),
         batch::Settled::Refused => Err(explain_refusal(app, grant_id, &prefix, t).await?),
     }
@@ -213,6 +216,13 @@ async fn explain_refusal(app: &App, grant_id: &str, prefix: &str, t: i64) -> Api
         ));
     };
     let _ = (&g.id, &g.product_id, &g.ip_allow);
+    let order_live = matches!(g.order_status.as_str(), "paid" | "partially_refunded");
+    if order_live && g.status == "reconfirm" {
+        return crate::abuse::reconfirm_refusal(app, grant_id).await;
+    }
+    if order_live && g.status == "suspended" {
+        return Ok(crate::abuse::suspended_refusal());
+    }
     Ok(
         if !matches!(g.order_status.as_str(), "paid" | "partially_refunded") || g.status != "active" {
             download_error(StatusCode::FORBIDDEN, "access_revoked", "Access to this download has been revoked (for example after a refund). Contact the store if this is a mistake.")

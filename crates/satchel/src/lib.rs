@@ -11,6 +11,7 @@
 //! - [`http`]: axum routes, extractors, error contract, metrics.
 //! - domain modules: [`catalog`], [`demo`].
 
+pub mod abuse;
 pub mod accounts;
 pub mod affiliate_portal;
 pub mod affiliates;
@@ -24,6 +25,7 @@ pub mod delivery;
 pub mod demo;
 pub mod demo_files;
 pub mod error;
+pub mod grants;
 pub mod http;
 pub mod ids;
 pub mod images;

@@ -112,6 +112,10 @@ const BUILTIN: &[(&str, &str)] = &[
     ("new_version.txt", include_str!("../templates/email/new_version.txt")),
     ("magic_link.html", include_str!("../templates/email/magic_link.html")),
     ("magic_link.txt", include_str!("../templates/email/magic_link.txt")),
+    ("reconfirm.html", include_str!("../templates/email/reconfirm.html")),
+    ("reconfirm.txt", include_str!("../templates/email/reconfirm.txt")),
+    ("abuse_alert.html", include_str!("../templates/email/abuse_alert.html")),
+    ("abuse_alert.txt", include_str!("../templates/email/abuse_alert.txt")),
 ];
 
 /// Renders the `kind` email (`receipt`, `refund`, `new_version`, `magic_link`) with `ctx`:

@@ -289,8 +289,13 @@ fn purchase_view(item: &Value, nth_of_product: usize, pending: Option<&PendingRe
             .and_then(Value::as_i64)
             .map(views::mid_date)
             .unwrap_or_default();
+        let status = d.get("status").and_then(Value::as_str).unwrap_or_default();
         if item["download_url"].is_string() {
             format!("{left} of {max} downloads left · until {until}")
+        } else if status == "reconfirm" {
+            "This download link was used from several networks: we emailed you a link to confirm it's you, then downloads continue.".to_string()
+        } else if status == "suspended" {
+            "Downloads were suspended for unusual activity. Contact the store to restore them.".to_string()
         } else if left == 0 {
             "No downloads left on this purchase. Contact the store if you need another.".to_string()
         } else {

@@ -2,6 +2,7 @@
 //! `utoipa_axum`), the request middleware (request id, tracing span, metrics), health and
 //! readiness, and the server loop with graceful shutdown.
 
+pub mod abuse;
 pub mod accounts;
 pub mod affiliate_portal;
 pub mod branding;
@@ -66,6 +67,7 @@ pub fn routes() -> (Router<App>, utoipa::openapi::OpenApi) {
         .merge(commerce::routes())
         .merge(licenses::routes())
         .merge(seller::routes())
+        .merge(abuse::routes())
         .merge(library::routes())
         .merge(invoices::routes())
         .merge(library_pages::routes())

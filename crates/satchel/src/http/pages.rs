@@ -878,6 +878,9 @@ struct ErrorPage {
 fn heading_for(status: StatusCode, code: &str) -> &'static str {
     match (status.as_u16(), code) {
         (_, "download_limit_reached") => "Download limit reached",
+        (_, "reconfirm_required") => "Check your email to continue",
+        (_, "link_used") => "Already confirmed",
+        (_, "link_replaced") => "A newer link was emailed to you",
         (_, "link_expired") => "This link has expired",
         (_, "access_revoked") => "This download is no longer available",
         (404, _) => "Page not found",
@@ -974,7 +977,7 @@ async fn html_error(app: &App, resp: Response, download: bool) -> Response {
     let status = parts.status;
     let message = if status.is_server_error() {
         "We hit a problem on our side. Please try again in a minute.".to_string()
-    } else if download {
+    } else if download && code != "reconfirm_required" {
         format!(
             "{} If you bought this, use the link in your receipt email or contact the store.",
             v["error"]["message"]

@@ -19,7 +19,7 @@ use crate::error::ApiError;
 /// (burst, tokens per second) for each class of endpoint.
 fn class_of(method: &axum::http::Method, path: &str) -> Option<(&'static str, f64, f64)> {
     let post = method == axum::http::Method::POST;
-    if path.starts_with("/api/v1/downloads/") {
+    if path.starts_with("/api/v1/downloads/") || path.starts_with("/downloads/reconfirm/") {
         Some(("downloads", 30.0, 2.0))
     } else if path.starts_with("/api/v1/licenses/") {
         Some(("licenses", 60.0, 10.0))

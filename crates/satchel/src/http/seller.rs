@@ -147,7 +147,8 @@ async fn own_order(app: &App, auth: &SellerAuth, id: &str) -> ApiResult<crate::c
         .ok_or_else(|| not_found("order"))
 }
 
-/// One order with its items, download and license status, and refunds.
+/// One order with its items, download grants (`grants`: id, product, remaining, max_downloads,
+/// expires_at, status, ip_bound; actions at `/api/v1/seller/grants/{id}/…`), licenses and refunds.
 #[utoipa::path(get, path = "/api/v1/seller/orders/{order_id}", tag = "seller", params(("order_id" = String, Path)),
     responses((status = 200, description = "Order"), (status = 404, description = "Not one of your orders")))]
 async fn get_order(State(app): State<App>, auth: SellerAuth, Path(id): Path<String>) -> ApiResult<Json<Value>> {
@@ -164,16 +165,12 @@ async fn get_order(State(app): State<App>, auth: SellerAuth, Path(id): Path<Stri
         .iter()
         .map(|(rid, amount, reason, source, at)| json!({"id": rid, "amount": amount, "reason": reason, "source": source, "created_at": at}))
         .collect::<Vec<_>>());
-    let grants: Vec<(String, String, i64, i64, i64, String)> = app
-        .db
-        .fetch_all(sql!(
-            "SELECT id, order_item_id, max_downloads, remaining, expires_at, status FROM download_grants WHERE order_id = $1 ORDER BY id",
-            &id
-        ))
-        .await?;
+    let grants = crate::grants::for_order(&app.db, &id).await?;
     v["grants"] = json!(grants
         .iter()
-        .map(|(gid, item, max, rem, exp, st)| json!({"id": gid, "item_id": item, "max_downloads": max, "remaining": rem, "expires_at": exp, "status": st}))
+        .map(|g| json!({"id": g.id, "item_id": g.order_item_id, "product": {"id": g.product_id, "title": g.product_title},
+            "max_downloads": g.max_downloads, "remaining": g.remaining, "expires_at": g.expires_at, "status": g.status,
+            "ip_policy": g.ip_policy, "ip_bound": g.ip_bound}))
         .collect::<Vec<_>>());
     Ok(Json(v))
 }

@@ -15,6 +15,7 @@
 //! time before doing anything. The sign-in form, which has no session yet, uses the
 //! storefront's double-submit cookie instead.
 
+mod abuse;
 mod admin;
 mod affiliates;
 mod auth;
@@ -73,6 +74,9 @@ pub fn router(app: App) -> Router<App> {
         .route("/dashboard/orders/{id}", get(orders::detail))
         .route("/dashboard/orders/{id}/refund", post(orders::refund))
         .route("/dashboard/orders/{id}/resend", post(orders::resend))
+        .route("/dashboard/orders/{id}/grants/{grant_id}", post(orders::grant_action))
+        .route("/dashboard/abuse", get(abuse::list))
+        .route("/dashboard/abuse/{id}/action", post(abuse::action))
         .route("/dashboard/licenses", get(licenses::list))
         .route("/dashboard/licenses/{id}", get(licenses::detail))
         .route("/dashboard/licenses/{id}/action", post(licenses::action))
@@ -261,6 +265,12 @@ fn notice_text(code: &str) -> Option<&'static str> {
         "license_reinstate" => "License reinstated.",
         "license_revoke" => "License revoked.",
         "license_reset" => "Every device was deactivated; the buyer can activate again.",
+        "flag_clear" => "Flag cleared: the download works again and detection starts afresh.",
+        "flag_suspend" => "Flag resolved: the download stays suspended.",
+        "flag_revoke" => "Flag resolved: the download was revoked.",
+        "grant_reset" => "Downloads reset: the full allowance is back, the IP binding and any suspension are cleared.",
+        "grant_extend" => "Download access extended. New links carry the new date; resend the receipt to send one.",
+        "grant_revoke" => "Download revoked.",
         "discount_created" => "Discount code created.",
         "discount_deactivated" => "Discount code deactivated.",
         "affiliate_created" => "Affiliate created. Share their link to start tracking.",

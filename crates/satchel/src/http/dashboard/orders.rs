@@ -222,11 +222,16 @@ pub struct RefundView {
 }
 
 pub struct GrantView {
+    pub id: String,
     pub title: String,
     pub remaining: i64,
     pub max: i64,
     pub expires: String,
+    pub expired: bool,
     pub status: String,
+    pub ip_bound: Option<String>,
+    /// The purchase (or this item) was refunded: no action brings it back.
+    pub refunded: bool,
 }
 
 pub struct LicenseView {
@@ -322,14 +327,8 @@ async fn detail_view(app: &App, dash: &Dash, o: Order) -> ApiResult<DetailPage> 
             &o.id
         ))
         .await?;
-    let grants: Vec<(String, i64, i64, i64, String)> = app
-        .db
-        .fetch_all(sql!(
-            "SELECT i.title, g.remaining, g.max_downloads, g.expires_at, g.status FROM download_grants g
-             JOIN order_items i ON i.id = g.order_item_id WHERE g.order_id = $1 ORDER BY g.id",
-            &o.id
-        ))
-        .await?;
+    let grants = crate::grants::for_order(&app.db, &o.id).await?;
+    let t = crate::ids::now();
     let licenses: Vec<(String, String, String, i64, Option<i64>)> = app
         .db
         .fetch_all(sql!(
@@ -428,12 +427,16 @@ async fn detail_view(app: &App, dash: &Dash, o: Order) -> ApiResult<DetailPage> 
             .collect(),
         grants: grants
             .into_iter()
-            .map(|(title, remaining, max, expires, status)| GrantView {
-                title,
-                remaining,
-                max,
-                expires: super::date(expires),
-                status,
+            .map(|g| GrantView {
+                refunded: g.refunded(),
+                expired: g.expires_at <= t,
+                expires: super::date(g.expires_at),
+                id: g.id,
+                title: g.product_title,
+                remaining: g.remaining,
+                max: g.max_downloads,
+                status: g.status,
+                ip_bound: g.ip_bound,
             })
             .collect(),
         licenses: licenses
@@ -597,6 +600,63 @@ pub async fn resend(
         return Err(conflict("order_not_paid", "only paid orders have a receipt to send"));
     }
     Ok(see_other(&format!("/dashboard/orders/{}?notice=receipt_queued", o.id)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct GrantForm {
+    csrf: String,
+    action: String,
+    /// Days to add, for `extend`.
+    days: String,
+}
+
+/// Reset, extend or revoke one of the order's downloads through `grants::seller_action`.
+pub async fn grant_action(
+    State(app): State<App>,
+    dash: Dash,
+    Path((id, grant_id)): Path<(String, String)>,
+    DashForm(f): DashForm<GrantForm>,
+) -> ApiResult<Response> {
+    dash.check_csrf(&f.csrf)?;
+    let o = own_order(&app, &dash, &id).await?;
+    let belongs = crate::grants::for_order(&app.db, &o.id)
+        .await?
+        .iter()
+        .any(|g| g.id == grant_id);
+    if !belongs {
+        return Err(not_found("download"));
+    }
+    let body = if f.action == "extend" {
+        match f.days.trim().parse::<i64>() {
+            Ok(days) => serde_json::json!({ "days": days }).to_string(),
+            Err(_) => {
+                return Err(crate::error::unprocessable(
+                    "invalid_days",
+                    "enter the number of days to extend by (1–3650)",
+                ))
+            }
+        }
+    } else {
+        String::new()
+    };
+    crate::grants::seller_action(
+        &app,
+        &dash.seller_id,
+        &dash.user_id,
+        &grant_id,
+        &f.action,
+        body.as_bytes(),
+    )
+    .await?;
+    Ok(see_other(&format!(
+        "/dashboard/orders/{}?notice=grant_{}#downloads",
+        o.id,
+        match f.action.as_str() {
+            a @ ("reset" | "extend" | "revoke") => a,
+            _ => "",
+        }
+    )))
 }
 
 #[cfg(test)]
