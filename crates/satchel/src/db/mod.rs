@@ -368,7 +368,12 @@ impl Db {
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(30))
-                    .foreign_keys(true);
+                    .foreign_keys(true)
+                    // Statement journals (multi-row writes) in memory, not temp files; pages
+                    // read through a shared mapping instead of copied per connection, so a
+                    // connection whose cache another writer invalidated re-reads cheaply.
+                    .pragma("temp_store", "memory")
+                    .pragma("mmap_size", "268435456");
                 let pool = SqlitePoolOptions::new()
                     .max_connections(max_connections.clamp(1, 8))
                     .acquire_timeout(Duration::from_secs(60))

@@ -27,7 +27,8 @@
 //! instances) retries the whole batch, which nothing outside has seen yet.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -70,6 +71,14 @@ type Reply = oneshot::Sender<Result<Settled, String>>;
 #[derive(Default)]
 pub struct Batcher {
     tx: OnceLock<mpsc::Sender<(Start, Reply)>>,
+    counters: Arc<Counters>,
+}
+
+/// Transactions committed and starts settled by them (their ratio is the mean batch size).
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    starts: AtomicU64,
 }
 
 impl Batcher {
@@ -80,7 +89,7 @@ impl Batcher {
             let (tx, rx) = mpsc::channel(QUEUE);
             // The task holds only the pool: when the app (and with it the sender) is
             // dropped, `recv` ends and so does the task.
-            tokio::spawn(run(db.clone(), rx));
+            tokio::spawn(run(db.clone(), rx, self.counters.clone()));
             tx
         });
         let (reply, answer) = oneshot::channel();
@@ -90,9 +99,23 @@ impl Batcher {
             .map_err(|_| "download batcher stopped".to_string())?;
         answer.await.map_err(|_| "download batcher stopped".to_string())?
     }
+
+    /// Prometheus lines: batches committed and starts settled.
+    pub fn render_metrics(&self) -> String {
+        format!(
+            "# HELP satchel_download_start_batches_total Transactions that settled download starts (group commit).\n\
+             # TYPE satchel_download_start_batches_total counter\n\
+             satchel_download_start_batches_total {}\n\
+             # HELP satchel_download_starts_settled_total Download starts settled (counted or refused).\n\
+             # TYPE satchel_download_starts_settled_total counter\n\
+             satchel_download_starts_settled_total {}\n",
+            self.counters.batches.load(Ordering::Relaxed),
+            self.counters.starts.load(Ordering::Relaxed)
+        )
+    }
 }
 
-async fn run(db: Db, mut rx: mpsc::Receiver<(Start, Reply)>) {
+async fn run(db: Db, mut rx: mpsc::Receiver<(Start, Reply)>, counters: Arc<Counters>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -112,6 +135,8 @@ async fn run(db: Db, mut rx: mpsc::Receiver<(Start, Reply)>) {
         }
         match result {
             Ok(outcomes) => {
+                counters.batches.fetch_add(1, Ordering::Relaxed);
+                counters.starts.fetch_add(outcomes.len() as u64, Ordering::Relaxed);
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }

@@ -58,6 +58,6 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
     let depth = crate::jobs::depth(&app.db).await.unwrap_or(-1);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(depth),
+        app.metrics.render(depth) + &app.download_starts.render_metrics(),
     )
 }
