@@ -274,7 +274,7 @@ end
 "#;
 
 fn wrk(t: &TestApp, devices: &[(String, String)], connections: usize, dur: Duration) -> anyhow::Result<Option<Load>> {
-    if Command::new("wrk").arg("--version").output().is_err() {
+    if !crate::wrk_get::available() {
         return Ok(None);
     }
     let dir = tempfile::tempdir()?;
@@ -283,40 +283,14 @@ fn wrk(t: &TestApp, devices: &[(String, String)], connections: usize, dur: Durat
         &list,
         devices.iter().map(|(k, f)| format!("{k} {f}\n")).collect::<String>(),
     )?;
-    let script = dir.path().join("validate.lua");
-    std::fs::write(&script, WRK_SCRIPT)?;
-    let out = Command::new("wrk")
-        .args([
-            "-t",
-            "1",
-            "-c",
-            &connections.to_string(),
-            "-d",
-            &format!("{}s", dur.as_secs()),
-        ])
-        .arg("-s")
-        .arg(&script)
-        .arg(&t.base_url)
-        .env("SATCHEL_BENCH_DEVICES", &list)
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("SATCHEL "))
-        .ok_or_else(|| anyhow::anyhow!("wrk printed no summary: {text}{}", String::from_utf8_lossy(&out.stderr)))?;
-    let field = |name: &str| -> anyhow::Result<f64> {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .ok_or_else(|| anyhow::anyhow!("wrk summary lacks {name}: {line}"))?
-            .parse::<f64>()
-            .map_err(Into::into)
-    };
-    Ok(Some(Load {
-        rps: field("rps")?,
-        p50_ms: field("p50")?,
-        p99_ms: field("p99")?,
-        errors: field("bad")? as usize,
-    }))
+    crate::wrk_get::run_script(
+        &t.base_url,
+        WRK_SCRIPT,
+        &[("SATCHEL_BENCH_DEVICES", list.to_string_lossy().as_ref())],
+        connections,
+        dur,
+    )
+    .map(Some)
 }
 
 /// `--licenses`: only the license figures on `backend` — on PostgreSQL without and with the

@@ -46,8 +46,29 @@ pub fn run(base: &str, paths: &[String], status: u16, connections: usize, dur: D
     let dir = tempfile::tempdir()?;
     let list = dir.path().join("paths.txt");
     std::fs::write(&list, paths.iter().map(|p| format!("{p}\n")).collect::<String>())?;
-    let script = dir.path().join("get.lua");
-    std::fs::write(&script, SCRIPT)?;
+    run_script(
+        base,
+        SCRIPT,
+        &[
+            ("SATCHEL_BENCH_PATHS", list.to_string_lossy().as_ref()),
+            ("SATCHEL_BENCH_STATUS", &status.to_string()),
+        ],
+        connections,
+        dur,
+    )
+}
+
+/// Runs `wrk` with a Lua `script` whose `done` prints `SATCHEL rps=… p50=… p99=… bad=…`.
+pub fn run_script(
+    base: &str,
+    script: &str,
+    env: &[(&str, &str)],
+    connections: usize,
+    dur: Duration,
+) -> anyhow::Result<Load> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("bench.lua");
+    std::fs::write(&path, script)?;
     let out = Command::new("wrk")
         .args([
             "-t",
@@ -58,10 +79,9 @@ pub fn run(base: &str, paths: &[String], status: u16, connections: usize, dur: D
             &format!("{}s", dur.as_secs()),
         ])
         .arg("-s")
-        .arg(&script)
+        .arg(&path)
         .arg(base)
-        .env("SATCHEL_BENCH_PATHS", &list)
-        .env("SATCHEL_BENCH_STATUS", status.to_string())
+        .envs(env.iter().copied())
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
