@@ -12,6 +12,10 @@ use satchel::config::Config;
 use satchel::db::Exec;
 use satchel::sql;
 use satchel::testing::{backends, TestApp};
+
+mod common;
+
+use common::dashboard::{get, login, post_form};
 use serde_json::{json, Value};
 
 fn trusting(c: &mut Config) {
@@ -877,58 +881,6 @@ async fn the_reconfirm_email_goes_through_a_real_smtp_server_and_its_link_works(
 
 // ---------- dashboard pages ----------
 
-struct Session {
-    cookie: String,
-    csrf: String,
-}
-
-/// A dashboard session (the seller session of `POST /api/v1/auth/login`).
-async fn login(t: &TestApp, email: &str, password: &str) -> Session {
-    let r = t
-        .client
-        .post(t.url("/api/v1/auth/login"))
-        .json(&json!({"email": email, "password": password}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let v: Value = r.json().await.unwrap();
-    Session {
-        cookie,
-        csrf: v["csrf_token"].as_str().unwrap().to_string(),
-    }
-}
-
-async fn page(t: &TestApp, s: &Session, path: &str) -> (u16, String) {
-    let r = t
-        .client
-        .get(t.url(path))
-        .header("cookie", &s.cookie)
-        .header("accept", "text/html")
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
-async fn post_form(t: &TestApp, s: &Session, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
-    t.client
-        .post(t.url(path))
-        .header("cookie", &s.cookie)
-        .header("accept", "text/html")
-        .form(form)
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn dashboard_abuse_page_lists_flags_and_acts_with_csrf() {
     for backend in backends().await {
@@ -939,7 +891,7 @@ async fn dashboard_abuse_page_lists_flags_and_acts_with_csrf() {
         })
         .await;
         let s = login(&t, satchel::demo::DEMO_EMAIL, satchel::demo::DEMO_PASSWORD).await;
-        let (status, html) = page(&t, &s, "/dashboard/abuse").await;
+        let (status, html) = get(&t, &s, "/dashboard/abuse").await;
         assert_eq!(status, 200);
         assert!(
             html.contains("id=\"no-flags\"") && html.contains("No open flags"),
@@ -959,7 +911,7 @@ async fn dashboard_abuse_page_lists_flags_and_acts_with_csrf() {
             wait_status(&t, &gid, "suspended").await;
             flagged.push((order_id, gid, url));
         }
-        let (_, html) = page(&t, &s, "/dashboard/abuse").await;
+        let (_, html) = get(&t, &s, "/dashboard/abuse").await;
         assert!(!html.contains("id=\"no-flags\""));
         for (order_id, _, _) in &flagged {
             assert!(
@@ -1005,7 +957,7 @@ async fn dashboard_abuse_page_lists_flags_and_acts_with_csrf() {
             .await
             .unwrap();
         let rival = login(&t, "rival@example.com", "rival-password").await;
-        let (_, html) = page(&t, &rival, "/dashboard/abuse").await;
+        let (_, html) = get(&t, &rival, "/dashboard/abuse").await;
         assert!(html.contains("id=\"no-flags\""), "a seller sees only its own flags");
         let r = post_form(
             &t,
@@ -1038,9 +990,9 @@ async fn dashboard_abuse_page_lists_flags_and_acts_with_csrf() {
         .await;
         assert_eq!(r.status(), 303);
         assert_eq!(grant(&t, &flagged[1].1).await.0, "revoked");
-        let (_, html) = page(&t, &s, "/dashboard/abuse?notice=flag_clear").await;
+        let (_, html) = get(&t, &s, "/dashboard/abuse?notice=flag_clear").await;
         assert!(html.contains("Flag cleared") && html.contains("id=\"no-flags\""));
-        let (_, html) = page(&t, &s, "/dashboard/abuse?status=resolved").await;
+        let (_, html) = get(&t, &s, "/dashboard/abuse?status=resolved").await;
         assert!(
             html.contains(&format!("id=\"flag-{}\"", flag_ids[0]))
                 && html.contains(">cleared<")
@@ -1064,7 +1016,7 @@ async fn dashboard_order_page_resets_extends_and_revokes_downloads() {
             .await
             .unwrap();
         assert_eq!(download_from(&t, &url, "10.8.0.1").await.0, 302);
-        let (status, html) = page(&t, &s, &format!("/dashboard/orders/{order_id}")).await;
+        let (status, html) = get(&t, &s, &format!("/dashboard/orders/{order_id}")).await;
         assert_eq!(status, 200);
         assert!(html.contains("id=\"downloads\"") && html.contains(&format!("id=\"grant-{gid}\"")));
         assert!(
@@ -1091,7 +1043,7 @@ async fn dashboard_order_page_resets_extends_and_revokes_downloads() {
         let r = post_form(&t, &s, &action, &[("csrf", &s.csrf), ("action", "reset")]).await;
         assert_eq!(r.status(), 303);
         assert_eq!(grant(&t, &gid).await.1, 1);
-        let (_, html) = page(&t, &s, &format!("/dashboard/orders/{order_id}?notice=grant_reset")).await;
+        let (_, html) = get(&t, &s, &format!("/dashboard/orders/{order_id}?notice=grant_reset")).await;
         assert!(html.contains("Downloads reset") && html.contains("1 of 1") && !html.contains("10.8.0.0/24"));
         // Extend: a bad number is a page with the message, then a good one moves the date.
         let (before,): (i64,) = t
@@ -1129,7 +1081,7 @@ async fn dashboard_order_page_resets_extends_and_revokes_downloads() {
         assert_eq!(r.status(), 303);
         assert_eq!(grant(&t, &gid).await.0, "revoked");
         assert_eq!(download_from(&t, &url, "10.8.0.1").await.0, 403);
-        let (_, html) = page(&t, &s, &format!("/dashboard/orders/{order_id}")).await;
+        let (_, html) = get(&t, &s, &format!("/dashboard/orders/{order_id}")).await;
         assert!(
             !html.contains(&format!("id=\"revoke-{gid}\"")),
             "no revoke button on a revoked download"

@@ -159,9 +159,13 @@ impl Browser {
             .expect("scroll");
     }
 
+    /// The text of an element, waiting (up to 30 s) for it: a click that navigates may still
+    /// be loading the next page when the test reads it.
     pub async fn text(&self, css: &str) -> String {
         self.client
-            .find(Locator::Css(css))
+            .wait()
+            .at_most(Duration::from_secs(30))
+            .for_element(Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("{css}: {e}"))
             .text()
@@ -171,7 +175,9 @@ impl Browser {
 
     pub async fn click(&self, css: &str) {
         self.client
-            .find(Locator::Css(css))
+            .wait()
+            .at_most(Duration::from_secs(30))
+            .for_element(Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("{css}: {e}"))
             .click()
