@@ -1,5 +1,5 @@
-//! In-process cache of what validations read, on PostgreSQL (where each read is a network
-//! round trip; SQLite reads are in-process and stay uncached).
+//! In-process cache of what validations read, on both backends (a validation that reads the
+//! database costs several statements; one answered from memory costs its signature).
 //!
 //! An entry is the [`Snapshot`] one validation read — a license plus the device it named —
 //! kept for at most `licenses.validation_cache_secs`. What keeps it exact:
@@ -10,10 +10,11 @@
 //!   count they were read at. A change is therefore seen by every validation that starts
 //!   after the changing call returned. (Activations and deactivations always move the
 //!   license's `activations` counter, so they write `license_keys` too.)
-//! - **Changes made by other instances**: database triggers (migration 0010) `NOTIFY
-//!   satchel_licenses` at commit; a listener task drops every entry when one arrives, so
-//!   another instance's change is seen as soon as the notification is in (about a
-//!   millisecond on one host).
+//! - **Changes made by other instances**: on PostgreSQL, database triggers (migration 0010)
+//!   `NOTIFY satchel_licenses` at commit; a listener task drops every entry when one arrives,
+//!   so another instance's change is seen as soon as the notification is in (about a
+//!   millisecond on one host). On SQLite, triggers (migration 0014) move a change counter
+//!   that a watcher reads every [`SQLITE_POLL`] (2 ms) on its own connection.
 //! - **The listener itself**: it answers a ping through the database every
 //!   [`PING_EVERY`]; until its first answer, and from the moment its connection fails or a
 //!   ping goes unanswered, the cache is off (every validation reads the database) and
@@ -286,6 +287,64 @@ async fn listen(weak: &Weak<ValidationCache>, pool: &PgPool) -> Result<(), sqlx:
             }
         }
     }
+}
+
+/// How often the SQLite watcher reads the change counter: the most another process's change
+/// can lag on this instance.
+pub const SQLITE_POLL: Duration = Duration::from_millis(2);
+
+/// SQLite: changes by other processes (a `satchel worker`, an admin command) are seen through
+/// migration 0014's `license_changes` counter, which triggers move with every license change.
+/// A watcher on its own connection reads it every [`SQLITE_POLL`]; a moved counter empties
+/// the cache, and until the first read — or from a failed one — the cache is off.
+pub fn spawn_sqlite_watcher(cache: &Arc<ValidationCache>, opts: sqlx::sqlite::SqliteConnectOptions) {
+    use sqlx::Connection;
+    let weak = Arc::downgrade(cache);
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match sqlx::SqliteConnection::connect_with(&opts).await {
+                Ok(mut conn) => {
+                    let mut last: Option<i64> = None;
+                    let mut tick = tokio::time::interval(SQLITE_POLL);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tick.tick().await;
+                        let Some(cache) = weak.upgrade() else { return };
+                        match sqlx::query_as::<_, (i64,)>("SELECT n FROM license_changes WHERE id = 1")
+                            .fetch_one(&mut conn)
+                            .await
+                        {
+                            Ok((n,)) => {
+                                if last.is_some_and(|l| l != n) {
+                                    cache.changed();
+                                }
+                                last = Some(n);
+                                if !cache.is_live() {
+                                    cache.set_live(true);
+                                }
+                                backoff = Duration::from_millis(50);
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "license cache watcher: read failed; validations read the database until it is back");
+                                cache.set_live(false);
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "license cache watcher: cannot open its connection; validations read the database");
+                }
+            }
+            let Some(cache) = weak.upgrade() else { return };
+            cache.reconnects.fetch_add(1, Ordering::Relaxed);
+            cache.set_live(false);
+            drop(cache);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    });
 }
 
 #[cfg(test)]

@@ -12,9 +12,9 @@
 //!
 //! Keys, certificates and signed answers are minted through the `satchel-license` crate that
 //! sellers embed ([`format`]), so there is one implementation of each wire format.
-//! A validation is one read ([`snapshot`]: the license and the named device together), on
-//! PostgreSQL usually answered from [`cache`]; the only write is a device's check-in, every
-//! few minutes at most. [`guessing`] flags and throttles networks that guess keys.
+//! A validation is one read ([`snapshot`]: the license and the named device together),
+//! usually answered from [`cache`] (both backends); the only write is a device's check-in,
+//! every few minutes at most. [`guessing`] flags and throttles networks that guess keys.
 
 pub mod cache;
 pub mod format;
@@ -44,7 +44,7 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Starts the cache's listener when there is one (PostgreSQL, `validation_cache_secs` > 0).
+    /// Starts the cache and its change watcher when `validation_cache_secs` > 0.
     pub fn new(cfg: &crate::config::LicensesConfig, db: &crate::db::Db) -> Self {
         let cache = match db {
             crate::db::Db::Postgres(pool) if cfg.validation_cache_secs > 0 => {
@@ -52,6 +52,13 @@ impl Runtime {
                     cfg.validation_cache_secs,
                 )));
                 cache::spawn_listener(&c, pool.clone());
+                Some(c)
+            }
+            crate::db::Db::Sqlite(pool) if cfg.validation_cache_secs > 0 => {
+                let c = Arc::new(cache::ValidationCache::new(Duration::from_secs(
+                    cfg.validation_cache_secs,
+                )));
+                cache::spawn_sqlite_watcher(&c, (*pool.connect_options()).clone());
                 Some(c)
             }
             _ => None,
