@@ -21,6 +21,7 @@ use sha2::Sha256;
 use crate::app::App;
 use crate::catalog::DownloadPolicy;
 use crate::checkout::Order;
+use crate::config::DeliveryMode;
 use crate::db::models::{FileRow, Product};
 use crate::db::{Exec, Tx};
 use crate::error::{ApiError, ApiResult};
@@ -28,6 +29,7 @@ use crate::ids::{hash_secret, new_id, now};
 use crate::keys::Keys;
 use crate::sql;
 use axum::http::StatusCode;
+use std::time::Duration;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -206,7 +208,70 @@ pub async fn redeem(
     ))
     .await?;
     tx.commit().await?;
-    Ok(delivery_url(app, &gid, &file))
+    delivery_url(app, &gid, &file, t + delivery_ttl(file.size)).await
+}
+
+/// A resume, or another connection of a segmented download, of a download already counted.
+///
+/// Download managers (aria2c, curl `-C -` on the original link, browsers resuming) come back
+/// to the download link rather than to the delivery URL, once per connection or resume. Such
+/// a request is a continuation, and gets a delivery URL without counting, when all hold:
+/// it carries a `Range` whose first byte is past 0 (a fresh download starts at 0), it comes
+/// from the IP prefix (/24, /64) of a counted start of the same grant and file, the grant is
+/// still live, and it falls within that start's delivery window (`delivery_ttl`). The URL it
+/// gets expires with that window, so continuations can never stretch one counted download
+/// past the time a single delivery URL would have lived. `Ok(None)`: not a continuation —
+/// the caller redeems (and counts, or refuses) as usual.
+pub async fn continuation(
+    app: &App,
+    token: &str,
+    file_name: Option<&str>,
+    ip: std::net::IpAddr,
+    range: &str,
+) -> ApiResult<Option<String>> {
+    let Some(fields) = verify(&app.keys, "d1", token, 2) else {
+        return Ok(None);
+    };
+    let t = now();
+    if fields[1].parse::<i64>().map_or(true, |exp| exp <= t) {
+        return Ok(None);
+    }
+    let live: Option<(String,)> = app
+        .db
+        .fetch_optional(sql!(
+            "SELECT g.product_id FROM download_grants g JOIN orders o ON o.id = g.order_id
+             WHERE g.id = $1 AND g.status = 'active' AND g.expires_at > $2 AND o.status IN ('paid', 'partially_refunded')",
+            fields[0],
+            t
+        ))
+        .await?;
+    let Some((product_id,)) = live else {
+        return Ok(None);
+    };
+    let Ok(file) = pick_file(&app.db, &product_id, file_name).await else {
+        return Ok(None);
+    };
+    let size = u64::try_from(file.size).unwrap_or(0);
+    if !matches!(crate::http::ranges::parse_range(range, size), crate::http::ranges::RangeDecision::Partial(start, _) if start > 0) {
+        return Ok(None);
+    }
+    let window = delivery_ttl(file.size);
+    let started: Option<(i64,)> = app
+        .db
+        .fetch_optional(sql!(
+            "SELECT at FROM download_events
+             WHERE grant_id = $1 AND file_id = $2 AND ip_prefix = $3 AND outcome = 'started' AND at > $4
+             ORDER BY at DESC LIMIT 1",
+            fields[0],
+            &file.id,
+            ip_prefix(ip),
+            t - window
+        ))
+        .await?;
+    match started {
+        Some((at,)) => Ok(Some(delivery_url(app, fields[0], &file, at + window).await?)),
+        None => Ok(None),
+    }
 }
 
 async fn pick_file(e: &impl Exec, product_id: &str, name: Option<&str>) -> ApiResult<FileRow> {
@@ -272,8 +337,34 @@ pub fn delivery_ttl(size: i64) -> i64 {
     (600 + size / (50 * 1024 * 1024) * 60).min(6 * 3600)
 }
 
-fn delivery_url(app: &App, grant_id: &str, f: &FileRow) -> String {
-    let exp = now() + delivery_ttl(f.size);
+/// The URL that carries the bytes, valid until `exp`, by delivery mode: a presigned
+/// object-store URL in `presign` mode, else Satchel's signed `/files/…` URL (which answers
+/// with an `X-Accel-Redirect` in `x-accel` mode). Watermarked products are always streamed
+/// by Satchel: nginx and the object store only hold the unmarked original.
+async fn delivery_url(app: &App, grant_id: &str, f: &FileRow, exp: i64) -> ApiResult<String> {
+    if app.cfg.delivery.mode == DeliveryMode::Presign && !watermarked(app, &f.product_id).await? {
+        let ttl = Duration::from_secs(u64::try_from(exp - now()).unwrap_or(0).max(1));
+        let disposition = crate::http::ranges::content_disposition(&f.name);
+        if let Some(url) = app
+            .storage
+            .presign_download(&f.object_key, ttl, &disposition, &f.content_type)
+        {
+            return Ok(url);
+        }
+    }
+    Ok(files_url(app, grant_id, f, exp))
+}
+
+async fn watermarked(app: &App, product_id: &str) -> ApiResult<bool> {
+    let policy: Option<(String,)> = app
+        .db
+        .fetch_optional(sql!("SELECT watermark_policy FROM products WHERE id = $1", product_id))
+        .await?;
+    // Unknown product: err on the side of streaming (Satchel re-checks everything there).
+    Ok(policy.is_none_or(|(p,)| p != "none"))
+}
+
+fn files_url(app: &App, grant_id: &str, f: &FileRow, exp: i64) -> String {
     let token = sign(&app.keys, "f1", &[grant_id, &f.id, &exp.to_string()]);
     format!(
         "{}/files/{token}/{}",

@@ -96,9 +96,31 @@ pub fn router(app: App) -> Router {
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(app.clone(), ratelimit::limit))
         .layer(axum::middleware::from_fn_with_state(app.clone(), pages::browser_layer))
+        .layer(axum::middleware::from_fn(limit_headers))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .with_state(app)
+}
+
+/// Headers adding up to more than this are refused (431) before any handler runs: no browser,
+/// API client or download manager comes near it (nginx's own default is 4 × 8 KiB).
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+async fn limit_headers(req: Request, next: Next) -> Response {
+    let total: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if total > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("The request headers add up to {total} bytes; at most {MAX_HEADER_BYTES} are accepted."),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn fallback() -> ApiError {
