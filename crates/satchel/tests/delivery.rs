@@ -84,6 +84,17 @@ async fn redeem(t: &TestApp, link: &str) -> String {
 
 /// Refunds every order (free orders have no amount to refund, so the status is set the way
 /// a refund leaves it: order refunded, grants voided).
+/// Requests served so far on `route` with `status` (from the Prometheus counters).
+fn requests(t: &TestApp, route: &str, status: u16) -> u64 {
+    let needle = format!("route=\"{route}\",status=\"{status}\"}} ");
+    t.app
+        .metrics
+        .render(0)
+        .lines()
+        .filter_map(|l| l.split_once(&needle).map(|(_, n)| n.parse::<u64>().unwrap()))
+        .sum()
+}
+
 async fn refund_all(t: &TestApp) {
     t.app
         .db
@@ -213,6 +224,13 @@ async fn aria2c_segmented_download_completes_on_a_grant_of_one() {
         );
         let got = std::fs::read(dir.path().join("big.bin")).unwrap();
         assert_eq!(sha(&got), sha(&body), "{backend:?}");
+        // aria2c goes back to the download link once per connection, each with a Range past
+        // byte 0: every one of them got a delivery URL (none was refused), and the segments
+        // really came over several connections.
+        let redirected = requests(&t, "/api/v1/downloads/{token}", 302);
+        assert!(redirected >= 4, "{backend:?}: {redirected} connections");
+        assert_eq!(requests(&t, "/api/v1/downloads/{token}", 403), 0, "{backend:?}");
+        assert!(requests(&t, "/files/{token}/{name}", 206) >= 4, "{backend:?}");
         assert_eq!(remaining(&t).await, 0, "{backend:?}");
         assert_eq!(events(&t).await, 1, "{backend:?}: one download, however many connections");
         // The grant is spent: a fresh download (no range) is refused.
