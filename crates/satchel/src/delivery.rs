@@ -10,9 +10,13 @@
 //! (for support look-ups), and the MAC over the grant id is what authorizes a redemption.
 //! Redemption is one conditional UPDATE that decrements `remaining` only for a live grant
 //! (order paid, grant active and unexpired, count left, IP policy met): exact under any
-//! concurrency. It answers a 302 to a delivery URL `f1.{grant}.{file}.{exp}.{kid}.{mac}`
-//! valid long enough for the file; ranges and resumes on it never count again, but each
-//! request re-checks that the grant is still live, so a refund stops issued URLs at once.
+//! concurrency. It answers a 302 to a delivery URL valid long enough for the file: Satchel's
+//! `/files/f1.{grant}.{file}.{exp}.{kid}.{mac}/{name}` (streamed, or handed to nginx with
+//! `X-Accel-Redirect` in x-accel mode) or, in presign mode, a presigned object-store URL.
+//! Ranges and resumes on it never count again; each `/files` request re-checks that the
+//! grant is still live, so a refund stops issued URLs at once (presigned ones run out).
+//! A return to the download link that continues a counted download (see [`continuation`])
+//! gets a delivery URL without counting.
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
