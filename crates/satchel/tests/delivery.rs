@@ -361,6 +361,18 @@ async fn bad_tokens_and_ranges_are_4xx_and_count_nothing() {
                 r.status()
             );
         }
+        // Past 32 KiB Satchel refuses with its JSON error; past the 64 KiB connection buffer
+        // hyper refuses before parsing the request (a bare 431).
+        let r = t
+            .client
+            .get(&link)
+            .header("range", format!("bytes={}", "9".repeat(40_000)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 431, "oversized headers are refused before any work");
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "headers_too_large");
         let r = t
             .client
             .get(&link)
@@ -368,9 +380,7 @@ async fn bad_tokens_and_ranges_are_4xx_and_count_nothing() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 431, "oversized headers are refused before any work");
-        let err: Value = r.json().await.unwrap();
-        assert_eq!(err["error"]["code"], "headers_too_large");
+        assert_eq!(r.status(), 431);
         assert_eq!((remaining(&t).await, events(&t).await), (rem, ev), "{backend:?}: nothing counted");
     }
 }
