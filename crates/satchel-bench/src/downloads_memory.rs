@@ -233,11 +233,11 @@ async fn slow_client(
     while !*go.borrow() {
         go.changed().await?;
     }
-    loop {
+    // Keep-alive, as browsers do: the client closes once it has the whole body, so no socket
+    // is left orphaned with unsent data (the kernel resets those under memory pressure).
+    while body_pos < SMALL {
         let n = s.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
+        anyhow::ensure!(n > 0, "connection closed after {body_pos} bytes");
         anyhow::ensure!(body_pos + n <= SMALL, "more bytes than the file has");
         anyhow::ensure!(buf[..n] == expected[body_pos..body_pos + n], "bytes differ at {body_pos}");
         body_pos += n;
@@ -288,7 +288,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     .parse()?;
     let request = Arc::new(
         format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            "GET {} HTTP/1.1\r\nHost: {}\r\n\r\n",
             small_url.path(),
             addr
         )
