@@ -78,7 +78,11 @@ async fn seed(data: &Path) -> anyhow::Result<()> {
     let app = App::open(cfg).await?;
     let put = app
         .storage
-        .put("bench/small.bin", satchel::storage::bytes_stream(pattern(SMALL)), "application/octet-stream")
+        .put(
+            "bench/small.bin",
+            satchel::storage::bytes_stream(pattern(SMALL)),
+            "application/octet-stream",
+        )
         .await?;
     let small = NewFile {
         name: "small.bin".into(),
@@ -111,7 +115,9 @@ async fn start(data: &Path) -> anyhow::Result<Server> {
     let conf = data.join("satchel.toml");
     std::fs::write(
         &conf,
-        format!("[server]\nbind = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nrate_limits = false\n"),
+        format!(
+            "[server]\nbind = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nrate_limits = false\n"
+        ),
     )?;
     let child = Command::new(satchel_bin()?)
         .arg("--data-dir")
@@ -221,7 +227,11 @@ async fn slow_client(
         }
     };
     let head = String::from_utf8_lossy(&got[..head_end]).to_string();
-    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "status: {}", head.lines().next().unwrap_or(""));
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "status: {}",
+        head.lines().next().unwrap_or("")
+    );
     anyhow::ensure!(
         head.to_ascii_lowercase().contains(&format!("content-length: {SMALL}")),
         "content-length missing"
@@ -239,7 +249,10 @@ async fn slow_client(
         let n = s.read(&mut buf).await?;
         anyhow::ensure!(n > 0, "connection closed after {body_pos} bytes");
         anyhow::ensure!(body_pos + n <= SMALL, "more bytes than the file has");
-        anyhow::ensure!(buf[..n] == expected[body_pos..body_pos + n], "bytes differ at {body_pos}");
+        anyhow::ensure!(
+            buf[..n] == expected[body_pos..body_pos + n],
+            "bytes differ at {body_pos}"
+        );
         body_pos += n;
         // Read slowly: a pause after every read.
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -286,14 +299,7 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
         small_url.port().unwrap_or(80)
     )
     .parse()?;
-    let request = Arc::new(
-        format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\n\r\n",
-            small_url.path(),
-            addr
-        )
-        .into_bytes(),
-    );
+    let request = Arc::new(format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", small_url.path(), addr).into_bytes());
     let expected = Arc::new(pattern(SMALL));
     let holding = Arc::new(AtomicUsize::new(0));
     let (go_tx, go_rx) = tokio::sync::watch::channel(false);

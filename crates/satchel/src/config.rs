@@ -545,7 +545,9 @@ impl Config {
             }
             DeliveryMode::XAccel => {
                 let p = &self.delivery.x_accel_prefix;
-                if !(p.starts_with('/') && p.ends_with('/') && p.len() > 2) || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                if !(p.starts_with('/') && p.ends_with('/') && p.len() > 2)
+                    || p.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
                     return Err(invalid(
                         "delivery.x_accel_prefix",
                         format!("{p:?} must be an nginx location path like /_satchel_protected/ (leading and trailing slash, no spaces)"),
@@ -689,7 +691,10 @@ mod tests {
         assert_eq!(cfg.delivery.x_accel_prefix, "/_satchel_protected/");
         let err = Config::load_from(
             None,
-            &env(&[("SATCHEL_DELIVERY_MODE", "x-accel"), ("SATCHEL_X_ACCEL_PREFIX", "protected")]),
+            &env(&[
+                ("SATCHEL_DELIVERY_MODE", "x-accel"),
+                ("SATCHEL_X_ACCEL_PREFIX", "protected"),
+            ]),
         )
         .unwrap_err()
         .to_string();

@@ -256,7 +256,8 @@ pub async fn continuation(
         return Ok(None);
     };
     let size = u64::try_from(file.size).unwrap_or(0);
-    if !matches!(crate::http::ranges::parse_range(range, size), crate::http::ranges::RangeDecision::Partial(start, _) if start > 0) {
+    if !matches!(crate::http::ranges::parse_range(range, size), crate::http::ranges::RangeDecision::Partial(start, _) if start > 0)
+    {
         return Ok(None);
     }
     let window = delivery_ttl(file.size);

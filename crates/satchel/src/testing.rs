@@ -658,7 +658,13 @@ pub fn free_port() -> u16 {
 
 impl NginxServer {
     /// The nginx config for a Satchel at `upstream` whose local storage root is `root`.
-    pub fn config(listen: u16, upstream: SocketAddr, accel_prefix: &str, root: &std::path::Path, dir: &std::path::Path) -> String {
+    pub fn config(
+        listen: u16,
+        upstream: SocketAddr,
+        accel_prefix: &str,
+        root: &std::path::Path,
+        dir: &std::path::Path,
+    ) -> String {
         let d = dir.display();
         format!(
             r#"user root root;

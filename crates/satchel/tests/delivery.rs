@@ -53,7 +53,9 @@ async fn sell(t: &TestApp, slug: &str, name: &str, body: &[u8], max_downloads: i
         sha256: put.sha256,
         content_type: "application/x-satchel-test".into(),
     };
-    add_free_product(&t.app, slug, max_downloads, "none", &[file]).await.unwrap();
+    add_free_product(&t.app, slug, max_downloads, "none", &[file])
+        .await
+        .unwrap();
     let order = t.buy_paid(slug, "buyer@example.com").await;
     assert_eq!(order["status"], "paid", "{order}");
     order["items"][0]["download_url"].as_str().unwrap().to_string()
@@ -62,7 +64,9 @@ async fn sell(t: &TestApp, slug: &str, name: &str, body: &[u8], max_downloads: i
 async fn remaining(t: &TestApp) -> i64 {
     t.app
         .db
-        .fetch_i64(sql!("SELECT CAST(COALESCE(SUM(remaining), 0) AS BIGINT) FROM download_grants"))
+        .fetch_i64(sql!(
+            "SELECT CAST(COALESCE(SUM(remaining), 0) AS BIGINT) FROM download_grants"
+        ))
         .await
         .unwrap()
 }
@@ -181,7 +185,10 @@ async fn curl_resumes_an_interrupted_download_without_spending_a_second_one() {
         assert!(partial < body.len() as u64, "the second run was cut short");
         // ...and finished by resuming from the original download link (a continuation).
         let st = run(curl(&["-L", "-C", "-", "-o", o, &link]));
-        assert!(st.status.success(), "{backend:?}: curl -C - on the download link: {st:?}");
+        assert!(
+            st.status.success(),
+            "{backend:?}: curl -C - on the download link: {st:?}"
+        );
 
         assert_eq!(sha(&std::fs::read(&out).unwrap()), sha(&body), "{backend:?}");
         assert_eq!(remaining(&t).await, 2, "{backend:?}: resumes never count");
@@ -201,20 +208,20 @@ async fn aria2c_segmented_download_completes_on_a_grant_of_one() {
         let dir = tempfile::tempdir().unwrap();
         let mut aria = Command::new("aria2c");
         aria.args([
-                "-x8",
-                "-s8",
-                "-k1M",
-                "--file-allocation=none",
-                "--allow-overwrite=true",
-                "--auto-file-renaming=false",
-                "--max-tries=1",
-                "--console-log-level=warn",
-                "--summary-interval=0",
-                "--download-result=hide",
-                "-d",
-            ])
-            .arg(dir.path())
-            .args(["-o", "big.bin", &link]);
+            "-x8",
+            "-s8",
+            "-k1M",
+            "--file-allocation=none",
+            "--allow-overwrite=true",
+            "--auto-file-renaming=false",
+            "--max-tries=1",
+            "--console-log-level=warn",
+            "--summary-interval=0",
+            "--download-result=hide",
+            "-d",
+        ])
+        .arg(dir.path())
+        .args(["-o", "big.bin", &link]);
         let out = run(aria);
         assert!(
             out.status.success(),
@@ -232,7 +239,11 @@ async fn aria2c_segmented_download_completes_on_a_grant_of_one() {
         assert_eq!(requests(&t, "/api/v1/downloads/{token}", 403), 0, "{backend:?}");
         assert!(requests(&t, "/files/{token}/{name}", 206) >= 4, "{backend:?}");
         assert_eq!(remaining(&t).await, 0, "{backend:?}");
-        assert_eq!(events(&t).await, 1, "{backend:?}: one download, however many connections");
+        assert_eq!(
+            events(&t).await,
+            1,
+            "{backend:?}: one download, however many connections"
+        );
         // The grant is spent: a fresh download (no range) is refused.
         let r = t.client.get(&link).send().await.unwrap();
         assert_eq!(r.status(), 403);
@@ -299,7 +310,14 @@ async fn bad_tokens_and_ranges_are_4xx_and_count_nothing() {
         let url = redeem(&t, &link).await;
         let (rem, ev) = (remaining(&t).await, events(&t).await);
         let token = link.rsplit('/').next().unwrap().to_string();
-        let ftoken = url.split("/files/").nth(1).unwrap().split('/').next().unwrap().to_string();
+        let ftoken = url
+            .split("/files/")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
         let parts: Vec<&str> = token.split('.').collect();
         let other_keys = satchel::keys::Keys::load_or_generate(tempfile::tempdir().unwrap().path()).unwrap();
         let resigned_elsewhere = satchel::delivery::sign(&other_keys, "d1", &[parts[1], parts[2]]);
@@ -328,8 +346,18 @@ async fn bad_tokens_and_ranges_are_4xx_and_count_nothing() {
                 assert!(err["error"]["code"].is_string(), "{err}");
             }
         }
-        for bad in ["garbage".to_string(), ftoken[..ftoken.len() - 2].to_string(), token.clone(), "f".repeat(4000)] {
-            let r = t.client.get(t.url(&format!("/files/{bad}/b.bin"))).send().await.unwrap();
+        for bad in [
+            "garbage".to_string(),
+            ftoken[..ftoken.len() - 2].to_string(),
+            token.clone(),
+            "f".repeat(4000),
+        ] {
+            let r = t
+                .client
+                .get(t.url(&format!("/files/{bad}/b.bin")))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 404, "{bad:.60}");
         }
         // Ranges on a valid delivery URL.
@@ -340,7 +368,14 @@ async fn bad_tokens_and_ranges_are_4xx_and_count_nothing() {
         assert_eq!(r.headers()["content-range"], format!("bytes */{size}").as_str());
         let err: Value = r.json().await.unwrap();
         assert_eq!(err["error"]["code"], "range_not_satisfiable");
-        for ignored in ["bytes=500-100", "bytes=0-1,5-6", "bytes=abc", "bytes=--5", "lines=1-2", "bytes=-"] {
+        for ignored in [
+            "bytes=500-100",
+            "bytes=0-1,5-6",
+            "bytes=abc",
+            "bytes=--5",
+            "lines=1-2",
+            "bytes=-",
+        ] {
             let r = get(ignored.into()).await.unwrap();
             assert_eq!(r.status(), 200, "{ignored}: ignored, whole file");
             assert_eq!(r.bytes().await.unwrap().len(), size);
@@ -381,7 +416,11 @@ async fn bad_tokens_and_ranges_are_4xx_and_count_nothing() {
             .await
             .unwrap();
         assert_eq!(r.status(), 431);
-        assert_eq!((remaining(&t).await, events(&t).await), (rem, ev), "{backend:?}: nothing counted");
+        assert_eq!(
+            (remaining(&t).await, events(&t).await),
+            (rem, ev),
+            "{backend:?}: nothing counted"
+        );
     }
 }
 
@@ -419,13 +458,25 @@ async fn x_accel_through_a_real_nginx() {
         let r = t.client.get(&url).send().await.unwrap();
         assert_eq!(r.status(), 200);
         let cd = r.headers()["content-disposition"].to_str().unwrap().to_string();
-        assert!(cd.contains("filename*=UTF-8''B%C3%AFg%20f%C3%ADle%20%231%3F%2Ebin"), "{cd}");
+        assert!(
+            cd.contains("filename*=UTF-8''B%C3%AFg%20f%C3%ADle%20%231%3F%2Ebin"),
+            "{cd}"
+        );
         assert_eq!(r.headers()["content-type"], "application/x-satchel-test");
         assert!(r.headers().get("x-accel-redirect").is_none());
         assert_eq!(sha(&r.bytes().await.unwrap()), sha(&body));
-        let r = t.client.get(&url).header("range", "bytes=1000-1999").send().await.unwrap();
+        let r = t
+            .client
+            .get(&url)
+            .header("range", "bytes=1000-1999")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 206);
-        assert_eq!(r.headers()["content-range"], format!("bytes 1000-1999/{}", body.len()).as_str());
+        assert_eq!(
+            r.headers()["content-range"],
+            format!("bytes 1000-1999/{}", body.len()).as_str()
+        );
         assert_eq!(r.bytes().await.unwrap().as_ref(), &body[1000..2000]);
 
         // An interrupted download (the first MiB on disk) resumed with curl through nginx,

@@ -106,11 +106,7 @@ pub fn router(app: App) -> Router {
 const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 async fn limit_headers(req: Request, next: Next) -> Response {
-    let total: usize = req
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
+    let total: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     if total > MAX_HEADER_BYTES {
         return ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -188,7 +184,10 @@ pub async fn serve(app: App, listener: tokio::net::TcpListener, stop: Cancellati
     let grace = Duration::from_secs(app.cfg.server.shutdown_grace_secs);
     let router = router(app);
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().max_buf_size(CONN_BUF).timer(hyper_util::rt::TokioTimer::new());
+    builder
+        .http1()
+        .max_buf_size(CONN_BUF)
+        .timer(hyper_util::rt::TokioTimer::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (io, peer) = tokio::select! {
@@ -209,7 +208,9 @@ pub async fn serve(app: App, listener: tokio::net::TcpListener, stop: Cancellati
             req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             tower::ServiceExt::oneshot(router.clone(), req)
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc).into_owned();
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;

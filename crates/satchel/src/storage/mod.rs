@@ -79,7 +79,13 @@ pub trait Storage: Send + Sync + 'static {
     /// Presigned GET for a buyer's download: the store answers with this `Content-Disposition`
     /// and `Content-Type` (`response-content-*` query parameters, covered by the signature).
     /// `None` where the backend cannot presign.
-    fn presign_download(&self, key: &str, ttl: Duration, content_disposition: &str, content_type: &str) -> Option<String> {
+    fn presign_download(
+        &self,
+        key: &str,
+        ttl: Duration,
+        content_disposition: &str,
+        content_type: &str,
+    ) -> Option<String> {
         let _ = (key, ttl, content_disposition, content_type);
         None
     }

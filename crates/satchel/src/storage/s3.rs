@@ -351,7 +351,13 @@ impl Storage for S3Storage {
         Some(action.sign(ttl).to_string())
     }
 
-    fn presign_download(&self, key: &str, ttl: Duration, content_disposition: &str, content_type: &str) -> Option<String> {
+    fn presign_download(
+        &self,
+        key: &str,
+        ttl: Duration,
+        content_disposition: &str,
+        content_type: &str,
+    ) -> Option<String> {
         validate_key(key).ok()?;
         let mut action = self.bucket.get_object(Some(&self.creds), key);
         let q = action.query_mut();
