@@ -530,6 +530,13 @@ async fn presign_sends_buyers_to_the_object_store() {
         let plain = reqwest::Client::new();
         let r = plain.get(&url).send().await.unwrap();
         assert_eq!(r.status(), 200);
+        // The store answers with the headers signed into the URL.
+        assert_eq!(r.headers()["content-type"], "application/x-satchel-test");
+        let cd = r.headers()["content-disposition"].to_str().unwrap().to_string();
+        assert!(
+            cd.starts_with("attachment;") && cd.contains("filename*=UTF-8''Pr%C3%ABset%201%2Ebin"),
+            "{cd}"
+        );
         assert_eq!(sha(&r.bytes().await.unwrap()), sha(&body), "{backend:?}");
         let r = plain.get(&url).header("range", "bytes=100-199").send().await.unwrap();
         assert_eq!(r.status(), 206);
