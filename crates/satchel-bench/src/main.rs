@@ -6,6 +6,7 @@
 //! 127.0.0.1. Prints one table; figures are measurements, not pass/fail thresholds.
 
 mod catalog_scale;
+mod downloads_memory;
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -41,6 +42,14 @@ struct Args {
     /// Run only the catalog-at-scale phase.
     #[arg(long)]
     catalog_only: bool,
+    /// Run only the download-memory phase: RSS of a spawned `satchel serve` holding
+    /// `--downloads` concurrent slow downloads, and streaming a 10 GiB file (needs
+    /// `cargo build --release -p satchel` first).
+    #[arg(long)]
+    downloads_memory: bool,
+    /// Concurrent slow downloads for `--downloads-memory`.
+    #[arg(long, default_value_t = 10_000)]
+    downloads: usize,
     /// Skip the SQLite runs.
     #[arg(long, conflicts_with = "sqlite_only")]
     postgres_only: bool,
@@ -407,6 +416,9 @@ async fn bench_backend(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.downloads_memory {
+        return downloads_memory::run(args.downloads).await;
+    }
     let mut rows = Vec::new();
 
     let nginx_root = tempfile::tempdir()?;

@@ -66,6 +66,7 @@ impl App {
             )
         })?;
         check_writable(&cfg.data_dir)?;
+        cfg.check_delivery()?;
         let db = Db::connect(&cfg.database_url(), cfg.database.max_connections, pg_schema)
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to the database: {e:#}"))?;

@@ -396,6 +396,7 @@ const ENV_KEYS: &[&str] = &[
     "SATCHEL_STRIPE_API_BASE",
     "SATCHEL_TEST_MODE",
     "SATCHEL_DELIVERY_MODE",
+    "SATCHEL_X_ACCEL_PREFIX",
     "SATCHEL_KEYS_DIR",
     "SATCHEL_CONFIG",
     "SATCHEL_LOG",
@@ -512,6 +513,9 @@ impl Config {
                 _ => return Err(invalid("SATCHEL_DELIVERY_MODE", "expected stream, x-accel or presign")),
             };
         }
+        if let Some(v) = get("SATCHEL_X_ACCEL_PREFIX") {
+            self.delivery.x_accel_prefix = v;
+        }
         if let Some(v) = get("SATCHEL_KEYS_DIR") {
             self.keys.dir = Some(PathBuf::from(v));
         }
@@ -584,6 +588,7 @@ impl Config {
         if self.delivery.default_max_downloads < 1 {
             return Err(invalid("delivery.default_max_downloads", "must be at least 1"));
         }
+        self.check_delivery()?;
         if self.uploads.max_size == 0 {
             return Err(invalid("uploads.max_size", "must be at least 1 byte"));
         }
@@ -598,6 +603,43 @@ impl Config {
         }
         if self.jobs.concurrency == 0 {
             return Err(invalid("jobs.concurrency", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The delivery mode must fit the storage: nginx can only serve files it can see on disk,
+    /// and only an object store can presign. Checked at load and again when the app opens.
+    pub fn check_delivery(&self) -> Result<(), ConfigError> {
+        let storage = crate::storage::StorageUrl::parse(&self.storage_url()).map_err(|m| invalid("storage.url", m))?;
+        let local = matches!(storage, crate::storage::StorageUrl::Local { .. });
+        match self.delivery.mode {
+            DeliveryMode::Stream => {}
+            DeliveryMode::XAccel if !local => {
+                return Err(invalid(
+                    "delivery.mode",
+                    "x-accel needs local storage (nginx serves the files from disk); use a file:/// storage.url, \
+                     or delivery.mode = \"presign\" to let the object store serve downloads",
+                ))
+            }
+            DeliveryMode::XAccel => {
+                let p = &self.delivery.x_accel_prefix;
+                if !(p.starts_with('/') && p.ends_with('/') && p.len() > 2)
+                    || p.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(invalid(
+                        "delivery.x_accel_prefix",
+                        format!("{p:?} must be an nginx location path like /_satchel_protected/ (leading and trailing slash, no spaces)"),
+                    ));
+                }
+            }
+            DeliveryMode::Presign if local => {
+                return Err(invalid(
+                    "delivery.mode",
+                    "presign needs S3 storage (local files cannot be presigned); set storage.url to s3://…, \
+                     or use delivery.mode = \"x-accel\" behind nginx or \"stream\"",
+                ))
+            }
+            DeliveryMode::Presign => {}
         }
         Ok(())
     }
@@ -729,6 +771,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("SATCHEL_ABUSE_WINDOW_HOURS"), "{err}");
+    }
+
+    #[test]
+    fn delivery_modes_must_fit_the_storage() {
+        let err = Config::load_from(None, &env(&[("SATCHEL_DELIVERY_MODE", "presign")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("delivery.mode") && err.contains("S3"), "{err}");
+        let s3 = ("SATCHEL_STORAGE_URL", "s3://b?endpoint=http://127.0.0.1:9000");
+        Config::load_from(None, &env(&[("SATCHEL_DELIVERY_MODE", "presign"), s3])).unwrap();
+        let err = Config::load_from(None, &env(&[("SATCHEL_DELIVERY_MODE", "x-accel"), s3]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("local storage"), "{err}");
+        let cfg = Config::load_from(None, &env(&[("SATCHEL_DELIVERY_MODE", "x-accel")])).unwrap();
+        assert_eq!(cfg.delivery.x_accel_prefix, "/_satchel_protected/");
+        let err = Config::load_from(
+            None,
+            &env(&[
+                ("SATCHEL_DELIVERY_MODE", "x-accel"),
+                ("SATCHEL_X_ACCEL_PREFIX", "protected"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("x_accel_prefix"), "{err}");
     }
 
     #[test]

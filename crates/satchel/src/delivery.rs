@@ -11,9 +11,13 @@
 //! Redemption is one conditional UPDATE that decrements `remaining` only for a live grant
 //! (order paid, grant active and unexpired, count left, IP policy met): exact under any
 //! concurrency. Concurrent starts share one transaction ([`batch`], group commit), so the
-//! rate is not capped by commits per second. It answers a 302 to a delivery URL
-//! `f1.{grant}.{file}.{exp}.{kid}.{mac}` valid long enough for the file; ranges and resumes on it never count again, but each
-//! request re-checks that the grant is still live, so a refund stops issued URLs at once.
+//! rate is not capped by commits per second. It answers a 302 to a delivery URL valid long enough for the file: Satchel's
+//! `/files/f1.{grant}.{file}.{exp}.{kid}.{mac}/{name}` (streamed, or handed to nginx with
+//! `X-Accel-Redirect` in x-accel mode) or, in presign mode, a presigned object-store URL.
+//! Ranges and resumes on it never count again; each `/files` request re-checks that the
+//! grant is still live, so a refund stops issued URLs at once (presigned ones run out).
+//! A return to the download link that continues a counted download (see [`continuation`])
+//! gets a delivery URL without counting.
 
 pub mod batch;
 
@@ -24,6 +28,7 @@ use sha2::Sha256;
 use crate::app::App;
 use crate::catalog::DownloadPolicy;
 use crate::checkout::Order;
+use crate::config::DeliveryMode;
 use crate::db::models::{FileRow, Product};
 use crate::db::{Exec, Tx};
 use crate::error::{ApiError, ApiResult};
@@ -31,6 +36,7 @@ use crate::ids::{hash_secret, new_id, now};
 use crate::keys::Keys;
 use crate::sql;
 use axum::http::StatusCode;
+use std::time::Duration;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -192,11 +198,89 @@ pub async fn redeem(
     match settled {
         batch::Settled::Counted(file) => {
             crate::abuse::after_start(app, grant_id, &prefix);
-            Ok(delivery_url(app, grant_id, &file))
+            delivery_url(app, grant_id, &file, t + delivery_ttl(file.size)).await
         }
         batch::Settled::NoSuchFile => Err(crate::error::not_found("file")),
         batch::Settled::Refused => Err(explain_refusal(app, grant_id, &prefix, t).await?),
     }
+}
+
+/// A resume, or another connection of a segmented download, of a download already counted.
+///
+/// Download managers (aria2c, curl `-C -` on the original link, browsers resuming) come back
+/// to the download link rather than to the delivery URL, once per connection or resume. Such
+/// a request is a continuation, and gets a delivery URL without counting, when all hold:
+/// it carries a `Range` whose first byte is past 0 (a fresh download starts at 0), it comes
+/// from the IP prefix (/24, /64) of a counted start of the same grant and file, the grant is
+/// still live, and it falls within that start's delivery window (`delivery_ttl`). The URL it
+/// gets expires with that window, so continuations can never stretch one counted download
+/// past the time a single delivery URL would have lived. `Ok(None)`: not a continuation —
+/// the caller redeems (and counts, or refuses) as usual.
+pub async fn continuation(
+    app: &App,
+    token: &str,
+    file_name: Option<&str>,
+    ip: std::net::IpAddr,
+    range: &str,
+) -> ApiResult<Option<String>> {
+    let Some(fields) = verify(&app.keys, "d1", token, 2) else {
+        return Ok(None);
+    };
+    let t = now();
+    if fields[1].parse::<i64>().map_or(true, |exp| exp <= t) {
+        return Ok(None);
+    }
+    let live: Option<(String,)> = app
+        .db
+        .fetch_optional(sql!(
+            "SELECT g.product_id FROM download_grants g JOIN orders o ON o.id = g.order_id
+             WHERE g.id = $1 AND g.status = 'active' AND g.expires_at > $2 AND o.status IN ('paid', 'partially_refunded')",
+            fields[0],
+            t
+        ))
+        .await?;
+    let Some((product_id,)) = live else {
+        return Ok(None);
+    };
+    let Ok(file) = pick_file(&app.db, &product_id, file_name).await else {
+        return Ok(None);
+    };
+    let size = u64::try_from(file.size).unwrap_or(0);
+    if !matches!(crate::http::ranges::parse_range(range, size), crate::http::ranges::RangeDecision::Partial(start, _) if start > 0)
+    {
+        return Ok(None);
+    }
+    let window = delivery_ttl(file.size);
+    let started: Option<(i64,)> = app
+        .db
+        .fetch_optional(sql!(
+            "SELECT at FROM download_events
+             WHERE grant_id = $1 AND file_id = $2 AND ip_prefix = $3 AND outcome = 'started' AND at > $4
+             ORDER BY at DESC LIMIT 1",
+            fields[0],
+            &file.id,
+            ip_prefix(ip),
+            t - window
+        ))
+        .await?;
+    match started {
+        Some((at,)) => Ok(Some(delivery_url(app, fields[0], &file, at + window).await?)),
+        None => Ok(None),
+    }
+}
+
+async fn pick_file(e: &impl Exec, product_id: &str, name: Option<&str>) -> ApiResult<FileRow> {
+    // One query: the named file (or the first by name) of the product's current version.
+    let file: Option<FileRow> = e
+        .fetch_optional(sql!(
+            "SELECT f.id, f.product_id, f.version_id, f.name, f.object_key, f.size, f.sha256, f.content_type, f.created_at
+             FROM products p JOIN files f ON f.version_id = p.current_version_id
+             WHERE p.id = $1 AND ($2 = '' OR f.name = $2) ORDER BY f.name LIMIT 1",
+            product_id,
+            name.unwrap_or("")
+        ))
+        .await?;
+    file.ok_or_else(|| crate::error::not_found("file"))
 }
 
 async fn explain_refusal(app: &App, grant_id: &str, prefix: &str, t: i64) -> ApiResult<ApiError> {
@@ -255,8 +339,34 @@ pub fn delivery_ttl(size: i64) -> i64 {
     (600 + size / (50 * 1024 * 1024) * 60).min(6 * 3600)
 }
 
-fn delivery_url(app: &App, grant_id: &str, f: &FileRow) -> String {
-    let exp = now() + delivery_ttl(f.size);
+/// The URL that carries the bytes, valid until `exp`, by delivery mode: a presigned
+/// object-store URL in `presign` mode, else Satchel's signed `/files/…` URL (which answers
+/// with an `X-Accel-Redirect` in `x-accel` mode). Watermarked products are always streamed
+/// by Satchel: nginx and the object store only hold the unmarked original.
+async fn delivery_url(app: &App, grant_id: &str, f: &FileRow, exp: i64) -> ApiResult<String> {
+    if app.cfg.delivery.mode == DeliveryMode::Presign && !watermarked(app, &f.product_id).await? {
+        let ttl = Duration::from_secs(u64::try_from(exp - now()).unwrap_or(0).max(1));
+        let disposition = crate::http::ranges::content_disposition(&f.name);
+        if let Some(url) = app
+            .storage
+            .presign_download(&f.object_key, ttl, &disposition, &f.content_type)
+        {
+            return Ok(url);
+        }
+    }
+    Ok(files_url(app, grant_id, f, exp))
+}
+
+async fn watermarked(app: &App, product_id: &str) -> ApiResult<bool> {
+    let policy: Option<(String,)> = app
+        .db
+        .fetch_optional(sql!("SELECT watermark_policy FROM products WHERE id = $1", product_id))
+        .await?;
+    // Unknown product: err on the side of streaming (Satchel re-checks everything there).
+    Ok(policy.is_none_or(|(p,)| p != "none"))
+}
+
+fn files_url(app: &App, grant_id: &str, f: &FileRow, exp: i64) -> String {
     let token = sign(&app.keys, "f1", &[grant_id, &f.id, &exp.to_string()]);
     format!(
         "{}/files/{token}/{}",

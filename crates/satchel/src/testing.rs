@@ -580,3 +580,181 @@ impl TestApp {
         (seller.id, key)
     }
 }
+
+/// Adds a free, published product whose current version holds `files` (already in
+/// storage), sold by `files@satchel.test`; returns the product's slug. Tests and the
+/// benchmark use it to sell a file of a chosen size or name with a chosen download limit.
+pub async fn add_free_product(
+    app: &App,
+    slug: &str,
+    max_downloads: i64,
+    watermark_policy: &str,
+    files: &[crate::catalog::NewFile],
+) -> anyhow::Result<String> {
+    use crate::catalog::{DownloadPolicy, LicensePolicy, NewProduct};
+    const SELLER: &str = "files@satchel.test";
+    let seller_id = match crate::accounts::find_user(&app.db, SELLER).await? {
+        Some(u) => u.seller_id.ok_or_else(|| anyhow::anyhow!("{SELLER} is not a seller"))?,
+        None => {
+            crate::accounts::create_seller_account(&app.db, SELLER, "password123", "Files", "seller")
+                .await
+                .map_err(|e| anyhow::anyhow!("seller: {e:?}"))?
+                .0
+                .id
+        }
+    };
+    let tx = app.db.begin().await?;
+    let p = crate::catalog::create_product(
+        &tx,
+        &seller_id,
+        NewProduct {
+            title: format!("Product {slug}"),
+            slug: Some(slug.into()),
+            summary: String::new(),
+            description: String::new(),
+            price: 0,
+            currency: "USD".into(),
+            kind: "one_time".into(),
+            billing_interval: None,
+            pwyw_min: None,
+            category: String::new(),
+            tags: Vec::new(),
+            license_policy: LicensePolicy::None,
+            download_policy: DownloadPolicy {
+                max_downloads,
+                ..DownloadPolicy::default()
+            },
+            watermark_policy: watermark_policy.into(),
+            status: "published".into(),
+            featured: false,
+            bundle_products: Vec::new(),
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("product: {e:?}"))?;
+    crate::catalog::insert_version(&tx, &p.id, "1.0.0", "", files)
+        .await
+        .map_err(|e| anyhow::anyhow!("version: {e:?}"))?;
+    tx.commit().await?;
+    Ok(slug.to_string())
+}
+
+/// A real nginx (`/usr/sbin/nginx`, or `SATCHEL_TEST_NGINX`) in front of Satchel, configured
+/// as docs/operations.md describes for `delivery.mode = "x-accel"`: everything is proxied to
+/// Satchel, and an `internal` location aliased to the storage root serves the bytes.
+pub struct NginxServer {
+    pub base_url: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+/// A port that was free a moment ago (for a server that must know its address up front).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl NginxServer {
+    /// The nginx config for a Satchel at `upstream` whose local storage root is `root`.
+    pub fn config(
+        listen: u16,
+        upstream: SocketAddr,
+        accel_prefix: &str,
+        root: &std::path::Path,
+        dir: &std::path::Path,
+    ) -> String {
+        let d = dir.display();
+        format!(
+            r#"user root root;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    sendfile on;
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{listen};
+        location / {{
+            proxy_pass http://{upstream};
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_buffering off;
+            client_max_body_size 0;
+        }}
+        location {accel_prefix} {{
+            internal;
+            alias {root}/;
+        }}
+    }}
+}}
+"#,
+            root = root.display()
+        )
+    }
+
+    /// Starts nginx on `port` in front of `upstream`; `None` (after [`skip`]) when nginx is missing.
+    pub async fn start(port: u16, upstream: SocketAddr, accel_prefix: &str, root: &std::path::Path) -> Option<Self> {
+        let bin = std::env::var("SATCHEL_TEST_NGINX").unwrap_or_else(|_| "/usr/sbin/nginx".into());
+        if Command::new(&bin).arg("-v").stderr(Stdio::null()).status().is_err() {
+            skip("nginx tests: nginx is not installed (apt-get install nginx-light)");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(&conf, Self::config(port, upstream, accel_prefix, root, dir.path())).expect("write nginx.conf");
+        let child = Command::new(&bin)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn nginx");
+        let base_url = format!("http://127.0.0.1:{port}");
+        // Readiness: Satchel's health check answers through nginx.
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = client.get(format!("{base_url}/healthz")).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "nginx did not come up on {port}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Some(Self {
+            base_url,
+            child,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for NginxServer {
+    fn drop(&mut self) {
+        // SIGTERM lets the master stop its worker; SIGKILL would leave the worker orphaned.
+        let stopped = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}

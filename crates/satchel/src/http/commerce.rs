@@ -277,7 +277,14 @@ struct FileQuery {
 }
 
 /// Redeems a download link: counts one download and redirects (302) to a short-lived delivery URL.
-#[utoipa::path(get, path = "/api/v1/downloads/{token}", tag = "delivery", params(("token" = String, Path), FileQuery),
+///
+/// The delivery URL is Satchel's signed `/files/…` URL (modes `stream` and `x-accel`) or a
+/// presigned object-store URL (mode `presign`, except watermarked products). A request with
+/// a `Range` that starts past byte 0, from the IP prefix of a download of this link counted
+/// within the file's delivery window, is a continuation (a resume, or another connection of
+/// a segmented download manager): it gets a delivery URL without counting again.
+#[utoipa::path(get, path = "/api/v1/downloads/{token}", tag = "delivery", params(("token" = String, Path), FileQuery,
+        ("Range" = Option<String>, Header, description = "A range past byte 0 marks a continuation of a counted download")),
     responses((status = 302, description = "To the delivery URL"), (status = 403, description = "download_limit_reached | access_revoked | ip_not_allowed"),
         (status = 404, description = "not_found"), (status = 410, description = "link_expired")))]
 async fn download(
@@ -292,7 +299,16 @@ async fn download(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let ip = client_ip(&app, &headers, peer);
-    let url = crate::delivery::redeem(&app, &token, q.file.as_deref(), ip, ua).await?;
+    // A resume or extra connection of a download counted moments ago is not a new download.
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let resumed = match range {
+        Some(r) => crate::delivery::continuation(&app, &token, q.file.as_deref(), ip, r).await?,
+        None => None,
+    };
+    let url = match resumed {
+        Some(url) => url,
+        None => crate::delivery::redeem(&app, &token, q.file.as_deref(), ip, ua).await?,
+    };
     Ok((
         StatusCode::FOUND,
         [(header::LOCATION, url), (header::CACHE_CONTROL, "no-store".to_string())],
@@ -301,8 +317,11 @@ async fn download(
 }
 
 /// Serves a file from a delivery URL: single and suffix ranges, 416, If-Range, ETag, Last-Modified.
+///
+/// In `x-accel` mode (unwatermarked files) the answer is an empty 200 with `X-Accel-Redirect`
+/// for nginx, which then serves the bytes and ranges from its internal location.
 #[utoipa::path(get, path = "/files/{token}/{name}", tag = "delivery", params(("token" = String, Path), ("name" = String, Path)),
-    responses((status = 200, description = "The file"), (status = 206, description = "A range"), (status = 416, description = "Range not satisfiable")))]
+    responses((status = 200, description = "The file (or, in x-accel mode, an empty answer with X-Accel-Redirect for nginx)"), (status = 206, description = "A range"), (status = 416, description = "Range not satisfiable")))]
 async fn deliver_file(
     State(app): State<App>,
     Path((token, _name)): Path<(String, String)>,
@@ -311,5 +330,8 @@ async fn deliver_file(
     let (grant_id, file) = crate::delivery::open_delivery(&app, &token).await?;
     // A watermarked product's buyer gets their own marked bytes (original + their tail).
     let marked = crate::watermark::composite(&app, &grant_id, &file).await?;
+    if marked.is_none() && app.cfg.delivery.mode == crate::config::DeliveryMode::XAccel {
+        return Ok(crate::http::ranges::x_accel(&app, &file));
+    }
     crate::http::ranges::serve(&app, &file, marked.as_ref(), &headers).await
 }

@@ -26,7 +26,6 @@ pub mod uploads;
 pub mod versions;
 pub mod views;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -98,9 +97,27 @@ pub fn router(app: App) -> Router {
         .fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(app.clone(), ratelimit::limit))
         .layer(axum::middleware::from_fn_with_state(app.clone(), pages::browser_layer))
+        .layer(axum::middleware::from_fn(limit_headers))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .with_state(app)
+}
+
+/// Headers adding up to more than this are refused (431) before any handler runs: no browser,
+/// API client or download manager comes near it (nginx's own default is 4 × 8 KiB).
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+async fn limit_headers(req: Request, next: Next) -> Response {
+    let total: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if total > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("The request headers add up to {total} bytes; at most {MAX_HEADER_BYTES} are accepted."),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn fallback() -> ApiError {
@@ -155,15 +172,56 @@ async fn observe(State(app): State<App>, mut req: Request, next: Next) -> Respon
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
+/// Largest write buffer hyper keeps per HTTP/1 connection (and largest request head). hyper's
+/// default (~400 KiB) lets every stalled download park that much of the file in memory; 64 KiB
+/// bounds a slow download to its queued chunk plus the one being read (docs/operations.md).
+const CONN_BUF: usize = 64 * 1024;
+
 /// Serves until SIGTERM/ctrl-c (or `stop`), then lets in-flight requests finish within the grace period.
+///
+/// A plain hyper accept loop rather than `axum::serve`, to set the per-connection buffer
+/// ([`CONN_BUF`]); each request gets `ConnectInfo` like `into_make_service_with_connect_info`.
 pub async fn serve(app: App, listener: tokio::net::TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
     let grace = Duration::from_secs(app.cfg.server.shutdown_grace_secs);
-    let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
-    let shutdown = stop.clone();
-    let server = axum::serve(listener, service).with_graceful_shutdown(async move { shutdown.cancelled().await });
+    let router = router(app);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(CONN_BUF)
+        .timer(hyper_util::rt::TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (io, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving the open connections.
+                    tracing::warn!(error = %e, "accept failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let _ = io.set_nodelay(true);
+        let router = router.clone();
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            tower::ServiceExt::oneshot(router.clone(), req)
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
     tokio::select! {
-        r = server => r?,
-        () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
             tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period; closing");
         }
     }

@@ -76,6 +76,19 @@ pub trait Storage: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
     /// Presigned GET with a chosen `Content-Disposition`; `None` where the backend has none.
     fn presign_get(&self, key: &str, ttl: Duration, content_disposition: Option<&str>) -> Option<String>;
+    /// Presigned GET for a buyer's download: the store answers with this `Content-Disposition`
+    /// and `Content-Type` (`response-content-*` query parameters, covered by the signature).
+    /// `None` where the backend cannot presign.
+    fn presign_download(
+        &self,
+        key: &str,
+        ttl: Duration,
+        content_disposition: &str,
+        content_type: &str,
+    ) -> Option<String> {
+        let _ = (key, ttl, content_disposition, content_type);
+        None
+    }
     fn presign_put(&self, key: &str, ttl: Duration) -> Option<String>;
     async fn multipart_start(&self, key: &str) -> Result<String, StorageError>;
     async fn multipart_put_part(

@@ -351,6 +351,21 @@ impl Storage for S3Storage {
         Some(action.sign(ttl).to_string())
     }
 
+    fn presign_download(
+        &self,
+        key: &str,
+        ttl: Duration,
+        content_disposition: &str,
+        content_type: &str,
+    ) -> Option<String> {
+        validate_key(key).ok()?;
+        let mut action = self.bucket.get_object(Some(&self.creds), key);
+        let q = action.query_mut();
+        q.insert("response-content-disposition", content_disposition.to_string());
+        q.insert("response-content-type", content_type.to_string());
+        Some(action.sign(ttl).to_string())
+    }
+
     fn presign_put(&self, key: &str, ttl: Duration) -> Option<String> {
         Some(self.bucket.put_object(Some(&self.creds), key).sign(ttl).to_string())
     }

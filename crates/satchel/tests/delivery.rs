@@ -1,0 +1,564 @@
+//! Delivery with real clients and real servers: curl resuming an interrupted download,
+//! aria2c's segmented download on a grant of one, the three delivery modes (stream,
+//! x-accel behind a real nginx, presign against an S3-compatible server), the continuation
+//! rule, and bad tokens and ranges (never a 5xx, nothing counted).
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use satchel::catalog::NewFile;
+use satchel::config::DeliveryMode;
+use satchel::db::Exec;
+use satchel::sql;
+use satchel::storage::bytes_stream;
+use satchel::testing::{add_free_product, backends, free_port, NginxServer, S3Server, TestApp};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Deterministic, incompressible bytes (xorshift), so a wrong offset can never look right.
+fn bytes_of(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn sha(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// Stores `body` and sells it as a free product limited to `max_downloads`; returns the
+/// buyer's download link.
+async fn sell(t: &TestApp, slug: &str, name: &str, body: &[u8], max_downloads: i64) -> String {
+    let key = format!("test/{slug}/{name}");
+    let put = t
+        .app
+        .storage
+        .put(&key, bytes_stream(body.to_vec()), "application/octet-stream")
+        .await
+        .unwrap();
+    let file = NewFile {
+        name: name.into(),
+        object_key: key,
+        size: i64::try_from(put.size).unwrap(),
+        sha256: put.sha256,
+        content_type: "application/x-satchel-test".into(),
+    };
+    add_free_product(&t.app, slug, max_downloads, "none", &[file])
+        .await
+        .unwrap();
+    let order = t.buy_paid(slug, "buyer@example.com").await;
+    assert_eq!(order["status"], "paid", "{order}");
+    order["items"][0]["download_url"].as_str().unwrap().to_string()
+}
+
+async fn remaining(t: &TestApp) -> i64 {
+    t.app
+        .db
+        .fetch_i64(sql!(
+            "SELECT CAST(COALESCE(SUM(remaining), 0) AS BIGINT) FROM download_grants"
+        ))
+        .await
+        .unwrap()
+}
+
+async fn events(t: &TestApp) -> i64 {
+    t.app
+        .db
+        .fetch_i64(sql!("SELECT COUNT(*) FROM download_events"))
+        .await
+        .unwrap()
+}
+
+/// Redeems a link once (counting one download); returns the delivery URL.
+async fn redeem(t: &TestApp, link: &str) -> String {
+    let r = t.client.get(link).send().await.unwrap();
+    assert_eq!(r.status(), 302, "{:?}", r.text().await);
+    r.headers()["location"].to_str().unwrap().to_string()
+}
+
+/// Refunds every order (free orders have no amount to refund, so the status is set the way
+/// a refund leaves it: order refunded, grants voided).
+/// Requests served so far on `route` with `status` (from the Prometheus counters).
+fn requests(t: &TestApp, route: &str, status: u16) -> u64 {
+    let needle = format!("route=\"{route}\",status=\"{status}\"}} ");
+    t.app
+        .metrics
+        .render(0)
+        .lines()
+        .filter_map(|l| l.split_once(&needle).map(|(_, n)| n.parse::<u64>().unwrap()))
+        .sum()
+}
+
+async fn refund_all(t: &TestApp) {
+    t.app
+        .db
+        .execute(sql!("UPDATE orders SET status = 'refunded'"))
+        .await
+        .unwrap();
+    t.app
+        .db
+        .execute(sql!("UPDATE download_grants SET status = 'revoked'"))
+        .await
+        .unwrap();
+}
+
+fn tool(name: &str) -> bool {
+    let ok = Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        satchel::testing::skip(&format!("{name} is not installed"));
+    }
+    ok
+}
+
+/// Waits until `path` holds at least `n` bytes (the client is still running), then kills it.
+fn interrupt_at(child: std::process::Child, path: &Path, n: u64) {
+    tokio::task::block_in_place(|| interrupt_at_blocking(child, path, n));
+}
+
+fn interrupt_at_blocking(mut child: std::process::Child, path: &Path, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if len >= n {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("curl ended ({status}) before it had {n} bytes (it had {len}); is --limit-rate honoured?");
+        }
+        assert!(Instant::now() < deadline, "curl did not reach {n} bytes");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Runs a client to completion without stalling the server sharing this runtime.
+fn run(mut c: Command) -> std::process::Output {
+    tokio::task::block_in_place(|| c.output().unwrap())
+}
+
+fn curl(args: &[&str]) -> Command {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-S", "-f"]).args(args).stdout(Stdio::null());
+    c
+}
+
+// Multi-threaded: the external clients are awaited with blocking calls (in `block_in_place`)
+// while the server keeps serving on the other worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_resumes_an_interrupted_download_without_spending_a_second_one() {
+    if !tool("curl") {
+        return;
+    }
+    for backend in backends().await {
+        let t = TestApp::start(backend).await;
+        let body = bytes_of(8 << 20, 7);
+        let link = sell(&t, "resume", "Resumé 1.bin", &body, 3).await;
+        let url = redeem(&t, &link).await;
+        assert_eq!(remaining(&t).await, 2);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.bin");
+        let o = out.to_str().unwrap();
+
+        // Interrupted once on the delivery URL...
+        let child = curl(&["--limit-rate", "2M", "-o", o, &url]).spawn().unwrap();
+        interrupt_at(child, &out, 1 << 20);
+        // ...resumed there with `-C -` and interrupted again...
+        let child = curl(&["--limit-rate", "2M", "-C", "-", "-o", o, &url]).spawn().unwrap();
+        interrupt_at(child, &out, 3 << 20);
+        let partial = std::fs::metadata(&out).unwrap().len();
+        assert!(partial < body.len() as u64, "the second run was cut short");
+        // ...and finished by resuming from the original download link (a continuation).
+        let st = run(curl(&["-L", "-C", "-", "-o", o, &link]));
+        assert!(
+            st.status.success(),
+            "{backend:?}: curl -C - on the download link: {st:?}"
+        );
+
+        assert_eq!(sha(&std::fs::read(&out).unwrap()), sha(&body), "{backend:?}");
+        assert_eq!(remaining(&t).await, 2, "{backend:?}: resumes never count");
+        assert_eq!(events(&t).await, 1, "{backend:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aria2c_segmented_download_completes_on_a_grant_of_one() {
+    if !tool("aria2c") {
+        return;
+    }
+    for backend in backends().await {
+        let t = TestApp::start(backend).await;
+        let body = bytes_of(64 << 20, 11);
+        let link = sell(&t, "big", "big.bin", &body, 1).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut aria = Command::new("aria2c");
+        aria.args([
+            "-x8",
+            "-s8",
+            "-k1M",
+            "--file-allocation=none",
+            "--allow-overwrite=true",
+            "--auto-file-renaming=false",
+            "--max-tries=1",
+            "--console-log-level=warn",
+            "--summary-interval=0",
+            "--download-result=hide",
+            "-d",
+        ])
+        .arg(dir.path())
+        .args(["-o", "big.bin", &link]);
+        let out = run(aria);
+        assert!(
+            out.status.success(),
+            "{backend:?}: aria2c failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = std::fs::read(dir.path().join("big.bin")).unwrap();
+        assert_eq!(sha(&got), sha(&body), "{backend:?}");
+        // aria2c goes back to the download link once per connection, each with a Range past
+        // byte 0: every one of them got a delivery URL (none was refused), and the segments
+        // really came over several connections.
+        let redirected = requests(&t, "/api/v1/downloads/{token}", 302);
+        assert!(redirected >= 4, "{backend:?}: {redirected} connections");
+        assert_eq!(requests(&t, "/api/v1/downloads/{token}", 403), 0, "{backend:?}");
+        assert!(requests(&t, "/files/{token}/{name}", 206) >= 4, "{backend:?}");
+        assert_eq!(remaining(&t).await, 0, "{backend:?}");
+        assert_eq!(
+            events(&t).await,
+            1,
+            "{backend:?}: one download, however many connections"
+        );
+        // The grant is spent: a fresh download (no range) is refused.
+        let r = t.client.get(&link).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+    }
+}
+
+#[tokio::test]
+async fn continuation_needs_a_range_past_zero_the_same_prefix_and_the_window() {
+    for backend in backends().await {
+        let t = TestApp::start_with(backend, |c| c.server.trust_forwarded_for = true).await;
+        let body = bytes_of(100_000, 3);
+        let link = sell(&t, "cont", "c.bin", &body, 5).await;
+        let get = |range: Option<&str>, ip: &str| {
+            let mut r = t.client.get(&link).header("x-forwarded-for", ip);
+            if let Some(range) = range {
+                r = r.header("range", range);
+            }
+            r.send()
+        };
+        assert_eq!(get(None, "203.0.113.5").await.unwrap().status(), 302);
+        assert_eq!(remaining(&t).await, 4);
+        // Resume from the same /24: not counted, and the URL serves the rest.
+        let r = get(Some("bytes=5000-"), "203.0.113.77").await.unwrap();
+        assert_eq!(r.status(), 302);
+        let url = r.headers()["location"].to_str().unwrap().to_string();
+        assert_eq!(remaining(&t).await, 4, "{backend:?}");
+        let part = t.client.get(&url).header("range", "bytes=5000-").send().await.unwrap();
+        assert_eq!(part.status(), 206);
+        assert_eq!(part.bytes().await.unwrap().as_ref(), &body[5000..]);
+        // A start at byte 0, another network, or an unsatisfiable range: a new download.
+        assert_eq!(get(Some("bytes=0-"), "203.0.113.5").await.unwrap().status(), 302);
+        assert_eq!(remaining(&t).await, 3, "{backend:?}: range from 0 counts");
+        assert_eq!(get(Some("bytes=5000-"), "198.51.100.1").await.unwrap().status(), 302);
+        assert_eq!(remaining(&t).await, 2, "{backend:?}: another prefix counts");
+        assert_eq!(get(Some("bytes=999999-"), "203.0.113.5").await.unwrap().status(), 302);
+        assert_eq!(remaining(&t).await, 1, "{backend:?}: past the end is no resume");
+        // Outside the delivery window of every counted start: counts.
+        t.app
+            .db
+            .execute(sql!("UPDATE download_events SET at = at - 100000"))
+            .await
+            .unwrap();
+        assert_eq!(get(Some("bytes=5000-"), "203.0.113.5").await.unwrap().status(), 302);
+        assert_eq!(remaining(&t).await, 0, "{backend:?}: window over");
+        // Spent grant: a continuation within the window still works...
+        assert_eq!(get(Some("bytes=10-"), "203.0.113.5").await.unwrap().status(), 302);
+        assert_eq!(get(None, "203.0.113.5").await.unwrap().status(), 403);
+        // ...until a refund: then nothing does.
+        refund_all(&t).await;
+        let r = get(Some("bytes=10-"), "203.0.113.5").await.unwrap();
+        assert_eq!(r.status(), 403, "{backend:?}");
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "access_revoked");
+        assert_eq!(events(&t).await, 5, "{backend:?}");
+    }
+}
+
+#[tokio::test]
+async fn bad_tokens_and_ranges_are_4xx_and_count_nothing() {
+    for backend in backends().await {
+        let t = TestApp::start(backend).await;
+        let body = bytes_of(10_000, 5);
+        let link = sell(&t, "bad", "b.bin", &body, 5).await;
+        let url = redeem(&t, &link).await;
+        let (rem, ev) = (remaining(&t).await, events(&t).await);
+        let token = link.rsplit('/').next().unwrap().to_string();
+        let ftoken = url
+            .split("/files/")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let parts: Vec<&str> = token.split('.').collect();
+        let other_keys = satchel::keys::Keys::load_or_generate(tempfile::tempdir().unwrap().path()).unwrap();
+        let resigned_elsewhere = satchel::delivery::sign(&other_keys, "d1", &[parts[1], parts[2]]);
+        let expired = satchel::delivery::sign(&t.app.keys, "d1", &[parts[1], "1000"]);
+        let longer_life = format!("d1.{}.{}.{}.{}", parts[1], "99999999999", parts[3], parts[4]);
+        let cases: Vec<(String, u16)> = vec![
+            ("garbage".into(), 404),
+            (token[..token.len() - 3].into(), 404),
+            (format!("{token}x"), 404),
+            ("d".repeat(5000), 404),
+            (resigned_elsewhere, 404),
+            (longer_life, 404),
+            (ftoken.clone(), 404),
+            ("d1.%C3%A9.1.k.m".into(), 404),
+            (expired, 410),
+        ];
+        for (bad, want) in &cases {
+            for range in [None, Some("bytes=100-")] {
+                let mut req = t.client.get(t.url(&format!("/api/v1/downloads/{bad}")));
+                if let Some(r) = range {
+                    req = req.header("range", r);
+                }
+                let r = req.send().await.unwrap();
+                assert_eq!(r.status().as_u16(), *want, "{backend:?} {bad:.60}");
+                let err: Value = r.json().await.unwrap();
+                assert!(err["error"]["code"].is_string(), "{err}");
+            }
+        }
+        for bad in [
+            "garbage".to_string(),
+            ftoken[..ftoken.len() - 2].to_string(),
+            token.clone(),
+            "f".repeat(4000),
+        ] {
+            let r = t
+                .client
+                .get(t.url(&format!("/files/{bad}/b.bin")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 404, "{bad:.60}");
+        }
+        // Ranges on a valid delivery URL.
+        let size = body.len();
+        let get = |range: String| t.client.get(&url).header("range", range).send();
+        let r = get(format!("bytes={size}-")).await.unwrap();
+        assert_eq!(r.status(), 416);
+        assert_eq!(r.headers()["content-range"], format!("bytes */{size}").as_str());
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "range_not_satisfiable");
+        for ignored in [
+            "bytes=500-100",
+            "bytes=0-1,5-6",
+            "bytes=abc",
+            "bytes=--5",
+            "lines=1-2",
+            "bytes=-",
+        ] {
+            let r = get(ignored.into()).await.unwrap();
+            assert_eq!(r.status(), 200, "{ignored}: ignored, whole file");
+            assert_eq!(r.bytes().await.unwrap().len(), size);
+        }
+        let r = get("bytes=-100".into()).await.unwrap();
+        assert_eq!(r.status(), 206);
+        assert_eq!(r.bytes().await.unwrap().as_ref(), &body[size - 100..]);
+        // Huge headers: refused or ignored, never a server error.
+        for (name, value) in [
+            ("range", format!("bytes={}", "1".repeat(60_000))),
+            ("range", format!("bytes=0-1{}", ",2-3".repeat(10_000))),
+            ("if-range", "\"".repeat(30_000)),
+        ] {
+            let r = t.client.get(&url).header(name, value).send().await.unwrap();
+            assert!(
+                r.status().is_client_error() || r.status() == 200,
+                "{name}: {}",
+                r.status()
+            );
+        }
+        // Past 32 KiB Satchel refuses with its JSON error; past the 64 KiB connection buffer
+        // hyper refuses before parsing the request (a bare 431).
+        let r = t
+            .client
+            .get(&link)
+            .header("range", format!("bytes={}", "9".repeat(40_000)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 431, "oversized headers are refused before any work");
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "headers_too_large");
+        let r = t
+            .client
+            .get(&link)
+            .header("range", format!("bytes={}", "9".repeat(100_000)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 431);
+        assert_eq!(
+            (remaining(&t).await, events(&t).await),
+            (rem, ev),
+            "{backend:?}: nothing counted"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_accel_through_a_real_nginx() {
+    for backend in backends().await {
+        let port = free_port();
+        let t = TestApp::start_with(backend, |c| {
+            c.delivery.mode = DeliveryMode::XAccel;
+            c.server.public_url = Some(format!("http://127.0.0.1:{port}"));
+            c.server.trust_forwarded_for = true;
+        })
+        .await;
+        let root = t.app.storage.local_root().unwrap().to_path_buf();
+        let prefix = t.app.cfg.delivery.x_accel_prefix.clone();
+        let Some(nginx) = NginxServer::start(port, t.addr, &prefix, &root).await else {
+            return;
+        };
+        let body = bytes_of(3 << 20, 13);
+        let name = "Bïg fíle #1?.bin";
+        let link = sell(&t, "accel", name, &body, 2).await;
+        assert!(link.starts_with(&nginx.base_url), "{link}");
+        let url = redeem(&t, &link).await;
+        assert!(url.starts_with(&format!("{}/files/", nginx.base_url)), "{url}");
+
+        // Satchel itself answers with the redirect and no body.
+        let direct = url.replace(&nginx.base_url, &t.base_url);
+        let r = t.client.get(&direct).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let accel = r.headers()["x-accel-redirect"].to_str().unwrap().to_string();
+        assert_eq!(accel, format!("{prefix}test/accel/B%C3%AFg%20f%C3%ADle%20%231%3F.bin"));
+        assert!(r.bytes().await.unwrap().is_empty());
+
+        // Through nginx: the bytes, our headers, ranges.
+        let r = t.client.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let cd = r.headers()["content-disposition"].to_str().unwrap().to_string();
+        assert!(
+            cd.contains("filename*=UTF-8''B%C3%AFg%20f%C3%ADle%20%231%3F%2Ebin"),
+            "{cd}"
+        );
+        assert_eq!(r.headers()["content-type"], "application/x-satchel-test");
+        assert!(r.headers().get("x-accel-redirect").is_none());
+        assert_eq!(sha(&r.bytes().await.unwrap()), sha(&body));
+        let r = t
+            .client
+            .get(&url)
+            .header("range", "bytes=1000-1999")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 206);
+        assert_eq!(
+            r.headers()["content-range"],
+            format!("bytes 1000-1999/{}", body.len()).as_str()
+        );
+        assert_eq!(r.bytes().await.unwrap().as_ref(), &body[1000..2000]);
+
+        // An interrupted download (the first MiB on disk) resumed with curl through nginx,
+        // once on the delivery URL and once from the download link.
+        if tool("curl") {
+            let dir = tempfile::tempdir().unwrap();
+            for (i, start) in [&url, &link].into_iter().enumerate() {
+                let out = dir.path().join(format!("out{i}.bin"));
+                std::fs::write(&out, &body[..1 << 20]).unwrap();
+                let st = run(curl(&["-L", "-C", "-", "-o", out.to_str().unwrap(), start]));
+                assert!(st.status.success(), "{backend:?}: curl -C - {start}: {st:?}");
+                assert_eq!(sha(&std::fs::read(&out).unwrap()), sha(&body), "{backend:?}");
+            }
+        }
+        assert_eq!(remaining(&t).await, 1, "{backend:?}: counted exactly once");
+        assert_eq!(events(&t).await, 1);
+
+        // A refund stops the issued delivery URL, through nginx too.
+        refund_all(&t).await;
+        let r = t.client.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 403, "{backend:?}");
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "access_revoked");
+        drop(nginx);
+    }
+}
+
+#[tokio::test]
+async fn presign_sends_buyers_to_the_object_store() {
+    let Some(s3) = S3Server::start().await else {
+        return;
+    };
+    for backend in backends().await {
+        let t = TestApp::start_demo_with(backend, |c| {
+            s3.configure(c);
+            c.delivery.mode = DeliveryMode::Presign;
+        })
+        .await;
+        let body = bytes_of(2 << 20, 17);
+        let link = sell(&t, &format!("pre-{}", backend_name(&t)), "Prëset 1.bin", &body, 2).await;
+        let url = redeem(&t, &link).await;
+        assert!(url.starts_with(&s3.endpoint), "{url}");
+        let parsed = url::Url::parse(&url).unwrap();
+        let q: std::collections::HashMap<_, _> = parsed.query_pairs().into_owned().collect();
+        let ttl = satchel::delivery::delivery_ttl(i64::try_from(body.len()).unwrap());
+        let expires: i64 = q["X-Amz-Expires"].parse().unwrap();
+        assert!((ttl - 2..=ttl).contains(&expires), "{expires} vs {ttl}");
+        assert!(q["response-content-disposition"].contains("filename*=UTF-8''Pr%C3%ABset"));
+        assert_eq!(q["response-content-type"], "application/x-satchel-test");
+
+        let plain = reqwest::Client::new();
+        let r = plain.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        // The store answers with the headers signed into the URL.
+        assert_eq!(r.headers()["content-type"], "application/x-satchel-test");
+        let cd = r.headers()["content-disposition"].to_str().unwrap().to_string();
+        assert!(
+            cd.starts_with("attachment;") && cd.contains("filename*=UTF-8''Pr%C3%ABset%201%2Ebin"),
+            "{cd}"
+        );
+        assert_eq!(sha(&r.bytes().await.unwrap()), sha(&body), "{backend:?}");
+        let r = plain.get(&url).header("range", "bytes=100-199").send().await.unwrap();
+        assert_eq!(r.status(), 206);
+        assert_eq!(r.bytes().await.unwrap().as_ref(), &body[100..200]);
+        // The signature covers the response headers: changing one breaks it.
+        let tampered = url.replace("response-content-type=application", "response-content-type=text");
+        assert_eq!(plain.get(&tampered).send().await.unwrap().status(), 403);
+        assert_eq!(remaining(&t).await, 1, "{backend:?}");
+
+        // Watermarked products keep being streamed by Satchel (the store holds the original only).
+        let order = t.buy_paid("demo-ebook", "marked@example.com").await;
+        let link = order["items"][0]["download_url"].as_str().unwrap();
+        let url = redeem(&t, link).await;
+        assert!(url.starts_with(&format!("{}/files/", t.base_url)), "{url}");
+        let r = t.client.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
+fn backend_name(t: &TestApp) -> &'static str {
+    match t.backend {
+        satchel::db::Backend::Sqlite => "sqlite",
+        satchel::db::Backend::Postgres => "pg",
+    }
+}
