@@ -289,7 +289,11 @@ pub async fn create_order(
             (Some(min), Some(_)) => {
                 return Err(unprocessable(
                     "amount_below_minimum",
-                    format!("pay at least {}", catalog::format_money(min, &product.currency)),
+                    format!(
+                        "Pay at least {} for {}.",
+                        catalog::format_money(min, &product.currency),
+                        product.title
+                    ),
                 )
                 .field(&format!("{field}.amount")))
             }

@@ -15,6 +15,7 @@ use common::browser::{tab_to, Browser};
 
 use fantoccini::key::Key;
 use fantoccini::Locator;
+use satchel::db::Exec;
 use satchel::testing::{backends, TestApp};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -343,5 +344,64 @@ async fn dark_mode_pages() {
         serde_json::Value::Bool(true),
         "Chromium honoured the dark colour scheme"
     );
+    b.close().await;
+}
+
+/// Pay what you want: a price under the minimum re-renders the form with the buyer's input and
+/// the reason; a fair price goes through test checkout and is what the order charges.
+#[tokio::test]
+async fn pay_what_you_want_in_a_real_browser() {
+    let Some(b) = Browser::start().await else { return };
+    let t = demo_app(satchel::db::Backend::Sqlite).await;
+    t.app
+        .db
+        .execute(satchel::sql!(
+            "UPDATE products SET pwyw_min = 900 WHERE slug = 'demo-templates'"
+        ))
+        .await
+        .unwrap();
+    let c = &b.client;
+    c.goto(&t.url("/p/demo-templates")).await.unwrap();
+    b.fill("#email", "fair@example.com").await;
+    b.fill("#amount", "5").await;
+    b.click("#buy-now").await;
+    b.wait("p.error").await;
+    let error = b.text("p.error").await;
+    assert!(error.contains("9"), "the message names the minimum: {error}");
+    let kept = |id: &'static str| async move {
+        c.find(Locator::Id(id))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        kept("email").await,
+        "fair@example.com",
+        "the form keeps what the buyer typed"
+    );
+    assert_eq!(kept("amount").await, "5");
+    b.shot("pwyw-below-minimum").await;
+
+    b.fill("#amount", "12.50").await;
+    b.click("#buy-now").await;
+    b.wait("#pay").await;
+    assert!(
+        b.text("main").await.contains("12.50"),
+        "checkout shows the chosen price"
+    );
+    b.click("#pay").await;
+    b.wait(".downloads").await;
+    let total = t
+        .app
+        .db
+        .fetch_i64(satchel::sql!(
+            "SELECT total FROM orders WHERE email = 'fair@example.com' AND status = 'paid'"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(total, 1250, "the order charges the buyer's price");
     b.close().await;
 }
