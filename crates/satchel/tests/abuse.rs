@@ -171,17 +171,7 @@ async fn sharing_asks_the_buyer_to_reconfirm_then_suspends_with_one_flag() {
 
         // The buyer's library says the same instead of offering the link.
         let (cookie, _) = t.library_session("sharer@example.com").await;
-        let html = t
-            .client
-            .get(t.url("/library"))
-            .header("cookie", &cookie)
-            .header("accept", "text/html")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let html = library_html(&t, &cookie).await;
         assert!(html.contains("we emailed you a link to confirm"), "{html}");
 
         // GET (a person, or a mail scanner) only shows the button.
@@ -283,17 +273,7 @@ async fn sharing_asks_the_buyer_to_reconfirm_then_suspends_with_one_flag() {
         assert_eq!(grant(&t, &gid).await.0, "suspended");
 
         // Clear: the download works again and what was accepted does not trip it again.
-        let html = t
-            .client
-            .get(t.url("/library"))
-            .header("cookie", &cookie)
-            .header("accept", "text/html")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let html = library_html(&t, &cookie).await;
         assert!(html.contains("suspended for unusual activity"), "library: {html}");
         let (status, cleared) = api(
             &t,
@@ -1087,4 +1067,18 @@ async fn dashboard_order_page_resets_extends_and_revokes_downloads() {
             "no revoke button on a revoked download"
         );
     }
+}
+
+/// The buyer's library page as a signed-in browser sees it.
+async fn library_html(t: &TestApp, cookie: &str) -> String {
+    t.client
+        .get(t.url("/library"))
+        .header("cookie", cookie)
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
