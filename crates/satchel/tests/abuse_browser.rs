@@ -134,7 +134,7 @@ async fn buyer_reconfirms_and_seller_clears_and_resets_in_a_browser() {
     b.wait(&format!("#grant-{gid2}")).await;
     assert!(b.text(&format!("#grant-{gid2}")).await.contains("1 of 5"));
     b.shot_full("abuse-order-downloads").await;
-    b.click(&format!("#reset-{gid2}")).await;
+    b.submit(&format!("#reset-{gid2}")).await;
     b.wait(".notice").await;
     assert!(b.text(&format!("#grant-{gid2}")).await.contains("5 of 5"));
     b.close().await;

@@ -147,7 +147,7 @@ async fn seller_sees_the_sale_on_the_chart_and_refunds_it() {
             "nothing happens before the confirmation"
         );
         b.shot(&format!("dashboard-flow-refund-confirm-{tag}")).await;
-        b.click("#confirm-refund").await;
+        b.submit("#confirm-refund").await;
         b.wait(".notice").await;
         assert_eq!(b.text("#order-status").await.to_lowercase(), "refunded");
         assert!(b.text(".notice").await.contains("Refund recorded"));
@@ -224,7 +224,7 @@ async fn products_form_versions_upload_and_the_buyers_library() {
     b.click("#preview").await;
     b.wait("#description-preview").await;
     assert!(b.text("#description-preview").await.contains("waterproof"));
-    b.click("#save").await;
+    b.submit("#save").await;
     b.wait(".notice").await;
     assert_eq!(b.text(".notice").await, "Product created.");
     b.click("#publish").await;
@@ -275,7 +275,7 @@ async fn products_form_versions_upload_and_the_buyers_library() {
         .await
         .unwrap();
     b.shot("dashboard-flow-version-form").await;
-    b.click("#publish-version").await;
+    b.submit("#publish-version").await;
     b.wait(".notice").await;
     assert!(b.text(".notice").await.contains("New version published"));
     let ebook = satchel::catalog::find_product(&t.app.db, "demo-ebook")
@@ -331,13 +331,13 @@ async fn license_suspend_and_a_discount_from_the_dashboard() {
     assert_eq!(s, 200);
     sign_in(&b, &t, "/dashboard/licenses").await;
     b.fill("#q", "licensee@").await;
-    b.click("#search").await;
+    b.submit("#search").await;
     b.wait("a.mono").await;
     assert!(b.text("main").await.contains(&key));
     c.find(Locator::LinkText(&key)).await.unwrap().click().await.unwrap();
     b.wait("#suspend").await;
     assert!(b.text("main").await.contains("Studio Mac"));
-    b.click("#suspend").await;
+    b.submit("#suspend").await;
     b.wait(".notice").await;
     assert_eq!(b.text("#license-status").await.to_lowercase(), "suspended");
     let (_, v) = t
@@ -347,7 +347,7 @@ async fn license_suspend_and_a_discount_from_the_dashboard() {
         )
         .await;
     assert_eq!(v["code"], "SUSPENDED", "{v}");
-    b.click("#reinstate").await;
+    b.submit("#reinstate").await;
     b.wait(".notice").await;
     let (_, v) = t
         .post_json(
@@ -369,7 +369,7 @@ async fn license_suspend_and_a_discount_from_the_dashboard() {
     assert_eq!(kept.as_deref(), Some("ui25"));
     b.fill("#amount", "25").await;
     b.click("#once_per_customer").await;
-    b.click("#create-discount").await;
+    b.submit("#create-discount").await;
     b.wait(".notice").await;
     assert!(b.text("#discounts-table").await.contains("UI25"));
     let (s, o) = t

@@ -137,7 +137,7 @@ async fn buyer_library_devices_subscription_and_review_in_a_real_browser() {
             .await
             .unwrap();
         assert_eq!(live_devices(&t, &key).await, 2);
-        b.click(&format!("#deactivate-{imac_id}")).await;
+        b.submit(&format!("#deactivate-{imac_id}")).await;
         c.wait().for_element(Locator::Id("notice")).await.unwrap();
         assert!(b.text("#notice").await.contains("Device deactivated"));
         assert_eq!(live_devices(&t, &key).await, 1, "{backend:?}");
@@ -207,7 +207,7 @@ async fn buyer_library_devices_subscription_and_review_in_a_real_browser() {
             .await
             .unwrap();
         b.shot_full(&format!("library-review-form-{tag}")).await;
-        b.click(&format!("#save-review-{product_id}")).await;
+        b.submit(&format!("#save-review-{product_id}")).await;
         c.wait().for_element(Locator::Id("notice")).await.unwrap();
         assert!(b.text("#notice").await.contains("review is saved"));
         assert!(b

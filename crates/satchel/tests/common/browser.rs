@@ -185,6 +185,35 @@ impl Browser {
             .expect("click");
     }
 
+    /// Clicks something that loads a new page (a form's submit button, a link) and waits until
+    /// the new document has loaded, so what the test reads next is the next page — not a
+    /// notice or a status left on the old one.
+    pub async fn submit(&self, css: &str) {
+        self.client
+            .execute("window.__satchelOldPage = true", vec![])
+            .await
+            .expect("mark the page");
+        self.click(css).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let old = self
+                .client
+                .execute(
+                    "return window.__satchelOldPage === true || document.readyState !== 'complete'",
+                    vec![],
+                )
+                .await;
+            if matches!(old, Ok(serde_json::Value::Bool(false))) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no new page loaded after clicking {css}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Replaces an input's value.
     pub async fn fill(&self, css: &str, value: &str) {
         let el = self
