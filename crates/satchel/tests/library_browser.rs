@@ -81,7 +81,7 @@ async fn sign_in(b: &Browser, t: &TestApp, email: &str) {
         .send_keys(email)
         .await
         .unwrap();
-    b.click("#send-link").await;
+    b.submit("#send-link").await;
     c.wait()
         .for_element(Locator::XPath("//h1[text()='Check your email']"))
         .await
@@ -308,7 +308,7 @@ async fn library_and_affiliate_portal_in_dark_mode_and_the_affiliate_flow() {
         .send_keys("ally@example.com")
         .await
         .unwrap();
-    b.click("#send-link").await;
+    b.submit("#send-link").await;
     c.wait()
         .for_element(Locator::XPath("//h1[text()='Check your email']"))
         .await
@@ -438,7 +438,7 @@ async fn affiliate_portal_light_screenshot() {
         .send_keys("sun@example.com")
         .await
         .unwrap();
-    b.click("#send-link").await;
+    b.submit("#send-link").await;
     c.wait()
         .for_element(Locator::XPath("//h1[text()='Check your email']"))
         .await
