@@ -247,11 +247,6 @@ for line in io.lines(os.getenv("SATCHEL_BENCH_DEVICES")) do
   devices[#devices + 1] = {path = "/api/v1/licenses/" .. key .. "/validate",
                            body = '{"device_fingerprint":"' .. fp .. '","nonce":"n"}'}
 end
-local threads = {}
-function setup(thread)
-  thread:set("id", #threads)
-  table.insert(threads, thread)
-end
 function init(args)
   i = id
   bad = 0
@@ -264,12 +259,6 @@ function request()
 end
 function response(status, headers, body)
   if status ~= 200 or not body:find('"code":"VALID"', 1, true) then bad = bad + 1 end
-end
-function done(summary, latency, requests)
-  local total = 0
-  for _, t in ipairs(threads) do total = total + t:get("bad") end
-  io.write(string.format("SATCHEL rps=%f p50=%f p99=%f bad=%d\n",
-    summary.requests / (summary.duration / 1e6), latency:percentile(50) / 1000, latency:percentile(99) / 1000, total))
 end
 "#;
 

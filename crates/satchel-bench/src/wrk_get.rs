@@ -11,11 +11,6 @@ const SCRIPT: &str = r#"
 local paths = {}
 for line in io.lines(os.getenv("SATCHEL_BENCH_PATHS")) do paths[#paths + 1] = line end
 local expect = tonumber(os.getenv("SATCHEL_BENCH_STATUS"))
-local threads = {}
-function setup(thread)
-  thread:set("id", #threads)
-  table.insert(threads, thread)
-end
 function init(args)
   i = id
   bad = 0
@@ -26,6 +21,16 @@ function request()
 end
 function response(status, headers, body)
   if status ~= expect then bad = bad + 1 end
+end
+"#;
+
+/// Appended to every script: each thread counts its `bad` answers, and `done` prints the
+/// one summary line [`run_script`] reads.
+const COMMON: &str = r#"
+local threads = {}
+function setup(thread)
+  thread:set("id", #threads)
+  table.insert(threads, thread)
 end
 function done(summary, latency, requests)
   local total = 0
@@ -58,7 +63,8 @@ pub fn run(base: &str, paths: &[String], status: u16, connections: usize, dur: D
     )
 }
 
-/// Runs `wrk` with a Lua `script` whose `done` prints `SATCHEL rps=… p50=… p99=… bad=…`.
+/// Runs `wrk` with a Lua `script` that defines `init` (setting `i = id`, `bad = 0`), `request`
+/// and `response` (counting unwanted answers in `bad`); the summary is [`COMMON`]'s.
 pub fn run_script(
     base: &str,
     script: &str,
@@ -68,7 +74,7 @@ pub fn run_script(
 ) -> anyhow::Result<Load> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("bench.lua");
-    std::fs::write(&path, script)?;
+    std::fs::write(&path, format!("{script}{COMMON}"))?;
     let out = Command::new("wrk")
         .args([
             "-t",

@@ -169,7 +169,7 @@ struct GrantFile {
 
 /// A row source reading a JSON array of objects from one text parameter, so every batch,
 /// whatever its size, is the same statement (prepared once, cached) with one argument —
-/// rather than hundreds of placeholders bound one by one. `cols` are (key, PostgreSQL type).
+/// rather than hundreds of `$n` parameters bound one by one. `cols` are (key, PostgreSQL type).
 fn json_rows(backend: Backend, param: &str, cols: &[(&str, &str)]) -> String {
     match backend {
         Backend::Sqlite => format!(
