@@ -5,6 +5,10 @@
 //! (file bytes), `openssl speed ed25519` (offline certificate checks). Traffic goes only to
 //! 127.0.0.1. Prints one table; figures are measurements, not pass/fail thresholds.
 
+/// The same allocator as the `satchel` binary, so the in-process store measures as it runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod catalog_scale;
 mod downloads_memory;
 
@@ -53,6 +57,10 @@ struct Args {
     /// Skip the SQLite runs.
     #[arg(long, conflicts_with = "sqlite_only")]
     postgres_only: bool,
+    /// Only the download-start phase, with the HTTP floor beside it: `GET /healthz` and a
+    /// start refused at its MAC (no database), driven by the same wrk and connections.
+    #[arg(long)]
+    starts_only: bool,
 }
 
 struct Row {
@@ -246,6 +254,57 @@ async fn product_with_file(t: &TestApp, slug: &str, size: u64) -> anyhow::Result
     Ok(())
 }
 
+/// Where a download start's time goes: the same wrk and connections against `GET /healthz`
+/// (the HTTP stack alone) and against download links whose MAC is wrong (refused before any
+/// database work).
+fn floor_rows(
+    t: &TestApp,
+    args: &Args,
+    dur: Duration,
+    nginx_ref: Option<&Nginx>,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let nginx_rps = match nginx_ref {
+        Some(n) => {
+            let paths: Vec<String> = (0..args.concurrency)
+                .map(|_| "/dl/x?md5=AAAAAAAAAAAAAAAAAAAAAA&expires=1".to_string())
+                .collect();
+            Some(
+                wrk_get::run(
+                    &format!("http://127.0.0.1:{}", n.port),
+                    &paths,
+                    403,
+                    args.concurrency,
+                    dur,
+                )?
+                .rps,
+            )
+        }
+        None => None,
+    };
+    let forged: Vec<String> = (0..args.concurrency)
+        .map(|i| {
+            format!(
+                "/api/v1/downloads/d1.grt_{i:020}.{}.k1.AAAAAAAAAAAAAAAAAAAAAA",
+                satchel::ids::now() + 3600
+            )
+        })
+        .collect();
+    for (what, paths, status) in [
+        ("HTTP floor: GET /healthz", vec!["/healthz".to_string()], 200),
+        ("forged MAC: refused before the database", forged, 404),
+    ] {
+        let l = wrk_get::run(&t.base_url, &paths, status, args.concurrency, dur)?;
+        rows.push(Row {
+            what: format!("{what} ({})", t.backend.name()),
+            satchel: fmt_load(&l),
+            reference: nginx_rps.map_or("-".into(), |r| format!("nginx secure_link refusal {r:.0}/s")),
+            ratio: nginx_rps.map_or("-".into(), |r| format!("{:.2}x", l.rps / r.max(1.0))),
+        });
+    }
+    Ok(())
+}
+
 async fn bench_backend(
     backend: Backend,
     args: &Args,
@@ -316,10 +375,23 @@ async fn bench_backend(
             args.concurrency,
             if use_wrk { "wrk" } else { "in-process client" }
         ),
-        satchel: format!("{} ({counted} counted)", fmt_load(&ours)),
+        satchel: format!(
+            "{} ({counted} counted{})",
+            fmt_load(&ours),
+            t.app
+                .download_starts
+                .mean_batch()
+                .map_or(String::new(), |m| format!(", {m:.1} per commit"))
+        ),
         reference,
         ratio,
     });
+    if args.starts_only {
+        if use_wrk {
+            floor_rows(&t, args, dur, nginx_ref, rows)?;
+        }
+        return Ok(());
+    }
 
     // One large stream through a delivery URL vs nginx sendfile of the same file.
     let size: u64 = 1 << 30;
@@ -466,6 +538,9 @@ async fn main() -> anyhow::Result<()> {
         if !args.catalog_only {
             eprintln!("running the {} phases…", b.name());
             bench_backend(b, &args, nginx.as_ref(), &mut rows).await?;
+        }
+        if args.starts_only {
+            continue;
         }
         eprintln!("running the {} catalog phase…", b.name());
         catalog_scale::run(b, catalog_n, &mut rows).await?;

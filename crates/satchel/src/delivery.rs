@@ -200,8 +200,7 @@ pub async fn redeem(
             crate::abuse::after_start(app, grant_id, &prefix);
             delivery_url(app, grant_id, &file, t + delivery_ttl(file.size)).await
         }
-        batch::Settled::NoSuchFile => Err(crate::error::not_found("file")),
-        batch::Settled::Refused => Err(explain_refusal(app, grant_id, &prefix, t).await?),
+        batch::Settled::Refused => Err(explain_refusal(app, grant_id, file_name, ip, t).await?),
     }
 }
 
@@ -283,7 +282,14 @@ async fn pick_file(e: &impl Exec, product_id: &str, name: Option<&str>) -> ApiRe
     file.ok_or_else(|| crate::error::not_found("file"))
 }
 
-async fn explain_refusal(app: &App, grant_id: &str, prefix: &str, t: i64) -> ApiResult<ApiError> {
+async fn explain_refusal(
+    app: &App,
+    grant_id: &str,
+    file_name: Option<&str>,
+    ip: std::net::IpAddr,
+    t: i64,
+) -> ApiResult<ApiError> {
+    let prefix = ip_prefix(ip);
     let g: Option<GrantState> = app
         .db
         .fetch_optional(sql!(
@@ -299,7 +305,12 @@ async fn explain_refusal(app: &App, grant_id: &str, prefix: &str, t: i64) -> Api
             "This download link is not valid.",
         ));
     };
-    let _ = (&g.id, &g.product_id, &g.ip_allow);
+    let _ = &g.id;
+    let ip_allowed = match g.ip_policy.as_str() {
+        "bind_first" => g.ip_bound.as_deref().is_none_or(|b| b == prefix),
+        "allow_list" => g.ip_allow.split(',').any(|a| a.trim() == ip.to_string()),
+        _ => true,
+    };
     let order_live = matches!(g.order_status.as_str(), "paid" | "partially_refunded");
     if order_live && g.status == "reconfirm" {
         return crate::abuse::reconfirm_refusal(app, grant_id).await;
@@ -322,8 +333,11 @@ async fn explain_refusal(app: &App, grant_id: &str, prefix: &str, t: i64) -> Api
                 "download_limit_reached",
                 "You have used every download this purchase includes. Contact the store to reset it.",
             )
-        } else if g.ip_policy != "none" && g.ip_bound.as_deref() != Some(prefix) {
+        } else if !ip_allowed {
             download_error(StatusCode::FORBIDDEN, "ip_not_allowed", "This link is bound to another network. Download from the network you first used, or contact the store.")
+        } else if let Err(e) = pick_file(&app.db, &g.product_id, file_name).await {
+            // The grant is live but its current version has no such file (or no file at all).
+            e
         } else {
             download_error(
                 StatusCode::CONFLICT,

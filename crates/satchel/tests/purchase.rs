@@ -493,3 +493,105 @@ async fn concurrent_starts_across_many_grants_settle_exactly() {
         }
     }
 }
+
+/// The batcher remembers each version's files; a publish must still be delivered by the very
+/// next start (the decrement returns the version it saw), and a file that the current
+/// version does not have is a 404 that counts nothing.
+#[tokio::test]
+async fn a_new_version_is_delivered_at_once_and_a_missing_file_counts_nothing() {
+    for backend in backends().await {
+        let t = TestApp::start_demo(backend).await;
+        t.app
+            .db
+            .execute(sql!(
+                "UPDATE products SET watermark_policy = 'none' WHERE slug = 'demo-ebook'"
+            ))
+            .await
+            .unwrap();
+        let key = satchel::accounts::create_api_key(&t.app.db, "demo@satchel.test", "ci")
+            .await
+            .unwrap();
+        let order = t.buy_paid("demo-ebook", "versions@example.com").await;
+        let link = order["items"][0]["download_url"].as_str().unwrap().to_string();
+        let remaining = || async {
+            t.app
+                .db
+                .fetch_i64(sql!(
+                    "SELECT remaining FROM download_grants WHERE order_id = $1",
+                    order["order_id"].as_str().unwrap()
+                ))
+                .await
+                .unwrap()
+        };
+        let fetch = |url: String| {
+            let client = t.client.clone();
+            async move {
+                let r = client.get(&url).send().await.unwrap();
+                assert_eq!(r.status(), 302, "{backend:?}: {url}");
+                let file = client
+                    .get(r.headers()["location"].to_str().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(file.status(), 200);
+                let name = file.headers()["content-disposition"].to_str().unwrap().to_string();
+                (name, file.bytes().await.unwrap())
+            }
+        };
+        // The first start reads version 1's files (and the batcher remembers them).
+        let (name, _) = fetch(link.clone()).await;
+        assert!(name.contains("indie-makers-handbook.pdf"), "{name}");
+        assert_eq!(remaining().await, 4);
+
+        let product = satchel::catalog::find_product(&t.app.db, "demo-ebook")
+            .await
+            .unwrap()
+            .unwrap();
+        let new_pdf = satchel::demo_files::ebook_pdf("Second edition");
+        let form = reqwest::multipart::Form::new().text("version", "2.0.0").part(
+            "file",
+            reqwest::multipart::Part::bytes(new_pdf.clone())
+                .file_name("second.pdf")
+                .mime_str("application/pdf")
+                .unwrap(),
+        );
+        let r = t
+            .client
+            .post(t.url(&format!("/api/v1/products/{}/versions", product.id)))
+            .bearer_auth(&key)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{backend:?}");
+
+        // The very next start delivers the new version, through the same link.
+        let (name, body) = fetch(link.clone()).await;
+        assert!(name.contains("second.pdf"), "{backend:?}: {name}");
+        assert_eq!(body.as_ref(), new_pdf.as_slice());
+        assert_eq!(remaining().await, 3);
+
+        // Version 1's file is no longer current: 404, and nothing counted or logged.
+        let events = || async {
+            t.app
+                .db
+                .fetch_i64(sql!(
+                    "SELECT COUNT(*) FROM download_events e JOIN download_grants g ON g.id = e.grant_id WHERE g.order_id = $1",
+                    order["order_id"].as_str().unwrap()
+                ))
+                .await
+                .unwrap()
+        };
+        assert_eq!(events().await, 2);
+        for name in ["indie-makers-handbook.pdf", "nope.bin"] {
+            let r = t.client.get(format!("{link}?file={name}")).send().await.unwrap();
+            assert_eq!(r.status(), 404, "{backend:?}: {name}");
+            assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "not_found");
+        }
+        assert_eq!(remaining().await, 3, "{backend:?}: a missing file counts nothing");
+        assert_eq!(events().await, 2);
+        let (name, _) = fetch(format!("{link}?file=second.pdf")).await;
+        assert!(name.contains("second.pdf"));
+        assert_eq!(remaining().await, 2);
+    }
+}

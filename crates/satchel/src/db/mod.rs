@@ -417,6 +417,26 @@ impl Db {
         })
     }
 
+    /// A pool of its own (at most `max` connections, opened lazily) to the same database, for
+    /// a task that keeps a writer busy — download-start batches: its connection's page cache
+    /// stays warm, and it never queues behind the shared pool (nor the pool behind it).
+    pub fn dedicated(&self, max: u32) -> Db {
+        match self {
+            Db::Sqlite(p) => Db::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(max)
+                    .acquire_timeout(Duration::from_secs(60))
+                    .connect_lazy_with((*p.connect_options()).clone()),
+            ),
+            Db::Postgres(p) => Db::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(max)
+                    .acquire_timeout(Duration::from_secs(60))
+                    .connect_lazy_with((*p.connect_options()).clone()),
+            ),
+        }
+    }
+
     pub async fn ping(&self) -> Result<(), DbError> {
         self.execute(Query::new("SELECT 1")).await.map(|_| ())
     }

@@ -3,32 +3,43 @@
 //! A download start must be durable (the count is the product) and exact under any
 //! concurrency, but one transaction per start caps the rate at what the database commits per
 //! second (and on SQLite, concurrent writers queue on the busy timeout). So starts are handed
-//! to one batcher task per instance, which takes every start waiting at that moment (up to
+//! to one batcher thread per instance, which takes every start waiting at that moment (up to
 //! [`MAX_BATCH`]) and settles them in one transaction:
 //!
-//! 1. one read finds, for every grant in the batch, the files of its product's current
-//!    version — a start naming a file that does not exist is refused before anything counts;
-//! 2. one conditional `UPDATE … FROM (VALUES …)` per *round* decrements every grant that is
-//!    live for that request (the same WHERE as a lone start: order paid, grant active and
-//!    unexpired, count left, IP policy met). A round holds at most one request per grant, so
-//!    two starts of one grant are two statements and the second sees the first: exactness is
-//!    the database's, not ours. A (grant, address) pair that failed once fails for the rest of
-//!    the batch (state only gets tighter inside the transaction), so 500 starts of a grant of 5
-//!    cost six rounds, not 500;
-//! 3. one INSERT logs a `download_events` row per counted start; then one commit.
+//! 1. one conditional `UPDATE … FROM (rows) … RETURNING` per *round* decrements every grant
+//!    that is live for that request (the same WHERE as a lone start: order paid, grant active
+//!    and unexpired, count left, IP policy met, and the file asked for present in the
+//!    product's current version) and returns that version. A round holds at most one request
+//!    per grant, so two starts of one grant are two statements and the second sees the first:
+//!    exactness is the database's, not ours. A (grant, address, file) that failed once fails
+//!    for the rest of the batch (state only gets tighter inside the transaction), so 500
+//!    starts of a grant of 5 cost six rounds, not 500;
+//! 2. the file each counted start delivers comes from the version the decrement returned
+//!    (a version's files never change, so they are remembered after the first read);
+//! 3. one `download_events` row logs each counted start; then one commit.
 //!
-//! Each statement takes its rows as one JSON parameter (`json_each` on SQLite,
-//! `json_to_recordset` on PostgreSQL — the one dialect switch here), so a batch of any size
-//! is the same prepared statement.
+//! Statements on the pool take a round's rows as one JSON parameter (`json_each` on SQLite,
+//! `json_to_recordset` on PostgreSQL), so a batch of any size is the same prepared statement.
+//!
+//! The batcher runs on a thread of its own, so a batch never waits in the HTTP runtime's
+//! queue:
+//! - on SQLite it drives its own connection synchronously (rusqlite, the same libsqlite3 as
+//!   the pool), one cached statement per start, so a batch is one uninterrupted run with no
+//!   round trips between threads; its commits never checkpoint (a checkpointer thread does,
+//!   so no start waits on a checkpoint's fsync);
+//! - on PostgreSQL it has its own pool on a current-thread runtime, and a round is one
+//!   statement (decrement, events and answer in data-modifying CTEs): one round trip, atomic
+//!   by itself. A deadlock or serialization failure (several instances) retries that round,
+//!   which changed nothing.
 //!
 //! Each waiting request learns its own result after the commit, so a 302 is only ever sent
 //! for a start that is durable. When the store is idle a batch holds one start and costs what
-//! a lone transaction did. A deadlock or serialization failure (PostgreSQL, several
-//! instances) retries the whole batch, which nothing outside has seen yet.
+//! a lone transaction did.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,11 +47,12 @@ use crate::db::models::FileRow;
 use crate::db::{Backend, Db, DbError, Exec, Query, Tx};
 use crate::ids::new_id;
 
-/// Most starts settled by one transaction (bounded so one statement's parameters stay far
-/// below both engines' limits).
+/// Most starts settled by one transaction (bounded so one statement's rows stay small).
 pub const MAX_BATCH: usize = 256;
 /// Starts waiting for the batcher before callers wait for room (backpressure, not refusal).
 const QUEUE: usize = 4096;
+/// Shortest time between two checkpoints of the SQLite writer's log.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// One download start, as the redemption handler saw it.
 #[derive(Debug, Clone)]
@@ -59,15 +71,14 @@ pub struct Start {
 pub enum Settled {
     /// Counted and logged; deliver this file.
     Counted(FileRow),
-    /// The grant is not live for this request (the caller explains why, read-only).
+    /// The grant is not live for this request, or its current version has no such file
+    /// (the caller explains which, read-only). Nothing counted.
     Refused,
-    /// The grant's product has no such file; nothing counted.
-    NoSuchFile,
 }
 
 type Reply = oneshot::Sender<Result<Settled, String>>;
 
-/// The per-instance batcher: a channel into one task that owns the write transactions.
+/// The per-instance batcher: a channel into one thread that owns the write transactions.
 #[derive(Default)]
 pub struct Batcher {
     tx: OnceLock<mpsc::Sender<(Start, Reply)>>,
@@ -87,9 +98,11 @@ impl Batcher {
     pub async fn settle(&self, db: &Db, start: Start) -> Result<Settled, String> {
         let sender = self.tx.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            // The task holds only the pool: when the app (and with it the sender) is
-            // dropped, `recv` ends and so does the task.
-            tokio::spawn(run(db.clone(), rx, self.counters.clone()));
+            // The thread holds only its own connection: when the app (and with it the
+            // sender) is dropped, `recv` ends and so does the thread.
+            if let Err(e) = spawn_thread(db, rx, self.counters.clone()) {
+                tracing::error!(error = %e, "download batcher thread did not start");
+            }
             tx
         });
         let (reply, answer) = oneshot::channel();
@@ -98,6 +111,13 @@ impl Batcher {
             .await
             .map_err(|_| "download batcher stopped".to_string())?;
         answer.await.map_err(|_| "download batcher stopped".to_string())?
+    }
+
+    /// Mean starts settled per committed batch so far (`None` before the first batch).
+    pub fn mean_batch(&self) -> Option<f64> {
+        let batches = self.counters.batches.load(Ordering::Relaxed);
+        #[allow(clippy::cast_precision_loss)]
+        (batches > 0).then(|| self.counters.starts.load(Ordering::Relaxed) as f64 / batches as f64)
     }
 
     /// Prometheus lines: batches committed and starts settled.
@@ -115,44 +135,83 @@ impl Batcher {
     }
 }
 
-async fn run(db: Db, mut rx: mpsc::Receiver<(Start, Reply)>, counters: Arc<Counters>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let (starts, replies): (Vec<Start>, Vec<Reply>) = batch.drain(..).unzip();
-        let mut result = settle_batch(&db, &starts).await;
-        for _ in 0..4 {
-            match &result {
-                Err(e) if retryable(e) => result = settle_batch(&db, &starts).await,
-                _ => break,
-            }
-        }
-        match result {
-            Ok(outcomes) => {
-                counters.batches.fetch_add(1, Ordering::Relaxed);
-                counters.starts.fetch_add(outcomes.len() as u64, Ordering::Relaxed);
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
+/// Starts the batcher's thread: a synchronous SQLite writer, or a current-thread runtime with
+/// a dedicated pool (PostgreSQL, and SQLite databases that are not a file).
+fn spawn_thread(db: &Db, rx: mpsc::Receiver<(Start, Reply)>, counters: Arc<Counters>) -> std::io::Result<()> {
+    let file = match db {
+        Db::Sqlite(p) => Some(p.connect_options().get_filename().to_path_buf())
+            .filter(|f| !f.as_os_str().is_empty() && f.as_os_str() != ":memory:"),
+        Db::Postgres(_) => None,
+    };
+    let db = db.dedicated(1);
+    std::thread::Builder::new()
+        .name("satchel-download-batcher".into())
+        .spawn(move || {
+            if let Some(file) = file {
+                match SqliteWriter::open(&file) {
+                    Ok(w) => return w.run(rx, &counters),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "download batcher: SQLite writer did not open; using the pool")
+                    }
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, starts = starts.len(), "download start batch failed; nothing counted");
-                for reply in replies {
-                    let _ = reply.send(Err(e.to_string()));
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "download batcher runtime did not start");
+                    return;
                 }
+            };
+            rt.block_on(async {
+                run_pool(&db, rx, &counters).await;
+                db.close().await;
+            });
+        })
+        .map(|_| ())
+}
+
+/// Takes the next batch: waits for one start, then takes whatever else is already waiting.
+fn take_batch(first: (Start, Reply), rx: &mut mpsc::Receiver<(Start, Reply)>) -> (Vec<Start>, Vec<Reply>) {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
+    }
+    batch.into_iter().unzip()
+}
+
+/// Answers every waiting request of a batch.
+fn reply_all(counters: &Counters, replies: Vec<Reply>, result: Result<Vec<Settled>, String>, n: usize) {
+    match result {
+        Ok(outcomes) => {
+            counters.batches.fetch_add(1, Ordering::Relaxed);
+            counters.starts.fetch_add(outcomes.len() as u64, Ordering::Relaxed);
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, starts = n, "download start batch failed; nothing counted");
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }
 }
 
-/// Deadlocks (40P01) and serialization failures (40001) between instances: the batch is
-/// retried whole. SQLite's busy errors are waited out by its busy timeout already.
+async fn run_pool(db: &Db, mut rx: mpsc::Receiver<(Start, Reply)>, counters: &Counters) {
+    let mut versions = VersionFiles::default();
+    while let Some(first) = rx.recv().await {
+        let (starts, replies) = take_batch(first, &mut rx);
+        let result = settle_pool(db, &starts, &mut versions).await;
+        reply_all(counters, replies, result.map_err(|e| e.to_string()), starts.len());
+    }
+}
+
+/// Deadlocks (40P01) and serialization failures (40001) between instances: the statement is
+/// retried. SQLite's busy errors are waited out by its busy timeout already.
 fn retryable(e: &DbError) -> bool {
     match e {
         DbError::Database(d) => matches!(d.code().as_deref(), Some("40P01" | "40001")),
@@ -160,11 +219,192 @@ fn retryable(e: &DbError) -> bool {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct GrantFile {
-    grant_id: String,
-    #[sqlx(flatten)]
-    file: FileRow,
+/// The rounds of one batch: which starts go into the next decrement, and what became of
+/// each. The same for every backend; only the statements differ.
+struct Plan<'a> {
+    starts: &'a [Start],
+    queue: HashMap<&'a str, VecDeque<usize>>,
+    dead: HashSet<(&'a str, &'a str, Option<&'a str>)>,
+    outcomes: Vec<Option<Settled>>,
+    /// Counted starts and the version each delivers.
+    counted: Vec<(usize, String)>,
+    at: i64,
+}
+
+impl<'a> Plan<'a> {
+    fn new(starts: &'a [Start]) -> Self {
+        let mut queue: HashMap<&str, VecDeque<usize>> = HashMap::new();
+        for (i, s) in starts.iter().enumerate() {
+            queue.entry(s.grant_id.as_str()).or_default().push_back(i);
+        }
+        Plan {
+            starts,
+            queue,
+            dead: HashSet::new(),
+            outcomes: starts.iter().map(|_| None).collect(),
+            counted: Vec::with_capacity(starts.len()),
+            at: starts.iter().map(|s| s.at).max().unwrap_or_default(),
+        }
+    }
+
+    fn key(s: &'a Start) -> (&'a str, &'a str, Option<&'a str>) {
+        (s.grant_id.as_str(), s.ip.as_str(), s.file_name.as_deref())
+    }
+
+    /// The next round: at most one start per grant, in grant order so two instances'
+    /// batches lock rows in the same order; `None` when done.
+    fn next_round(&mut self) -> Option<Vec<usize>> {
+        let mut round: Vec<usize> = Vec::new();
+        for pending in self.queue.values_mut() {
+            while let Some(i) = pending.pop_front() {
+                if self.dead.contains(&Self::key(&self.starts[i])) {
+                    self.outcomes[i] = Some(Settled::Refused);
+                    continue;
+                }
+                round.push(i);
+                break;
+            }
+        }
+        if round.is_empty() {
+            return None;
+        }
+        round.sort_by(|a, b| self.starts[*a].grant_id.cmp(&self.starts[*b].grant_id));
+        Some(round)
+    }
+
+    /// A round's rows as the JSON parameter of [`decrement_sql`]; with `events`, also what
+    /// [`PG_ROUND`] needs to log each counted start (an event id, the agent, the time).
+    fn round_json(&self, round: &[usize], events: bool) -> String {
+        let rows: Vec<serde_json::Value> = round
+            .iter()
+            .map(|i| {
+                let s = &self.starts[*i];
+                let mut row = serde_json::json!({ "gid": s.grant_id, "prefix": s.prefix, "ip": s.ip, "name": s.file_name.as_deref().unwrap_or("") });
+                if events {
+                    row["eid"] = new_id("dle").into();
+                    row["ua"] = s.user_agent.chars().take(300).collect::<String>().into();
+                    row["at"] = s.at.into();
+                }
+                row
+            })
+            .collect();
+        serde_json::Value::Array(rows).to_string()
+    }
+
+    /// Records a round's result: the grants counted, each with the version it delivers.
+    fn record(&mut self, round: Vec<usize>, mut got: HashMap<String, String>) {
+        for i in round {
+            let s = &self.starts[i];
+            match got.remove(s.grant_id.as_str()) {
+                Some(version) => self.counted.push((i, version)),
+                None => {
+                    self.dead.insert(Self::key(s));
+                    self.outcomes[i] = Some(Settled::Refused);
+                }
+            }
+        }
+    }
+
+    fn counted_versions(&self) -> Vec<&str> {
+        self.counted.iter().map(|(_, v)| v.as_str()).collect()
+    }
+
+    /// The event of each counted start and every start's outcome. The decrement only counts
+    /// a start whose file exists in that version, so a miss here is a broken invariant: the
+    /// error rolls the whole batch back (nothing counted) rather than count a download that
+    /// cannot be delivered.
+    fn finish(mut self, versions: &VersionFiles) -> Result<(Vec<Event<'a>>, Vec<Settled>), String> {
+        let mut events = Vec::with_capacity(self.counted.len());
+        for (i, version) in &self.counted {
+            let s = &self.starts[*i];
+            let file = versions
+                .pick(version, s.file_name.as_deref())
+                .ok_or_else(|| format!("grant {} counted without a file in version {version}", s.grant_id))?;
+            events.push(Event {
+                id: new_id("dle"),
+                start: s,
+                file_id: file.id.clone(),
+                bytes: file.size,
+            });
+            self.outcomes[*i] = Some(Settled::Counted(file.clone()));
+        }
+        Ok((
+            events,
+            self.outcomes
+                .into_iter()
+                .map(|o| o.unwrap_or(Settled::Refused))
+                .collect(),
+        ))
+    }
+}
+
+/// A `download_events` row for a counted start.
+struct Event<'a> {
+    id: String,
+    start: &'a Start,
+    file_id: String,
+    bytes: i64,
+}
+
+impl Event<'_> {
+    fn user_agent(&self) -> String {
+        self.start.user_agent.chars().take(300).collect()
+    }
+
+    /// Events as the JSON parameter of [`events_sql`].
+    fn json(events: &[Event<'_>]) -> String {
+        let rows: Vec<serde_json::Value> = events
+            .iter()
+            .map(|e| {
+                let s = e.start;
+                serde_json::json!({
+                    "id": e.id, "g": s.grant_id, "f": e.file_id, "at": s.at, "ip": s.ip, "p": s.prefix,
+                    "ua": e.user_agent(), "b": e.bytes,
+                })
+            })
+            .collect();
+        serde_json::Value::Array(rows).to_string()
+    }
+}
+
+/// The files of every version a batch has delivered, by version id. A published version's
+/// files never change (a new upload is a new version), so an entry never goes stale; the
+/// version a grant delivers is the one its decrement returned, read in the same statement.
+#[derive(Default)]
+struct VersionFiles(HashMap<String, Arc<[FileRow]>>);
+
+impl VersionFiles {
+    /// The versions not yet known, as the JSON parameter of [`files_sql`] (`None`: all known).
+    fn missing(&mut self, ids: &[&str]) -> Option<String> {
+        let missing: HashSet<&str> = ids.iter().copied().filter(|v| !self.0.contains_key(*v)).collect();
+        if missing.is_empty() {
+            return None;
+        }
+        if self.0.len() > 4096 {
+            self.0.clear();
+        }
+        let rows: Vec<serde_json::Value> = missing.into_iter().map(|v| serde_json::json!({ "v": v })).collect();
+        Some(serde_json::Value::Array(rows).to_string())
+    }
+
+    fn add(&mut self, rows: Vec<FileRow>) {
+        let mut by_version: HashMap<String, Vec<FileRow>> = HashMap::new();
+        for f in rows {
+            by_version.entry(f.version_id.clone()).or_default().push(f);
+        }
+        for (v, files) in by_version {
+            self.0.insert(v, files.into());
+        }
+    }
+
+    /// The named file of a version, or its first file by name.
+    fn pick(&self, version: &str, name: Option<&str>) -> Option<&FileRow> {
+        let files = self.0.get(version)?;
+        match name {
+            None => files.first(),
+            Some(n) => files.iter().find(|f| f.name == n),
+        }
+    }
 }
 
 /// A row source reading a JSON array of objects from one text parameter, so every batch,
@@ -189,158 +429,295 @@ fn json_rows(backend: Backend, param: &str, cols: &[(&str, &str)]) -> String {
     }
 }
 
-async fn settle_batch(db: &Db, starts: &[Start]) -> Result<Vec<Settled>, DbError> {
-    let tx = db.begin().await?;
-    let mut outcomes: Vec<Option<Settled>> = starts.iter().map(|_| None).collect();
-
-    // 1. The files each grant can deliver, and the file each start gets.
-    let backend = tx.backend();
-    let grants: HashSet<&str> = starts.iter().map(|s| s.grant_id.as_str()).collect();
-    let ids: Vec<serde_json::Value> = grants.iter().map(|g| serde_json::json!({ "g": g })).collect();
-    let rows: Vec<GrantFile> = tx
-        .fetch_all(Query::new(format!(
-            "SELECT g.id AS grant_id, f.id, f.product_id, f.version_id, f.name, f.object_key, f.size, f.sha256, f.content_type, f.created_at
-             FROM download_grants g JOIN products p ON p.id = g.product_id JOIN files f ON f.version_id = p.current_version_id
-             WHERE g.id IN (SELECT g FROM ({}) AS j) ORDER BY f.name",
-            json_rows(backend, "$1", &[("g", "text")])
-        ))
-        .bind(serde_json::Value::Array(ids).to_string()))
-        .await?;
-    let mut files: HashMap<&str, Vec<&FileRow>> = HashMap::new();
-    for r in &rows {
-        files.entry(r.grant_id.as_str()).or_default().push(&r.file);
-    }
-    let mut chosen: Vec<Option<&FileRow>> = Vec::with_capacity(starts.len());
-    for (i, s) in starts.iter().enumerate() {
-        let of_grant = files.get(s.grant_id.as_str());
-        let file = match (&s.file_name, of_grant) {
-            (_, None) => None,
-            (None, Some(fs)) => fs.first().copied(),
-            (Some(name), Some(fs)) => fs.iter().find(|f| &f.name == name).copied(),
-        };
-        if file.is_none() {
-            // An unknown grant id is refused (and explained as not found) by the caller; a
-            // known grant without that file is the caller's 404 for the file.
-            outcomes[i] = Some(if of_grant.is_some() || s.file_name.is_some() {
-                Settled::NoSuchFile
-            } else {
-                Settled::Refused
-            });
-        }
-        chosen.push(file);
-    }
-
-    // 2. Rounds of conditional decrements, one request per grant per round.
-    let mut queue: HashMap<&str, std::collections::VecDeque<usize>> = HashMap::new();
-    for (i, s) in starts.iter().enumerate() {
-        if outcomes[i].is_none() {
-            queue.entry(s.grant_id.as_str()).or_default().push_back(i);
-        }
-    }
-    let mut dead: HashSet<(&str, &str)> = HashSet::new();
-    let at = starts.iter().map(|s| s.at).max().unwrap_or_default();
-    loop {
-        let mut round: Vec<usize> = Vec::new();
-        for pending in queue.values_mut() {
-            while let Some(i) = pending.pop_front() {
-                let s = &starts[i];
-                if dead.contains(&(s.grant_id.as_str(), s.ip.as_str())) {
-                    outcomes[i] = Some(Settled::Refused);
-                    continue;
-                }
-                round.push(i);
-                break;
-            }
-        }
-        if round.is_empty() {
-            break;
-        }
-        // Lock grants in one order, so two instances' batches cannot deadlock on each other.
-        round.sort_by(|a, b| starts[*a].grant_id.cmp(&starts[*b].grant_id));
-        let counted = decrement_round(&tx, starts, &round, at).await?;
-        for i in round {
-            let s = &starts[i];
-            if counted.contains(s.grant_id.as_str()) {
-                outcomes[i] = chosen[i].map(|f| Settled::Counted(f.clone()));
-            } else {
-                dead.insert((s.grant_id.as_str(), s.ip.as_str()));
-                outcomes[i] = Some(Settled::Refused);
-            }
-        }
-    }
-
-    // 3. One event row per counted start, then the commit that makes them all true.
-    let counted: Vec<(usize, &FileRow)> = outcomes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, o)| match o {
-            Some(Settled::Counted(f)) => Some((i, f)),
-            _ => None,
-        })
-        .collect();
-    if !counted.is_empty() {
-        let rows: Vec<serde_json::Value> = counted
-            .iter()
-            .map(|(i, f)| {
-                let s = &starts[*i];
-                serde_json::json!({
-                    "id": new_id("dle"), "g": s.grant_id, "f": f.id, "at": s.at, "ip": s.ip, "p": s.prefix,
-                    "ua": s.user_agent.chars().take(300).collect::<String>(), "b": f.size,
-                })
-            })
-            .collect();
-        tx.execute(
-            Query::new(format!(
-                "INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes)
-                 SELECT id, g, f, at, ip, p, ua, 'started', b FROM ({}) AS j",
-                json_rows(
-                    backend,
-                    "$1",
-                    &[
-                        ("id", "text"),
-                        ("g", "text"),
-                        ("f", "text"),
-                        ("at", "bigint"),
-                        ("ip", "text"),
-                        ("p", "text"),
-                        ("ua", "text"),
-                        ("b", "bigint")
-                    ]
-                )
-            ))
-            .bind(serde_json::Value::Array(rows).to_string()),
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(outcomes.into_iter().map(|o| o.unwrap_or(Settled::Refused)).collect())
+/// The decrement of one start, written once for both statement shapes: `gid`, `prefix`, `ip`
+/// and `name` are the request's values (columns of a row source, or parameters), `at` the
+/// time. It counts only for a grant live for that request whose product's current version
+/// has the file asked for, and returns that version.
+fn decrement(from: &str, at: &str, gid: &str, prefix: &str, ip: &str, name: &str) -> String {
+    format!(
+        "UPDATE download_grants
+         SET remaining = remaining - 1, updated_at = {at},
+             ip_bound = CASE WHEN ip_policy = 'bind_first' AND ip_bound IS NULL THEN {prefix} ELSE ip_bound END
+         {from}
+         WHERE download_grants.id = {gid} AND download_grants.status = 'active' AND download_grants.remaining > 0
+           AND download_grants.expires_at > {at}
+           AND (download_grants.ip_policy <> 'bind_first' OR download_grants.ip_bound IS NULL OR download_grants.ip_bound = {prefix})
+           AND (download_grants.ip_policy <> 'allow_list' OR (',' || download_grants.ip_allow || ',') LIKE ('%,' || {ip} || ',%'))
+           AND EXISTS (SELECT 1 FROM orders o WHERE o.id = download_grants.order_id AND o.status IN ('paid', 'partially_refunded'))
+           AND EXISTS (SELECT 1 FROM products p JOIN files f ON f.version_id = p.current_version_id
+                       WHERE p.id = download_grants.product_id AND ({name} = '' OR f.name = {name}))
+         RETURNING download_grants.id,
+             (SELECT p.current_version_id FROM products p WHERE p.id = download_grants.product_id) AS version_id"
+    )
 }
 
-/// One statement: decrements each listed request's grant if it is live for that request.
-/// Returns the grant ids that were counted.
-async fn decrement_round(tx: &Tx, starts: &[Start], round: &[usize], at: i64) -> Result<HashSet<String>, DbError> {
-    let rows: Vec<serde_json::Value> = round
-        .iter()
-        .map(|i| {
-            let s = &starts[*i];
-            serde_json::json!({ "gid": s.grant_id, "prefix": s.prefix, "ip": s.ip })
+/// A round's decrements in one statement: `$1` the time, `$2` the rows (JSON).
+fn decrement_sql(backend: Backend) -> String {
+    format!(
+        "WITH r AS ({}) {}",
+        json_rows(
+            backend,
+            "$2",
+            &[("gid", "text"), ("prefix", "text"), ("ip", "text"), ("name", "text")]
+        ),
+        decrement("FROM r", "$1", "r.gid", "r.prefix", "r.ip", "r.name")
+    )
+}
+
+/// The files of the listed versions (`$1`), by version and name.
+fn files_sql(backend: Backend) -> String {
+    format!(
+        "SELECT id, product_id, version_id, name, object_key, size, sha256, content_type, created_at
+         FROM files WHERE version_id IN (SELECT v FROM ({}) AS j) ORDER BY version_id, name",
+        json_rows(backend, "$1", &[("v", "text")])
+    )
+}
+
+/// One event row per counted start (`$1`).
+fn events_sql(backend: Backend) -> String {
+    format!(
+        "INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes)
+         SELECT id, g, f, at, ip, p, ua, 'started', b FROM ({}) AS j",
+        json_rows(
+            backend,
+            "$1",
+            &[
+                ("id", "text"),
+                ("g", "text"),
+                ("f", "text"),
+                ("at", "bigint"),
+                ("ip", "text"),
+                ("p", "text"),
+                ("ua", "text"),
+                ("b", "bigint"),
+            ],
+        )
+    )
+}
+
+/// One round on PostgreSQL in one statement, so one round trip: the decrement, the event of
+/// each counted start (its file looked up in the version the decrement saw) and the answer.
+/// A statement is atomic on its own, so each round commits by itself; a later round of the
+/// batch sees the earlier ones, as inside one transaction.
+static PG_ROUND: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH r AS (SELECT * FROM json_to_recordset($2::json)
+                    AS x(gid text, prefix text, ip text, name text, eid text, ua text, at bigint)),
+         u AS ({} , r.name, r.eid, r.ua, r.at, r.ip, r.prefix),
+         e AS (INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes)
+               SELECT u.eid, u.id, f.id, u.at, u.ip, u.prefix, u.ua, 'started', f.size
+               FROM u JOIN LATERAL (SELECT f.id, f.size FROM files f
+                                    WHERE f.version_id = u.version_id AND (u.name = '' OR f.name = u.name)
+                                    ORDER BY f.name LIMIT 1) f ON TRUE
+               RETURNING grant_id)
+         SELECT u.id, u.version_id FROM u WHERE EXISTS (SELECT 1 FROM e WHERE e.grant_id = u.id)",
+        decrement("FROM r", "$1", "r.gid", "r.prefix", "r.ip", "r.name")
+    )
+});
+
+/// A batch on PostgreSQL: a statement per round ([`PG_ROUND`]), each retried alone on a
+/// deadlock or serialization failure (it changed nothing then).
+async fn settle_pg(db: &Db, starts: &[Start], versions: &mut VersionFiles) -> Result<Vec<Settled>, DbError> {
+    let mut plan = Plan::new(starts);
+    while let Some(round) = plan.next_round() {
+        let rows = plan.round_json(&round, true);
+        let mut attempt = 0;
+        let got: Vec<(String, Option<String>)> = loop {
+            match db
+                .fetch_all(Query::new(PG_ROUND.as_str()).bind(plan.at).bind(rows.clone()))
+                .await
+            {
+                Err(e) if retryable(&e) && attempt < 4 => attempt += 1,
+                r => break r?,
+            }
+        };
+        plan.record(round, got.into_iter().filter_map(|(g, v)| Some((g, v?))).collect());
+    }
+    if let Some(ids) = versions.missing(&plan.counted_versions()) {
+        let rows: Vec<FileRow> = db.fetch_all(Query::new(files_sql(Backend::Postgres)).bind(ids)).await?;
+        versions.add(rows);
+    }
+    // The events are written; `finish` only picks each counted start's file.
+    let (_, outcomes) = plan.finish(versions).map_err(DbError::Protocol)?;
+    Ok(outcomes)
+}
+
+/// A batch in one transaction on the dedicated pool (SQLite databases that are not a file).
+async fn settle_pool(db: &Db, starts: &[Start], versions: &mut VersionFiles) -> Result<Vec<Settled>, DbError> {
+    if db.backend() == Backend::Postgres {
+        return settle_pg(db, starts, versions).await;
+    }
+    let tx: Tx = db.begin().await?;
+    let backend = tx.backend();
+    let mut plan = Plan::new(starts);
+    while let Some(round) = plan.next_round() {
+        let rows = plan.round_json(&round, false);
+        let got: Vec<(String, Option<String>)> = tx
+            .fetch_all(Query::new(decrement_sql(backend)).bind(plan.at).bind(rows))
+            .await?;
+        plan.record(round, got.into_iter().filter_map(|(g, v)| Some((g, v?))).collect());
+    }
+    if let Some(ids) = versions.missing(&plan.counted_versions()) {
+        let rows: Vec<FileRow> = tx.fetch_all(Query::new(files_sql(backend)).bind(ids)).await?;
+        versions.add(rows);
+    }
+    let (events, outcomes) = plan.finish(versions).map_err(DbError::Protocol)?;
+    if !events.is_empty() {
+        tx.execute(Query::new(events_sql(backend)).bind(Event::json(&events)))
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// The SQLite writer: its own connection to the database file, driven synchronously on the
+/// batcher's thread with cached statements. It opens the file with the pool's settings (WAL,
+/// `synchronous = NORMAL`, foreign keys, busy timeout) and writes with `BEGIN IMMEDIATE`
+/// like every other writer, so it queues with them rather than failing.
+///
+/// Statements are per start here (prepared once, so each is a bind and a step): with no
+/// round trip per statement, that is cheaper than building and parsing a JSON row source.
+struct SqliteWriter {
+    conn: rusqlite::Connection,
+    /// Rung after every commit; the checkpointer thread copies the log back.
+    checkpoint: std::sync::mpsc::SyncSender<()>,
+    decrement: String,
+    files: String,
+    event: &'static str,
+}
+
+impl SqliteWriter {
+    fn connect(file: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
+        use rusqlite::OpenFlags;
+        let conn = rusqlite::Connection::open_with_flags(
+            file,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+             PRAGMA temp_store = memory; PRAGMA mmap_size = 268435456;",
+        )?;
+        Ok(conn)
+    }
+
+    /// Opens the writer, and beside it the checkpointer: the writer's commits never run a
+    /// checkpoint themselves (`wal_autocheckpoint = 0`), since a checkpoint's fsyncs would
+    /// stall every start waiting for the batch. A thread of its own copies the log back into
+    /// the database (PASSIVE: never blocking a writer) after commits, at most every
+    /// [`CHECKPOINT_EVERY`]. The pool's connections keep SQLite's automatic checkpoints.
+    fn open(file: &std::path::Path) -> Result<Self, String> {
+        let conn = Self::connect(file).map_err(|e| e.to_string())?;
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")
+            .map_err(|e| e.to_string())?;
+        conn.set_prepared_statement_cache_capacity(8);
+        let checkpointer = Self::connect(file).map_err(|e| e.to_string())?;
+        let (checkpoint, rung) = std::sync::mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("satchel-checkpointer".into())
+            .spawn(move || {
+                // Ends when the writer (the only sender) is gone.
+                while rung.recv().is_ok() {
+                    if let Err(e) = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries");
+                    }
+                    std::thread::sleep(CHECKPOINT_EVERY);
+                }
+            })
+            .map_err(|e| format!("checkpointer thread did not start: {e}"))?;
+        Ok(SqliteWriter {
+            conn,
+            checkpoint,
+            decrement: decrement("", "?1", "?2", "?3", "?4", "?5"),
+            files: files_sql(Backend::Sqlite),
+            event: "INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes)
+                    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'started', ?8)",
         })
-        .collect();
-    let q = Query::new(format!(
-        "WITH r AS ({})
-         UPDATE download_grants
-         SET remaining = remaining - 1, updated_at = $1,
-             ip_bound = CASE WHEN ip_policy = 'bind_first' AND ip_bound IS NULL THEN r.prefix ELSE ip_bound END
-         FROM r
-         WHERE download_grants.id = r.gid AND status = 'active' AND remaining > 0 AND expires_at > $1
-           AND (ip_policy <> 'bind_first' OR ip_bound IS NULL OR ip_bound = r.prefix)
-           AND (ip_policy <> 'allow_list' OR (',' || ip_allow || ',') LIKE ('%,' || r.ip || ',%'))
-           AND EXISTS (SELECT 1 FROM orders o WHERE o.id = download_grants.order_id AND o.status IN ('paid', 'partially_refunded'))
-         RETURNING download_grants.id",
-        json_rows(tx.backend(), "$2", &[("gid", "text"), ("prefix", "text"), ("ip", "text")])
-    ))
-    .bind(at)
-    .bind(serde_json::Value::Array(rows).to_string());
-    let rows: Vec<(String,)> = tx.fetch_all(q).await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<(Start, Reply)>, counters: &Counters) {
+        let mut versions = VersionFiles::default();
+        while let Some(first) = rx.blocking_recv() {
+            let (starts, replies) = take_batch(first, &mut rx);
+            let result = self.settle(&starts, &mut versions);
+            reply_all(counters, replies, result, starts.len());
+        }
+    }
+
+    fn settle(&mut self, starts: &[Start], versions: &mut VersionFiles) -> Result<Vec<Settled>, String> {
+        use rusqlite::OptionalExtension;
+        let e = |e: rusqlite::Error| e.to_string();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(e)?;
+        let mut plan = Plan::new(starts);
+        while let Some(round) = plan.next_round() {
+            let mut stmt = tx.prepare_cached(&self.decrement).map_err(e)?;
+            let mut got = HashMap::new();
+            for i in &round {
+                let s = &starts[*i];
+                let counted = stmt
+                    .query_row(
+                        rusqlite::params![
+                            plan.at,
+                            s.grant_id,
+                            s.prefix,
+                            s.ip,
+                            s.file_name.as_deref().unwrap_or("")
+                        ],
+                        |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
+                    )
+                    .optional()
+                    .map_err(e)?;
+                if let Some((g, Some(v))) = counted {
+                    got.insert(g, v);
+                }
+            }
+            plan.record(round, got);
+        }
+        if let Some(ids) = versions.missing(&plan.counted_versions()) {
+            let mut stmt = tx.prepare_cached(&self.files).map_err(e)?;
+            let rows = stmt
+                .query_map(rusqlite::named_params! { "$1": ids }, |r| {
+                    Ok(FileRow {
+                        id: r.get(0)?,
+                        product_id: r.get(1)?,
+                        version_id: r.get(2)?,
+                        name: r.get(3)?,
+                        object_key: r.get(4)?,
+                        size: r.get(5)?,
+                        sha256: r.get(6)?,
+                        content_type: r.get(7)?,
+                        created_at: r.get(8)?,
+                    })
+                })
+                .map_err(e)?
+                .collect::<rusqlite::Result<Vec<FileRow>>>()
+                .map_err(e)?;
+            versions.add(rows);
+        }
+        let (events, outcomes) = plan.finish(versions)?;
+        if !events.is_empty() {
+            let mut stmt = tx.prepare_cached(self.event).map_err(e)?;
+            for ev in &events {
+                let s = ev.start;
+                stmt.execute(rusqlite::params![
+                    ev.id,
+                    s.grant_id,
+                    ev.file_id,
+                    s.at,
+                    s.ip,
+                    s.prefix,
+                    ev.user_agent(),
+                    ev.bytes
+                ])
+                .map_err(e)?;
+            }
+        }
+        tx.commit().map_err(e)?;
+        // A full channel means a checkpoint is already due: nothing to add.
+        let _ = self.checkpoint.try_send(());
+        Ok(outcomes)
+    }
 }
