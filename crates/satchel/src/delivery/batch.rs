@@ -143,7 +143,11 @@ fn spawn_thread(db: &Db, rx: mpsc::Receiver<(Start, Reply)>, counters: Arc<Count
             .filter(|f| !f.as_os_str().is_empty() && f.as_os_str() != ":memory:"),
         Db::Postgres(_) => None,
     };
-    let db = db.dedicated(1);
+    let db = db.dedicated(if db.backend() == Backend::Postgres {
+        PG_IN_FLIGHT as u32
+    } else {
+        1
+    });
     std::thread::Builder::new()
         .name("satchel-download-batcher".into())
         .spawn(move || {
@@ -201,12 +205,38 @@ fn reply_all(counters: &Counters, replies: Vec<Reply>, result: Result<Vec<Settle
     }
 }
 
+/// Batches settled at once on PostgreSQL: while one waits for its commit's WAL flush, the
+/// next runs. Exactness stays the database's: a round is one statement, and two statements
+/// decrementing one grant queue on its row lock, the second re-checking the row it finds.
+const PG_IN_FLIGHT: usize = 4;
+
 async fn run_pool(db: &Db, mut rx: mpsc::Receiver<(Start, Reply)>, counters: &Counters) {
-    let mut versions = VersionFiles::default();
-    while let Some(first) = rx.recv().await {
-        let (starts, replies) = take_batch(first, &mut rx);
-        let result = settle_pool(db, &starts, &mut versions).await;
-        reply_all(counters, replies, result.map_err(|e| e.to_string()), starts.len());
+    use futures::stream::{FuturesUnordered, StreamExt};
+    // SQLite has one writer at a time: a second batch in flight would only wait for it.
+    let most = if db.backend() == Backend::Postgres {
+        PG_IN_FLIGHT
+    } else {
+        1
+    };
+    let versions = std::cell::RefCell::new(VersionFiles::default());
+    let mut running = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            Some(()) = running.next(), if !running.is_empty() => {}
+            next = rx.recv(), if open && running.len() < most => match next {
+                Some(first) => {
+                    let (starts, replies) = take_batch(first, &mut rx);
+                    let versions = &versions;
+                    running.push(async move {
+                        let result = settle_pool(db, &starts, versions).await;
+                        reply_all(counters, replies, result.map_err(|e| e.to_string()), starts.len());
+                    });
+                }
+                None => open = false,
+            },
+            else => break,
+        }
     }
 }
 
@@ -517,7 +547,11 @@ static PG_ROUND: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 
 /// A batch on PostgreSQL: a statement per round ([`PG_ROUND`]), each retried alone on a
 /// deadlock or serialization failure (it changed nothing then).
-async fn settle_pg(db: &Db, starts: &[Start], versions: &mut VersionFiles) -> Result<Vec<Settled>, DbError> {
+async fn settle_pg(
+    db: &Db,
+    starts: &[Start],
+    versions: &std::cell::RefCell<VersionFiles>,
+) -> Result<Vec<Settled>, DbError> {
     let mut plan = Plan::new(starts);
     while let Some(round) = plan.next_round() {
         let rows = plan.round_json(&round, true);
@@ -533,17 +567,22 @@ async fn settle_pg(db: &Db, starts: &[Start], versions: &mut VersionFiles) -> Re
         };
         plan.record(round, got.into_iter().filter_map(|(g, v)| Some((g, v?))).collect());
     }
-    if let Some(ids) = versions.missing(&plan.counted_versions()) {
+    let missing = versions.borrow_mut().missing(&plan.counted_versions());
+    if let Some(ids) = missing {
         let rows: Vec<FileRow> = db.fetch_all(Query::new(files_sql(Backend::Postgres)).bind(ids)).await?;
-        versions.add(rows);
+        versions.borrow_mut().add(rows);
     }
     // The events are written; `finish` only picks each counted start's file.
-    let (_, outcomes) = plan.finish(versions).map_err(DbError::Protocol)?;
+    let (_, outcomes) = plan.finish(&versions.borrow()).map_err(DbError::Protocol)?;
     Ok(outcomes)
 }
 
 /// A batch in one transaction on the dedicated pool (SQLite databases that are not a file).
-async fn settle_pool(db: &Db, starts: &[Start], versions: &mut VersionFiles) -> Result<Vec<Settled>, DbError> {
+async fn settle_pool(
+    db: &Db,
+    starts: &[Start],
+    versions: &std::cell::RefCell<VersionFiles>,
+) -> Result<Vec<Settled>, DbError> {
     if db.backend() == Backend::Postgres {
         return settle_pg(db, starts, versions).await;
     }
@@ -557,11 +596,12 @@ async fn settle_pool(db: &Db, starts: &[Start], versions: &mut VersionFiles) -> 
             .await?;
         plan.record(round, got.into_iter().filter_map(|(g, v)| Some((g, v?))).collect());
     }
-    if let Some(ids) = versions.missing(&plan.counted_versions()) {
+    let missing = versions.borrow_mut().missing(&plan.counted_versions());
+    if let Some(ids) = missing {
         let rows: Vec<FileRow> = tx.fetch_all(Query::new(files_sql(backend)).bind(ids)).await?;
-        versions.add(rows);
+        versions.borrow_mut().add(rows);
     }
-    let (events, outcomes) = plan.finish(versions).map_err(DbError::Protocol)?;
+    let (events, outcomes) = plan.finish(&versions.borrow()).map_err(DbError::Protocol)?;
     if !events.is_empty() {
         tx.execute(Query::new(events_sql(backend)).bind(Event::json(&events)))
             .await?;

@@ -292,13 +292,15 @@ async fn download(
     Path(token): Path<String>,
     Query(q): Query<FileQuery>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    req: axum::extract::Request,
 ) -> ApiResult<Response> {
+    // The request itself, not a `HeaderMap` extractor: that one copies every header.
+    let headers = req.headers();
     let ua = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let ip = client_ip(&app, &headers, peer);
+    let ip = client_ip(&app, headers, peer);
     // A resume or extra connection of a download counted moments ago is not a new download.
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let resumed = match range {

@@ -14,10 +14,18 @@ struct Histogram {
     count: u64,
 }
 
+/// One route's figures: requests by (method, status), and its latency histogram.
+#[derive(Default)]
+struct RouteStats {
+    requests: Vec<(axum::http::Method, u16, u64)>,
+    latency: Histogram,
+}
+
+/// Every route's figures behind one lock; a request allocates nothing once its route,
+/// method and status have been seen.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    latency: Mutex<BTreeMap<String, Histogram>>,
+    routes: Mutex<BTreeMap<String, RouteStats>>,
 }
 
 fn escape(s: &str) -> String {
@@ -25,40 +33,53 @@ fn escape(s: &str) -> String {
 }
 
 impl Metrics {
-    pub fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        if let Ok(mut m) = self.requests.lock() {
-            *m.entry((method.to_string(), route.to_string(), status)).or_default() += 1;
+    pub fn observe(&self, method: &axum::http::Method, route: &str, status: u16, seconds: f64) {
+        let Ok(mut m) = self.routes.lock() else { return };
+        let stats = match m.get_mut(route) {
+            Some(s) => s,
+            None => m.entry(route.to_string()).or_default(),
+        };
+        match stats
+            .requests
+            .iter_mut()
+            .find(|(me, st, _)| me == method && *st == status)
+        {
+            Some((_, _, n)) => *n += 1,
+            None => stats.requests.push((method.clone(), status, 1)),
         }
-        if let Ok(mut m) = self.latency.lock() {
-            let h = m.entry(route.to_string()).or_default();
-            for (i, b) in BUCKETS.iter().enumerate() {
-                if seconds <= *b {
-                    h.counts[i] += 1;
-                }
+        let h = &mut stats.latency;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if seconds <= *b {
+                h.counts[i] += 1;
             }
-            h.sum += seconds;
-            h.count += 1;
         }
+        h.sum += seconds;
+        h.count += 1;
     }
 
     pub fn render(&self, job_depth: i64) -> String {
         let mut out = String::new();
         out.push_str("# HELP satchel_http_requests_total HTTP requests by method, route and status.\n");
         out.push_str("# TYPE satchel_http_requests_total counter\n");
-        if let Ok(m) = self.requests.lock() {
-            for ((method, route, status), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "satchel_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
-                    escape(method),
-                    escape(route)
-                );
+        if let Ok(m) = self.routes.lock() {
+            for (route, stats) in m.iter() {
+                let mut requests: Vec<_> = stats.requests.iter().collect();
+                requests.sort_by(|a, b| (a.0.as_str(), a.1).cmp(&(b.0.as_str(), b.1)));
+                for (method, status, n) in requests {
+                    let _ = writeln!(
+                        out,
+                        "satchel_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
+                        escape(method.as_str()),
+                        escape(route)
+                    );
+                }
             }
         }
         out.push_str("# HELP satchel_http_request_duration_seconds Request latency by route.\n");
         out.push_str("# TYPE satchel_http_request_duration_seconds histogram\n");
-        if let Ok(m) = self.latency.lock() {
-            for (route, h) in m.iter() {
+        if let Ok(m) = self.routes.lock() {
+            for (route, stats) in m.iter() {
+                let h = &stats.latency;
                 let r = escape(route);
                 for (i, b) in BUCKETS.iter().enumerate() {
                     let _ = writeln!(

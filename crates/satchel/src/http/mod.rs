@@ -95,10 +95,7 @@ pub fn router(app: App) -> Router {
         .merge(invoices::static_router())
         .merge(dashboard::router(app.clone()))
         .fallback(fallback)
-        .layer(axum::middleware::from_fn_with_state(app.clone(), ratelimit::limit))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), pages::browser_layer))
-        .layer(axum::middleware::from_fn(limit_headers))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), envelope))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .with_state(app)
 }
@@ -107,17 +104,33 @@ pub fn router(app: App) -> Router {
 /// API client or download manager comes near it (nginx's own default is 4 × 8 KiB).
 const MAX_HEADER_BYTES: usize = 32 * 1024;
 
-async fn limit_headers(req: Request, next: Next) -> Response {
+/// Every request's envelope, in one middleware (one layer costs a boxed future and a service
+/// clone per request, so the steps are plain calls), outermost first:
+/// 1. request id, tracing span and metrics ([`observe`]);
+/// 2. the header-size limit (431);
+/// 3. browser concerns: HTML error pages, security headers, `?ref=` ([`pages::browser_layer`]);
+/// 4. rate limits per network ([`ratelimit::limit`]);
+/// 5. the route's handler.
+async fn envelope(State(app): State<App>, req: Request, next: Next) -> Response {
+    observe(&app, req, |req| async {
+        if let Some(refused) = headers_too_large(&req) {
+            return refused;
+        }
+        pages::browser_layer(&app, req, |req| ratelimit::limit(&app, req, |req| next.run(req))).await
+    })
+    .await
+}
+
+fn headers_too_large(req: &Request) -> Option<Response> {
     let total: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-    if total > MAX_HEADER_BYTES {
-        return ApiError::new(
+    (total > MAX_HEADER_BYTES).then(|| {
+        ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
             format!("The request headers add up to {total} bytes; at most {MAX_HEADER_BYTES} are accepted."),
         )
-        .into_response();
-    }
-    next.run(req).await
+        .into_response()
+    })
 }
 
 async fn fallback() -> ApiError {
@@ -134,7 +147,11 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 /// Request id (taken from `X-Request-Id` when sane, else minted), a tracing span, and metrics.
-async fn observe(State(app): State<App>, mut req: Request, next: Next) -> Response {
+async fn observe<F, Fut>(app: &App, mut req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let started = Instant::now();
     let rid = req
         .headers()
@@ -144,24 +161,18 @@ async fn observe(State(app): State<App>, mut req: Request, next: Next) -> Respon
             !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
         .map(str::to_string)
-        .unwrap_or_else(|| crate::ids::new_id("req"));
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().to_string();
+        .unwrap_or_else(crate::ids::request_id);
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let method = req.method().clone();
     req.extensions_mut().insert(RequestId(rid.clone()));
     let span = tracing::info_span!("request", request_id = %rid, method = %method, route = %route);
     let mut resp = REQUEST_ID
-        .scope(
-            rid.clone(),
-            tracing::Instrument::instrument(next.run(req), span.clone()),
-        )
+        .scope(rid.clone(), tracing::Instrument::instrument(next(req), span.clone()))
         .await;
     let status = resp.status().as_u16();
     let secs = started.elapsed().as_secs_f64();
-    app.metrics.observe(&method, &route, status, secs);
+    app.metrics.observe(&method, route, status, secs);
     span.in_scope(|| tracing::debug!(status, ms = secs * 1000.0, "done"));
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-request-id", v);

@@ -12,7 +12,6 @@ use askama::Template;
 use axum::body::Body;
 use axum::extract::{Form, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -920,7 +919,11 @@ fn ref_cookie(query: Option<&str>) -> Option<HeaderValue> {
 
 /// Browser concerns for every response: HTML error pages for browsers (JSON stays JSON
 /// for API clients), security headers, and the `?ref=` attribution cookie.
-pub async fn browser_layer(State(app): State<App>, req: Request, next: Next) -> Response {
+pub async fn browser_layer<F, Fut>(app: &App, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let html_client = wants_html(req.headers());
     let path = req.uri().path().to_string();
     let is_api = path.starts_with("/api/") && !path.starts_with("/api/v1/downloads/");
@@ -940,7 +943,7 @@ pub async fn browser_layer(State(app): State<App>, req: Request, next: Next) -> 
             }
         }
     }
-    let mut resp = next.run(req).await;
+    let mut resp = next(req).await;
 
     let is_json = resp
         .headers()
@@ -948,7 +951,7 @@ pub async fn browser_layer(State(app): State<App>, req: Request, next: Next) -> 
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if html_client && !is_api && is_json && (resp.status().is_client_error() || resp.status().is_server_error()) {
-        resp = html_error(&app, resp, path.starts_with("/api/v1/downloads/")).await;
+        resp = html_error(app, resp, path.starts_with("/api/v1/downloads/")).await;
     }
 
     let h = resp.headers_mut();

@@ -8,9 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::app::App;
@@ -94,22 +93,28 @@ pub fn client_ip(app: &App, headers: &axum::http::HeaderMap, peer: Option<IpAddr
     forwarded.or(peer)
 }
 
-pub async fn limit(State(app): State<App>, req: Request, next: Next) -> Response {
+/// The rate-limit step of the request envelope (`http::envelope`): a request of a limited
+/// class over its network's budget gets 429 and never reaches `next`.
+pub async fn limit<F, Fut>(app: &App, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     if !app.cfg.server.rate_limits {
-        return next.run(req).await;
+        return next(req).await;
     }
     let Some((class, burst, per_sec)) = class_of(req.method(), req.uri().path()) else {
-        return next.run(req).await;
+        return next(req).await;
     };
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    let Some(ip) = client_ip(&app, req.headers(), peer) else {
-        return next.run(req).await;
+    let Some(ip) = client_ip(app, req.headers(), peer) else {
+        return next(req).await;
     };
     match app
         .rate_limiter
         .take(class, crate::delivery::ip_prefix(ip), burst, per_sec)
     {
-        Ok(()) => next.run(req).await,
+        Ok(()) => next(req).await,
         Err(wait) => too_many(&format!("too many {class} requests from your network"), wait),
     }
 }
