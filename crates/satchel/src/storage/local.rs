@@ -143,8 +143,16 @@ impl Storage for LocalStorage {
             let n = usize::try_from(left.min(CHUNK)).unwrap_or(64 * 1024);
             let (f, buf) = tokio::task::spawn_blocking(move || {
                 use std::io::Read;
-                let mut buf = vec![0u8; n];
-                f.read_exact(&mut buf).map(|()| (f, buf))
+                // Read into spare capacity (no zeroing of the buffer first).
+                let mut buf = Vec::with_capacity(n);
+                let got = (&mut f).take(n as u64).read_to_end(&mut buf)?;
+                if got < n {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the file is shorter than it was when opened",
+                    ));
+                }
+                Ok((f, buf))
             })
             .await
             .map_err(std::io::Error::other)??;
