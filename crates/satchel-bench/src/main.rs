@@ -308,6 +308,55 @@ fn floor_rows(
     Ok(())
 }
 
+/// The same 1 GiB through `delivery.mode = "x-accel"`: nginx in front (configured as
+/// docs/operations.md shows), Satchel checks the delivery URL and answers with
+/// `X-Accel-Redirect`, and nginx sends the bytes from its `internal` location with sendfile.
+/// Beside it, the same nginx serving the same file from a plain location.
+async fn x_accel_stream(backend: Backend, size: u64, nginx_gbs: f64) -> anyhow::Result<Row> {
+    let port = satchel::testing::free_port();
+    let t = TestApp::start_demo_with(backend, |c| {
+        c.delivery.mode = satchel::config::DeliveryMode::XAccel;
+        c.server.public_url = Some(format!("http://127.0.0.1:{port}"));
+        c.server.trust_forwarded_for = true;
+    })
+    .await;
+    let root = t
+        .app
+        .storage
+        .local_root()
+        .ok_or_else(|| anyhow::anyhow!("x-accel needs local storage"))?
+        .to_path_buf();
+    let prefix = t.app.cfg.delivery.x_accel_prefix.clone();
+    let nginx = satchel::testing::NginxServer::start(port, t.addr, &prefix, &root)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("nginx not installed"))?;
+    product_with_file(&t, "bench-accel", size).await?;
+    let o = t.buy_paid("bench-accel", "accel@example.com").await;
+    let link = o["items"][0]["download_url"].as_str().unwrap_or_default().to_string();
+    anyhow::ensure!(
+        link.starts_with(&nginx.base_url),
+        "link {link} does not go through nginx"
+    );
+    let r = t.client.get(&link).send().await?;
+    let file_url = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| anyhow::anyhow!("no redirect from {link}: {}", r.status()))?
+        .to_string();
+    let mut ours = (0, 0.0);
+    for _ in 0..2 {
+        ours = curl_rate(&file_url).await?;
+    }
+    anyhow::ensure!(ours.0 == size, "x-accel stream ended after {} bytes", ours.0);
+    Ok(Row {
+        what: format!("1 GiB stream, x-accel behind nginx ({}, curl)", backend.name()),
+        satchel: format!("{:.2} GB/s (Satchel checks, nginx sends)", ours.1),
+        reference: format!("nginx sendfile {nginx_gbs:.2} GB/s (row above)"),
+        ratio: format!("{:.2}x", ours.1 / nginx_gbs.max(0.001)),
+    })
+}
+
 /// Reads `url` with curl into /dev/null: (bytes, GB/s).
 async fn curl_rate(url: &str) -> anyhow::Result<(u64, f64)> {
     let out = tokio::process::Command::new("curl")
@@ -464,10 +513,12 @@ async fn bench_backend(
         }
     };
     let (n, ours_gbs) = stream_rate(file_url).await?;
+    let mut nginx_gbs = None;
     let (reference, ratio) = match nginx_ref {
         Some(n_ref) => {
             // nginx serves the same bytes from a copy of the sparse file in its root.
             let (_, r) = stream_rate(format!("http://127.0.0.1:{}/raw/big.bin", n_ref.port)).await?;
+            nginx_gbs = Some(r);
             (
                 format!("nginx sendfile {r:.2} GB/s"),
                 format!("{:.2}x", ours_gbs / r.max(0.001)),
@@ -484,6 +535,12 @@ async fn bench_backend(
         reference,
         ratio,
     });
+    if let (true, Some(reference)) = (use_curl, nginx_gbs) {
+        match x_accel_stream(backend, size, reference).await {
+            Ok(row) => rows.push(row),
+            Err(e) => eprintln!("x-accel stream phase skipped: {e:#}"),
+        }
+    }
     if args.stream_only {
         return Ok(());
     }
