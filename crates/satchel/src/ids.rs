@@ -40,7 +40,7 @@ pub fn new_id(prefix: &str) -> String {
     out
 }
 
-/// A request id such as `req_3F9K2M7Q1X-000000000001A7`: unique per process run (a random
+/// A request id such as `req_3F9K2M7Q1X-0000000001A7`: unique per process run (a random
 /// prefix drawn once, then a counter), for correlating logs. Cheaper than [`new_id`] (no
 /// lock, no random draw per request); it need not sort or be unguessable.
 pub fn request_id() -> String {

@@ -123,7 +123,7 @@ impl Batcher {
     /// Prometheus lines: batches committed and starts settled.
     pub fn render_metrics(&self) -> String {
         format!(
-            "# HELP satchel_download_start_batches_total Transactions that settled download starts (group commit).\n\
+            "# HELP satchel_download_start_batches_total Batches that settled download starts (group commit: one transaction on SQLite, one statement per round on PostgreSQL).\n\
              # TYPE satchel_download_start_batches_total counter\n\
              satchel_download_start_batches_total {}\n\
              # HELP satchel_download_starts_settled_total Download starts settled (counted or refused).\n\
