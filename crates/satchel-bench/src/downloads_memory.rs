@@ -293,26 +293,13 @@ pub async fn run(n: usize) -> anyhow::Result<()> {
     );
 
     // The same stream to curl (a client that does no per-byte work), for the throughput.
-    if let Ok(out) = tokio::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{size_download} %{speed_download}",
-            &huge_url,
-        ])
-        .output()
-        .await
-    {
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let mut it = text.split_whitespace().map(|v| v.parse::<f64>().unwrap_or(0.0));
-        let (size, speed) = (it.next().unwrap_or(0.0), it.next().unwrap_or(0.0));
-        println!(
+    match crate::curl_rate(&huge_url).await {
+        Ok((size, gbs)) => println!(
             "10 GiB stream to curl: {:.2} GiB/s ({size} bytes); RSS after {}",
-            speed / f64::from(1 << 30),
+            gbs * 1e9 / f64::from(1 << 30),
             mib(rss_kib(pid))
-        );
+        ),
+        Err(e) => eprintln!("10 GiB stream to curl skipped: {e:#}"),
     }
 
     let small_url = url::Url::parse(&delivery_url(&server.base, "bench-small").await?)?;

@@ -184,7 +184,8 @@ pub async fn redeem(
         file_name: file_name.map(str::to_string),
         ip: ip.to_string(),
         prefix: prefix.clone(),
-        user_agent: user_agent.to_string(),
+        user_agent: user_agent.chars().take(batch::USER_AGENT_MAX).collect(),
+        event_id: new_id("dle"),
         at: t,
     };
     let settled = app.download_starts.settle(&app.db, start).await.map_err(|e| {

@@ -45,7 +45,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::db::models::FileRow;
 use crate::db::{Backend, Db, DbError, Exec, Query, Tx};
-use crate::ids::new_id;
 
 /// Most starts settled by one transaction (bounded so one statement's rows stay small).
 pub const MAX_BATCH: usize = 256;
@@ -62,9 +61,16 @@ pub struct Start {
     pub file_name: Option<String>,
     pub ip: String,
     pub prefix: String,
+    /// At most [`USER_AGENT_MAX`] characters (what the event row keeps).
     pub user_agent: String,
+    /// The id of its `download_events` row, should it be counted (made by the caller, so
+    /// the batcher's thread does not).
+    pub event_id: String,
     pub at: i64,
 }
+
+/// Characters of a user agent kept in a download event.
+pub const USER_AGENT_MAX: usize = 300;
 
 /// What became of a start.
 #[derive(Debug)]
@@ -311,8 +317,8 @@ impl<'a> Plan<'a> {
                 let s = &self.starts[*i];
                 let mut row = serde_json::json!({ "gid": s.grant_id, "prefix": s.prefix, "ip": s.ip, "name": s.file_name.as_deref().unwrap_or("") });
                 if events {
-                    row["eid"] = new_id("dle").into();
-                    row["ua"] = s.user_agent.chars().take(300).collect::<String>().into();
+                    row["eid"] = s.event_id.as_str().into();
+                    row["ua"] = s.user_agent.as_str().into();
                     row["at"] = s.at.into();
                 }
                 row
@@ -351,7 +357,6 @@ impl<'a> Plan<'a> {
                 .pick(version, s.file_name.as_deref())
                 .ok_or_else(|| format!("grant {} counted without a file in version {version}", s.grant_id))?;
             events.push(Event {
-                id: new_id("dle"),
                 start: s,
                 file_id: file.id.clone(),
                 bytes: file.size,
@@ -370,17 +375,12 @@ impl<'a> Plan<'a> {
 
 /// A `download_events` row for a counted start.
 struct Event<'a> {
-    id: String,
     start: &'a Start,
     file_id: String,
     bytes: i64,
 }
 
 impl Event<'_> {
-    fn user_agent(&self) -> String {
-        self.start.user_agent.chars().take(300).collect()
-    }
-
     /// Events as the JSON parameter of [`events_sql`].
     fn json(events: &[Event<'_>]) -> String {
         let rows: Vec<serde_json::Value> = events
@@ -388,8 +388,8 @@ impl Event<'_> {
             .map(|e| {
                 let s = e.start;
                 serde_json::json!({
-                    "id": e.id, "g": s.grant_id, "f": e.file_id, "at": s.at, "ip": s.ip, "p": s.prefix,
-                    "ua": e.user_agent(), "b": e.bytes,
+                    "id": s.event_id, "g": s.grant_id, "f": e.file_id, "at": s.at, "ip": s.ip, "p": s.prefix,
+                    "ua": s.user_agent, "b": e.bytes,
                 })
             })
             .collect();
@@ -743,13 +743,13 @@ impl SqliteWriter {
             for ev in &events {
                 let s = ev.start;
                 stmt.execute(rusqlite::params![
-                    ev.id,
+                    s.event_id,
                     s.grant_id,
                     ev.file_id,
                     s.at,
                     s.ip,
                     s.prefix,
-                    ev.user_agent(),
+                    s.user_agent,
                     ev.bytes
                 ])
                 .map_err(e)?;

@@ -256,20 +256,6 @@ async fn success_page(
     Ok(crate::http::pages::success_page(&app, &order).await?.into_response())
 }
 
-fn client_ip(app: &App, headers: &HeaderMap, peer: SocketAddr) -> std::net::IpAddr {
-    if app.cfg.server.trust_forwarded_for {
-        if let Some(ip) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok())
-        {
-            return ip;
-        }
-    }
-    peer.ip()
-}
-
 #[derive(Deserialize, utoipa::IntoParams)]
 struct FileQuery {
     /// Which file of the current version (default: the first).
@@ -300,7 +286,7 @@ async fn download(
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let ip = client_ip(&app, headers, peer);
+    let ip = crate::http::ratelimit::client_ip(&app, headers, Some(peer.ip())).unwrap_or(peer.ip());
     // A resume or extra connection of a download counted moments ago is not a new download.
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let resumed = match range {
