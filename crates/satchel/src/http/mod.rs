@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod commerce;
 pub mod dashboard;
 pub mod extract;
+pub mod front;
 pub mod images;
 pub mod invoices;
 pub mod library;
@@ -190,18 +191,26 @@ const CONN_BUF: usize = 64 * 1024;
 
 /// Serves until SIGTERM/ctrl-c (or `stop`), then lets in-flight requests finish within the grace period.
 ///
-/// A plain hyper accept loop rather than `axum::serve`, to set the per-connection buffer
-/// ([`CONN_BUF`]); each request gets `ConnectInfo` like `into_make_service_with_connect_info`.
+/// A plain accept loop rather than `axum::serve`: each connection starts in the HTTP/1
+/// [`front`] (delivery requests, `sendfile` for local files) and is handed to hyper, with
+/// the per-connection buffer bounded ([`CONN_BUF`]), for anything else. Each request gets
+/// `ConnectInfo` like `into_make_service_with_connect_info`.
 pub async fn serve(app: App, listener: tokio::net::TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::TokioExecutor;
     let grace = Duration::from_secs(app.cfg.server.shutdown_grace_secs);
-    let router = router(app);
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
+    let mut hyper = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    hyper
         .http1()
         .max_buf_size(CONN_BUF)
         .timer(hyper_util::rt::TokioTimer::new());
+    let front = std::sync::Arc::new(front::Front {
+        router: router(app),
+        hyper,
+        stop: stop.clone(),
+        max_head: CONN_BUF,
+    });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (io, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -216,22 +225,17 @@ pub async fn serve(app: App, listener: tokio::net::TcpListener, stop: Cancellati
             () = stop.cancelled() => break,
         };
         let _ = io.set_nodelay(true);
-        let router = router.clone();
-        let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-            tower::ServiceExt::oneshot(router.clone(), req)
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        connections.spawn(front::connection(front.clone(), io, peer, graceful.watcher()));
     }
     drop(listener);
+    connections.close();
+    // Connections in the front finish their response and close; hyper's are told to finish theirs.
+    let drained = async {
+        graceful.shutdown().await;
+        connections.wait().await;
+    };
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = drained => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period; closing");
         }

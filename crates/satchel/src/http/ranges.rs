@@ -125,11 +125,21 @@ pub async fn serve(
 ) -> ApiResult<Response> {
     let size = marked.map_or(u64::try_from(file.size).unwrap_or(0), crate::watermark::Composite::size);
     let tag = marked.map_or_else(|| etag(file), |m| format!("\"{}\"", m.tag));
+    // The body stream, and for a plain local file the open file region the front may send
+    // with sendfile(2) instead (a response extension; see `http::front`).
     let body = |range: Option<std::ops::Range<u64>>| async move {
-        match marked {
-            Some(m) => m.stream(&app.storage, range.unwrap_or(0..size)).await,
-            None => app.storage.get(&file.object_key, range).await.map(|g| g.body),
-        }
+        let r = match marked {
+            Some(m) => Response::new(Body::from_stream(m.stream(&app.storage, range.unwrap_or(0..size)).await?)),
+            None => {
+                let g = app.storage.get(&file.object_key, range).await?;
+                let mut r = Response::new(Body::from_stream(g.body));
+                if let Some(region) = g.region {
+                    r.extensions_mut().insert(region);
+                }
+                r
+            }
+        };
+        Ok::<_, crate::error::ApiError>(r)
     };
     let last_modified = httpdate::fmt_http_date(
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(file.created_at).unwrap_or(0)),
@@ -158,12 +168,12 @@ pub async fn serve(
             r
         }
         RangeDecision::Full => {
-            let mut r = Response::new(Body::from_stream(body(None).await?));
+            let mut r = body(None).await?;
             r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(size));
             r
         }
         RangeDecision::Partial(start, end) => {
-            let mut r = Response::new(Body::from_stream(body(Some(start..end)).await?));
+            let mut r = body(Some(start..end)).await?;
             *r.status_mut() = StatusCode::PARTIAL_CONTENT;
             r.headers_mut()
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
-use super::{validate_key, ByteStream, GetResult, ObjectMeta, PartInfo, PutResult, Storage, StorageError};
+use super::{validate_key, ByteStream, FileRegion, GetResult, ObjectMeta, PartInfo, PutResult, Storage, StorageError};
 
 /// Bytes per read when streaming a file out: every download reads chunks of this size, which
 /// is what one stalled download holds (docs/operations.md, memory per in-flight download).
@@ -198,6 +198,12 @@ impl Storage for LocalStorage {
         // Chunks double while the client keeps up (and the large-chunk budget allows), and
         // fall back to `CHUNK` as soon as it does not.
         let file = file.into_std().await;
+        // A second descriptor of the same open file, for the front's sendfile path.
+        let region = file.try_clone().ok().map(|f| FileRegion {
+            file: std::sync::Arc::new(f),
+            offset: start,
+            len,
+        });
         let state = (file, len, CHUNK, None::<std::time::Instant>);
         let body = futures::stream::try_unfold(state, |(mut f, left, size, handed)| async move {
             if left == 0 {
@@ -230,6 +236,7 @@ impl Storage for LocalStorage {
         Ok(GetResult {
             meta,
             body: Box::pin(body),
+            region,
         })
     }
 

@@ -53,6 +53,20 @@ pub struct GetResult {
     pub meta: ObjectMeta,
     /// The bytes of the requested range (or the whole object).
     pub body: ByteStream,
+    /// The same bytes as an open local file and a range of it, when the store is a local
+    /// directory: the HTTP front hands them to the kernel (`sendfile`) instead of copying
+    /// the stream through user space ([`crate::http::front`]).
+    pub region: Option<FileRegion>,
+}
+
+/// An open file and the byte range of it that a response carries. Set as a response
+/// extension, it lets the HTTP front send the range with `sendfile(2)`; every other server
+/// path (and every test that calls the router directly) reads the body stream instead.
+#[derive(Clone, Debug)]
+pub struct FileRegion {
+    pub file: Arc<std::fs::File>,
+    pub offset: u64,
+    pub len: u64,
 }
 
 /// An in-progress multipart upload (S3 multipart; a part directory on local disk).

@@ -306,6 +306,7 @@ impl Storage for S3Storage {
                 return Ok(GetResult {
                     meta,
                     body: super::bytes_stream(Bytes::new()),
+                    region: None,
                 });
             }
             req = req.header("range", format!("bytes={}-{}", r.start, r.end - 1));
@@ -329,6 +330,7 @@ impl Storage for S3Storage {
         Ok(GetResult {
             meta,
             body: Box::pin(body),
+            region: None,
         })
     }
 

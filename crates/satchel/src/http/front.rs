@@ -1,0 +1,478 @@
+//! The HTTP/1 front of every connection.
+//!
+//! Body-less `GET`/`HEAD` requests for the two delivery paths (`/api/v1/downloads/…` and
+//! `/files/…`) are read, answered and written here; everything else — any other path, a
+//! request with a body, an upgrade, HTTP/2, HTTP/1.0, a head this parser will not take — is
+//! handed to hyper together with the bytes already read, and hyper serves the connection
+//! from then on. Either way the request goes through the same router, so the envelope
+//! (request id, metrics, header limit, browser pages, rate limits), the handlers and the
+//! answers are the same; only the wire work differs:
+//!
+//! * a local, unwatermarked file body ([`FileRegion`] on the response) is sent by the kernel
+//!   with `sendfile(2)`: no byte passes through user space, and a stalled download holds no
+//!   buffer at all (hyper can only write the body stream, copying every byte twice);
+//! * a redirect or an error is one `write` of head and body.
+//!
+//! A browser that follows a download's 302 on the same keep-alive connection stays here,
+//! so its file is sent with `sendfile` too.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use axum::Router;
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::storage::FileRegion;
+
+/// Request lines the front answers itself; any other start goes to hyper.
+const NATIVE: [&[u8]; 4] = [
+    b"GET /api/v1/downloads/",
+    b"GET /files/",
+    b"HEAD /api/v1/downloads/",
+    b"HEAD /files/",
+];
+
+/// Most header lines the front parses; a request with more goes to hyper (which takes 100).
+const MAX_HEADERS: usize = 64;
+
+/// A request head must arrive within this (hyper's own header-read timeout); an idle
+/// keep-alive connection is closed after it.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bodies up to this size go out in the same `write` as the head.
+const COALESCE: u64 = 16 * 1024;
+
+/// What the server loop shares with every connection.
+pub struct Front {
+    pub router: Router,
+    pub hyper: auto::Builder<TokioExecutor>,
+    pub stop: CancellationToken,
+    /// Largest request head (the same bound hyper applies).
+    pub max_head: usize,
+}
+
+/// Serves one accepted connection until the client closes it, an error ends it, or the
+/// server stops (between requests).
+pub async fn connection(front: std::sync::Arc<Front>, mut io: TcpStream, peer: SocketAddr, watcher: Watcher) {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        let (head_len, req) = match read_head(&front, &mut io, &mut buf, peer).await {
+            Head::Native(len, req) => (len, req),
+            Head::Hyper => return to_hyper(&front, Rewind { pre: buf.freeze(), io }, peer, watcher).await,
+            Head::Closed => return,
+        };
+        buf.advance(head_len);
+        let head_only = req.method() == Method::HEAD;
+        let client_close = wants_close(req.headers());
+        let resp = match tower::ServiceExt::oneshot(front.router.clone(), req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        let close = client_close || wants_close(resp.headers()) || front.stop.is_cancelled();
+        if write_response(&mut io, resp, head_only, close).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+enum Head {
+    /// A request the front answers; the head's length in the buffer.
+    Native(usize, Request<Body>),
+    /// Anything else: hyper takes the connection with the buffered bytes.
+    Hyper,
+    /// The client went away, the head timed out, or the server is stopping.
+    Closed,
+}
+
+async fn read_head(front: &Front, io: &mut TcpStream, buf: &mut BytesMut, peer: SocketAddr) -> Head {
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    loop {
+        if !buf.is_empty() {
+            match classify(buf, peer, front.max_head) {
+                Parsed::Native(len, req) => return Head::Native(len, req),
+                Parsed::Hyper => return Head::Hyper,
+                Parsed::More => {}
+            }
+        }
+        let idle = buf.is_empty();
+        tokio::select! {
+            r = io.read_buf(buf) => match r {
+                Ok(0) | Err(_) => return Head::Closed,
+                Ok(_) => {}
+            },
+            () = front.stop.cancelled(), if idle => return Head::Closed,
+            () = tokio::time::sleep_until(deadline) => return Head::Closed,
+        }
+    }
+}
+
+enum Parsed {
+    Native(usize, Request<Body>),
+    Hyper,
+    More,
+}
+
+fn classify(buf: &[u8], peer: SocketAddr, max_head: usize) -> Parsed {
+    let start = &buf[..buf.len().min(32)];
+    let candidate = NATIVE.iter().any(|p| start.starts_with(p));
+    if !candidate {
+        // Still a prefix of one of ours: wait for more bytes before deciding.
+        let prefix = NATIVE.iter().any(|p| p.starts_with(start));
+        return if prefix { Parsed::More } else { Parsed::Hyper };
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => match to_request(&parsed, peer) {
+            Some(req) => Parsed::Native(len, req),
+            None => Parsed::Hyper,
+        },
+        Ok(httparse::Status::Partial) if buf.len() < max_head => Parsed::More,
+        // Too long, too many headers, or malformed: hyper answers these as it always has.
+        _ => Parsed::Hyper,
+    }
+}
+
+/// The parsed head as a request for the router, or `None` when hyper should take it: not
+/// HTTP/1.1, a body, an upgrade, `Expect`, or a name, value or target `http` refuses.
+fn to_request(parsed: &httparse::Request<'_, '_>, peer: SocketAddr) -> Option<Request<Body>> {
+    if parsed.version != Some(1) {
+        return None;
+    }
+    let method = match parsed.method? {
+        "GET" => Method::GET,
+        "HEAD" => Method::HEAD,
+        _ => return None,
+    };
+    let uri = axum::http::Uri::try_from(parsed.path?).ok()?;
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        let has_body = (name == header::CONTENT_LENGTH && value.as_bytes() != b"0")
+            || name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == header::EXPECT;
+        if has_body {
+            return None;
+        }
+        headers.append(name, value);
+    }
+    let mut req = Request::new(Body::empty());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+    Some(req)
+}
+
+fn wants_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+/// Writes `resp` as HTTP/1.1: `Content-Length` when the length is known (from the handler
+/// or an exact body size), else chunked; no body for `HEAD`, 1xx, 204 and 304.
+async fn write_response(io: &mut TcpStream, resp: Response<Body>, head_only: bool, close: bool) -> io::Result<()> {
+    let (mut parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    let no_body_status = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let length = if no_body_status {
+        None
+    } else if head_only {
+        declared
+    } else {
+        declared.or_else(|| body.size_hint().exact())
+    };
+    let chunked = !no_body_status && !head_only && length.is_none();
+
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION || name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
+            continue;
+        }
+        push_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        push_header(&mut head, b"date", http_date().as_bytes());
+    }
+    if let Some(n) = length {
+        push_header(&mut head, b"content-length", n.to_string().as_bytes());
+    }
+    if chunked {
+        push_header(&mut head, b"transfer-encoding", b"chunked");
+    }
+    if close {
+        push_header(&mut head, b"connection", b"close");
+    }
+    head.extend_from_slice(b"\r\n");
+
+    if head_only || no_body_status {
+        return io.write_all(&head).await;
+    }
+    if let (Some(region), Some(n)) = (parts.extensions.remove::<FileRegion>(), length) {
+        if region.len == n {
+            drop(body);
+            io.write_all(&head).await?;
+            return send_region(io, &region).await;
+        }
+    }
+    match length {
+        Some(n) if n <= COALESCE => {
+            let head_len = head.len();
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.map_err(io::Error::other)?.into_data() {
+                    head.extend_from_slice(&data);
+                }
+            }
+            if (head.len() - head_len) as u64 != n {
+                return Err(io::Error::other("body length differs from its Content-Length"));
+            }
+            io.write_all(&head).await
+        }
+        Some(n) => {
+            io.write_all(&head).await?;
+            let mut sent = 0u64;
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.map_err(io::Error::other)?.into_data() {
+                    sent += data.len() as u64;
+                    if sent > n {
+                        return Err(io::Error::other("body longer than its Content-Length"));
+                    }
+                    io.write_all(&data).await?;
+                }
+            }
+            if sent == n {
+                Ok(())
+            } else {
+                Err(io::Error::other("body shorter than its Content-Length"))
+            }
+        }
+        None => {
+            io.write_all(&head).await?;
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.map_err(io::Error::other)?.into_data() {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    let mut chunk = Vec::with_capacity(data.len() + 16);
+                    chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    chunk.extend_from_slice(&data);
+                    chunk.extend_from_slice(b"\r\n");
+                    io.write_all(&chunk).await?;
+                }
+            }
+            io.write_all(b"0\r\n\r\n").await
+        }
+    }
+}
+
+fn push_header(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    head.extend_from_slice(name);
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
+
+/// The `Date` header value, formatted once per second per thread.
+fn http_date() -> String {
+    use std::cell::RefCell;
+    thread_local! {
+        static CACHE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs || c.1.is_empty() {
+            *c = (secs, httpdate::fmt_http_date(now));
+        }
+        c.1.clone()
+    })
+}
+
+/// Sends `region` of its file to the socket with `sendfile(2)`: the kernel moves the bytes
+/// from the page cache to the socket, and nothing is buffered here while the client is slow.
+#[cfg(target_os = "linux")]
+async fn send_region(io: &mut TcpStream, region: &FileRegion) -> io::Result<()> {
+    let mut offset = region.offset;
+    let end = region.offset + region.len;
+    while offset < end {
+        // One call sends what the socket buffer takes; at most 1 GiB per call.
+        let want = usize::try_from(end - offset).unwrap_or(usize::MAX).min(1 << 30);
+        io.writable().await?;
+        let stream = &*io;
+        match stream.try_io(tokio::io::Interest::WRITABLE, || {
+            rustix::fs::sendfile(stream, &*region.file, Some(&mut offset), want).map_err(io::Error::from)
+        }) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file ended early")),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Elsewhere, the region is read and written in 256 KiB pieces.
+#[cfg(not(target_os = "linux"))]
+async fn send_region(io: &mut TcpStream, region: &FileRegion) -> io::Result<()> {
+    use std::io::{Read, Seek};
+    let mut file = region.file.try_clone()?;
+    file.seek(io::SeekFrom::Start(region.offset))?;
+    let mut left = region.len;
+    let mut buf = vec![0u8; 256 * 1024];
+    while left > 0 {
+        let n = usize::try_from(left).unwrap_or(buf.len()).min(buf.len());
+        file.read_exact(&mut buf[..n])?;
+        io.write_all(&buf[..n]).await?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Hands the connection to hyper, replaying the bytes already read.
+async fn to_hyper(front: &Front, io: Rewind, peer: SocketAddr, watcher: Watcher) {
+    let router = front.router.clone();
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        tower::ServiceExt::oneshot(router.clone(), req)
+    });
+    let conn = front
+        .hyper
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .into_owned();
+    let _ = watcher.watch(conn).await;
+}
+
+/// A stream that first yields bytes already read from it.
+struct Rewind {
+    pre: Bytes,
+    io: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.pre.is_empty() {
+            let n = this.pre.len().min(buf.remaining());
+            buf.put_slice(&this.pre[..n]);
+            this.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:9".parse().unwrap()
+    }
+
+    #[test]
+    fn only_body_less_delivery_requests_are_taken() {
+        let native = b"GET /files/f1.x/a.pdf HTTP/1.1\r\nHost: a\r\nRange: bytes=0-9\r\n\r\nGET /";
+        match classify(native, peer(), 65536) {
+            Parsed::Native(len, req) => {
+                assert_eq!(len, native.len() - 5, "the next request's bytes stay in the buffer");
+                assert_eq!(req.uri().path(), "/files/f1.x/a.pdf");
+                assert_eq!(req.headers()["range"], "bytes=0-9");
+            }
+            _ => panic!("a delivery GET is answered by the front"),
+        }
+        let cases: [&[u8]; 8] = [
+            b"GET /healthz HTTP/1.1\r\n\r\n",
+            b"POST /files/x HTTP/1.1\r\nContent-Length: 2\r\n\r\nab",
+            b"GET /files/x HTTP/1.0\r\n\r\n",
+            b"GET /files/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /files/x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            b"GET /files/x HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET /files/x HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ];
+        for c in cases {
+            assert!(
+                matches!(classify(c, peer(), 65536), Parsed::Hyper),
+                "{:?} goes to hyper",
+                String::from_utf8_lossy(c)
+            );
+        }
+        // Undecided until the request line or the head is complete.
+        for c in [&b"GE"[..], b"GET /fi", b"GET /files/x HTTP/1.1\r\nHost: a\r\n"] {
+            assert!(matches!(classify(c, peer(), 65536), Parsed::More));
+        }
+        // A head larger than the limit is hyper's to refuse.
+        let mut long = b"GET /files/x HTTP/1.1\r\nX-A: ".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 70_000));
+        assert!(matches!(classify(&long, peer(), 65536), Parsed::Hyper));
+    }
+
+    #[test]
+    fn close_is_a_token_of_connection() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Close"));
+        assert!(wants_close(&h));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        assert!(!wants_close(&h));
+    }
+}
