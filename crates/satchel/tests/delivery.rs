@@ -566,3 +566,147 @@ fn backend_name(t: &TestApp) -> &'static str {
         satchel::db::Backend::Postgres => "pg",
     }
 }
+
+/// One response read off a raw connection: status, headers (lower-case names), body.
+struct Raw {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Splits the bytes of pipelined responses; `heads` marks the answers to HEAD (no body).
+fn split_responses(mut wire: &[u8], heads: &[bool]) -> Vec<Raw> {
+    let mut out = Vec::new();
+    for &head_only in heads {
+        let end = wire
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("a complete head in {:?}", String::from_utf8_lossy(wire)));
+        let text = std::str::from_utf8(&wire[..end]).unwrap();
+        let mut lines = text.split("\r\n");
+        let status_line = lines.next().unwrap();
+        assert!(status_line.starts_with("HTTP/1.1 "), "{status_line}");
+        let status = status_line[9..12].parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                (n.trim().to_ascii_lowercase(), v.trim().to_string())
+            })
+            .collect();
+        wire = &wire[end + 4..];
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        let body = if head_only { Vec::new() } else { wire[..len].to_vec() };
+        if !head_only {
+            wire = &wire[len..];
+        }
+        out.push(Raw { status, headers, body });
+    }
+    assert!(wire.is_empty(), "nothing after the last response");
+    out
+}
+
+fn sendfile_bytes(t: &TestApp) -> u64 {
+    t.app
+        .metrics
+        .render(0)
+        .lines()
+        .find_map(|l| l.strip_prefix("satchel_sendfile_bytes_total "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The HTTP/1 front answers delivery requests itself and sends local files with sendfile;
+/// pipelined requests, HEAD, a keep-alive switch to hyper for any other request, and
+/// `Connection: close` all behave as HTTP/1.1 says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_front_sends_files_with_sendfile_and_hands_the_rest_to_hyper() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for backend in backends().await {
+        let t = TestApp::start(backend).await;
+        let body = bytes_of(1 << 20, 11);
+        let link = sell(&t, "front", "f.bin", &body, 5).await;
+        let link_path = link.split_once(&t.base_url).unwrap().1.to_string();
+        let url = redeem(&t, &link).await;
+        let path = url.split_once(&t.base_url).unwrap().1.to_string();
+        assert_eq!(sendfile_bytes(&t), 0);
+
+        // Four requests in one write: a range, a HEAD, a start on the download link, and a
+        // request only hyper serves (which also closes the connection).
+        let mut conn = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+        let wire = format!(
+            "GET {path} HTTP/1.1\r\nHost: s\r\nRange: bytes=10-19\r\n\r\n\
+             HEAD {path} HTTP/1.1\r\nHost: s\r\n\r\n\
+             GET {link_path} HTTP/1.1\r\nHost: s\r\nAccept: application/json\r\n\r\n\
+             GET /healthz HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n"
+        );
+        conn.write_all(wire.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut got))
+            .await
+            .expect("the server closes the connection after `Connection: close`")
+            .unwrap();
+        let r = split_responses(&got, &[false, true, false, false]);
+        assert_eq!(r[0].status, 206, "{backend:?}");
+        assert_eq!(r[0].body, &body[10..20]);
+        assert_eq!(r[0].header("content-range"), Some("bytes 10-19/1048576"));
+        assert!(r[0].header("date").is_some() && r[0].header("x-request-id").is_some());
+        assert_eq!(r[1].status, 200);
+        assert_eq!(r[1].header("content-length"), Some("1048576"), "HEAD tells the size");
+        assert_eq!(r[2].status, 302);
+        assert!(r[2].header("location").unwrap().contains("/files/"));
+        assert_eq!(r[3].status, 200);
+        assert!(String::from_utf8_lossy(&r[3].body).contains("ok"), "healthz from hyper");
+        assert_eq!(r[3].header("connection"), Some("close"));
+        assert_eq!(sendfile_bytes(&t), 10, "{backend:?}: the range went out with sendfile");
+        assert_eq!(remaining(&t).await, 3, "{backend:?}: one start on the raw connection");
+
+        // A whole file, by curl (following the 302 on the same connection): byte-identical,
+        // and every byte sent by the kernel.
+        if tool("curl") {
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("f.bin");
+            let st = run(curl(&["-L", "-o", out.to_str().unwrap(), &link]));
+            assert!(st.status.success(), "{st:?}");
+            assert_eq!(sha(&std::fs::read(&out).unwrap()), sha(&body), "{backend:?}");
+            assert_eq!(sendfile_bytes(&t), 10 + (1 << 20), "{backend:?}");
+        }
+
+        // A request with a body on a connection the front started: hyper takes over and
+        // reads the body; a malformed head gets hyper's 400, never a 5xx.
+        let mut conn = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+        let wire = format!(
+            "GET {path} HTTP/1.1\r\nHost: s\r\nRange: bytes=0-0\r\n\r\n\
+             POST /api/v1/library/login HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        );
+        conn.write_all(wire.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        let r = split_responses(&got, &[false, false]);
+        assert_eq!((r[0].status, r[0].body.as_slice()), (206, &body[..1]));
+        assert!((400..500).contains(&r[1].status), "{backend:?}: {}", r[1].status);
+        let mut conn = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+        conn.write_all(format!("GET {path} HTTP/1.1\r\nBad Header: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut got)).await;
+        assert!(
+            String::from_utf8_lossy(&got).starts_with("HTTP/1.1 400"),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+}

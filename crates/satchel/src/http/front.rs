@@ -57,6 +57,7 @@ const COALESCE: u64 = 16 * 1024;
 
 /// What the server loop shares with every connection.
 pub struct Front {
+    pub app: crate::app::App,
     pub router: Router,
     pub hyper: auto::Builder<TokioExecutor>,
     pub stop: CancellationToken,
@@ -82,7 +83,11 @@ pub async fn connection(front: std::sync::Arc<Front>, mut io: TcpStream, peer: S
             Err(never) => match never {},
         };
         let close = client_close || wants_close(resp.headers()) || front.stop.is_cancelled();
-        if write_response(&mut io, resp, head_only, close).await.is_err() || close {
+        if write_response(&front.app, &mut io, resp, head_only, close)
+            .await
+            .is_err()
+            || close
+        {
             return;
         }
     }
@@ -191,10 +196,17 @@ fn wants_close(headers: &HeaderMap) -> bool {
 
 /// Writes `resp` as HTTP/1.1: `Content-Length` when the length is known (from the handler
 /// or an exact body size), else chunked; no body for `HEAD`, 1xx, 204 and 304.
-async fn write_response(io: &mut TcpStream, resp: Response<Body>, head_only: bool, close: bool) -> io::Result<()> {
+async fn write_response(
+    app: &crate::app::App,
+    io: &mut TcpStream,
+    resp: Response<Body>,
+    head_only: bool,
+    close: bool,
+) -> io::Result<()> {
     let (mut parts, mut body) = resp.into_parts();
     let status = parts.status;
-    let no_body_status = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let no_body_status =
+        status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -242,7 +254,7 @@ async fn write_response(io: &mut TcpStream, resp: Response<Body>, head_only: boo
         if region.len == n {
             drop(body);
             io.write_all(&head).await?;
-            return send_region(io, &region).await;
+            return send_region(app, io, &region).await;
         }
     }
     match length {
@@ -325,7 +337,7 @@ fn http_date() -> String {
 /// Sends `region` of its file to the socket with `sendfile(2)`: the kernel moves the bytes
 /// from the page cache to the socket, and nothing is buffered here while the client is slow.
 #[cfg(target_os = "linux")]
-async fn send_region(io: &mut TcpStream, region: &FileRegion) -> io::Result<()> {
+async fn send_region(app: &crate::app::App, io: &mut TcpStream, region: &FileRegion) -> io::Result<()> {
     let mut offset = region.offset;
     let end = region.offset + region.len;
     while offset < end {
@@ -337,7 +349,7 @@ async fn send_region(io: &mut TcpStream, region: &FileRegion) -> io::Result<()> 
             rustix::fs::sendfile(stream, &*region.file, Some(&mut offset), want).map_err(io::Error::from)
         }) {
             Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file ended early")),
-            Ok(_) => {}
+            Ok(n) => app.metrics.sent_by_kernel(n as u64),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
@@ -347,7 +359,7 @@ async fn send_region(io: &mut TcpStream, region: &FileRegion) -> io::Result<()> 
 
 /// Elsewhere, the region is read and written in 256 KiB pieces.
 #[cfg(not(target_os = "linux"))]
-async fn send_region(io: &mut TcpStream, region: &FileRegion) -> io::Result<()> {
+async fn send_region(_app: &crate::app::App, io: &mut TcpStream, region: &FileRegion) -> io::Result<()> {
     use std::io::{Read, Seek};
     let mut file = region.file.try_clone()?;
     file.seek(io::SeekFrom::Start(region.offset))?;

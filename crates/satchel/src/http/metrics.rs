@@ -26,6 +26,8 @@ struct RouteStats {
 #[derive(Default)]
 pub struct Metrics {
     routes: Mutex<BTreeMap<String, RouteStats>>,
+    /// Body bytes the kernel sent straight from files (`sendfile`, [`super::front`]).
+    sendfile_bytes: std::sync::atomic::AtomicU64,
 }
 
 fn escape(s: &str) -> String {
@@ -55,6 +57,12 @@ impl Metrics {
         }
         h.sum += seconds;
         h.count += 1;
+    }
+
+    /// Counts body bytes sent with `sendfile(2)`.
+    pub fn sent_by_kernel(&self, bytes: u64) {
+        self.sendfile_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn render(&self, job_depth: i64) -> String {
@@ -105,6 +113,12 @@ impl Metrics {
                 );
             }
         }
+        out.push_str("# HELP satchel_sendfile_bytes_total File bytes the kernel sent to clients directly (sendfile), never copied through Satchel.\n# TYPE satchel_sendfile_bytes_total counter\n");
+        let _ = writeln!(
+            out,
+            "satchel_sendfile_bytes_total {}",
+            self.sendfile_bytes.load(std::sync::atomic::Ordering::Relaxed)
+        );
         out.push_str("# HELP satchel_job_queue_depth Jobs queued or running.\n# TYPE satchel_job_queue_depth gauge\n");
         let _ = writeln!(out, "satchel_job_queue_depth {job_depth}");
         out

@@ -204,7 +204,8 @@ pub async fn serve(app: App, listener: tokio::net::TcpListener, stop: Cancellati
         .max_buf_size(CONN_BUF)
         .timer(hyper_util::rt::TokioTimer::new());
     let front = std::sync::Arc::new(front::Front {
-        router: router(app),
+        router: router(app.clone()),
+        app,
         hyper,
         stop: stop.clone(),
         max_head: CONN_BUF,

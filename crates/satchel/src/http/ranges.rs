@@ -129,7 +129,9 @@ pub async fn serve(
     // with sendfile(2) instead (a response extension; see `http::front`).
     let body = |range: Option<std::ops::Range<u64>>| async move {
         let r = match marked {
-            Some(m) => Response::new(Body::from_stream(m.stream(&app.storage, range.unwrap_or(0..size)).await?)),
+            Some(m) => Response::new(Body::from_stream(
+                m.stream(&app.storage, range.unwrap_or(0..size)).await?,
+            )),
             None => {
                 let g = app.storage.get(&file.object_key, range).await?;
                 let mut r = Response::new(Body::from_stream(g.body));
