@@ -64,6 +64,11 @@ struct Args {
     /// start refused at its MAC (no database), driven by the same wrk and connections.
     #[arg(long)]
     starts_only: bool,
+    /// Threads serving Satchel's HTTP (its `server.workers`). The default, 1, matches the
+    /// nginx reference's `worker_processes 1`; Satchel's download-start writer runs on a
+    /// thread of its own beside it, as in `satchel serve`.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
 }
 
 struct Row {
@@ -595,9 +600,16 @@ async fn bench_backend(
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.workers.max(1))
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     if args.downloads_memory {
         return downloads_memory::run(args.downloads).await;
     }
@@ -669,8 +681,9 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "\nmachine: {} cores; the in-process load generator shares the process with satchel; wrk and nginx run in their own processes.",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "\nmachine: {} cores; Satchel serves HTTP on {} thread(s) (--workers) beside its download-start writer, nginx with worker_processes 1; the in-process load generator shares the process with satchel; wrk and nginx run in their own processes.",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        args.workers.max(1)
     );
     Ok(())
 }

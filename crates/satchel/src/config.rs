@@ -201,6 +201,10 @@ pub struct ServerConfig {
     pub trust_forwarded_for: bool,
     /// Per-network rate limits on unauthenticated endpoints (downloads, licenses, sign-in, purchase).
     pub rate_limits: bool,
+    /// Threads serving HTTP (`SATCHEL_WORKERS`); 0 = one per core. The download-start writer
+    /// has a thread of its own beside them, so on a small machine shared with other busy
+    /// processes one fewer than the cores can serve more (docs/operations.md, Benchmarks).
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -321,6 +325,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 20,
             trust_forwarded_for: false,
             rate_limits: true,
+            workers: 0,
         }
     }
 }
@@ -384,6 +389,7 @@ const ENV_KEYS: &[&str] = &[
     "SATCHEL_PUBLIC_URL",
     "SATCHEL_LOG_FORMAT",
     "SATCHEL_TRUST_FORWARDED_FOR",
+    "SATCHEL_WORKERS",
     "SATCHEL_DATABASE_URL",
     "SATCHEL_DATABASE_MAX_CONNECTIONS",
     "SATCHEL_STORAGE_URL",
@@ -466,6 +472,11 @@ impl Config {
                 "json" => LogFormat::Json,
                 _ => return Err(invalid("SATCHEL_LOG_FORMAT", "expected human or json")),
             };
+        }
+        if let Some(v) = get("SATCHEL_WORKERS") {
+            self.server.workers = v
+                .parse()
+                .map_err(|_| invalid("SATCHEL_WORKERS", "expected a number of threads (0 = one per core)"))?;
         }
         if let Some(v) = get("SATCHEL_TRUST_FORWARDED_FOR") {
             self.server.trust_forwarded_for = parse_bool("SATCHEL_TRUST_FORWARDED_FOR", v)?;

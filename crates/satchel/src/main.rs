@@ -121,10 +121,21 @@ fn load_config(global: &Global) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    // The runtime's size comes from the configuration (`server.workers`); a configuration
+    // error is reported by `run`, which loads it again.
+    let workers = load_config(&cli.global).map_or(0, |c| c.server.workers);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if workers > 0 {
+        runtime.worker_threads(workers);
+    }
+    let result = match runtime.build() {
+        Ok(rt) => rt.block_on(run(cli)),
+        Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
