@@ -78,7 +78,7 @@ pub async fn connection(front: std::sync::Arc<Front>, mut io: TcpStream, peer: S
         buf.advance(head_len);
         let head_only = req.method() == Method::HEAD;
         let client_close = wants_close(req.headers());
-        let resp = match tower::ServiceExt::oneshot(front.router.clone(), req).await {
+        let resp = match tower::ServiceExt::oneshot(front.router.clone(), *req).await {
             Ok(r) => r,
             Err(never) => match never {},
         };
@@ -95,7 +95,7 @@ pub async fn connection(front: std::sync::Arc<Front>, mut io: TcpStream, peer: S
 
 enum Head {
     /// A request the front answers; the head's length in the buffer.
-    Native(usize, Request<Body>),
+    Native(usize, Box<Request<Body>>),
     /// Anything else: hyper takes the connection with the buffered bytes.
     Hyper,
     /// The client went away, the head timed out, or the server is stopping.
@@ -125,7 +125,7 @@ async fn read_head(front: &Front, io: &mut TcpStream, buf: &mut BytesMut, peer: 
 }
 
 enum Parsed {
-    Native(usize, Request<Body>),
+    Native(usize, Box<Request<Body>>),
     Hyper,
     More,
 }
@@ -142,7 +142,7 @@ fn classify(buf: &[u8], peer: SocketAddr, max_head: usize) -> Parsed {
     let mut parsed = httparse::Request::new(&mut headers);
     match parsed.parse(buf) {
         Ok(httparse::Status::Complete(len)) => match to_request(&parsed, peer) {
-            Some(req) => Parsed::Native(len, req),
+            Some(req) => Parsed::Native(len, Box::new(req)),
             None => Parsed::Hyper,
         },
         Ok(httparse::Status::Partial) if buf.len() < max_head => Parsed::More,
