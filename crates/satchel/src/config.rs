@@ -719,6 +719,13 @@ mod tests {
         assert_eq!(cfg.server.bind, "127.0.0.1:9100");
         assert_eq!(cfg.payments.stripe_api_base, "http://127.0.0.1:1");
         assert_eq!(cfg.delivery.default_max_downloads, 5);
+        assert_eq!(cfg.server.workers, 0, "one HTTP thread per core by default");
+        let cfg = Config::load_from(Some(&file), &env(&[("SATCHEL_WORKERS", "1")])).unwrap();
+        assert_eq!(cfg.server.workers, 1);
+        let err = Config::load_from(Some(&file), &env(&[("SATCHEL_WORKERS", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SATCHEL_WORKERS"), "{err}");
     }
 
     #[test]
