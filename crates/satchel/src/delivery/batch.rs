@@ -54,6 +54,8 @@ const QUEUE: usize = 4096;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// Log frames (4 KiB pages) past which the checkpointer makes the log start over.
 const RESTART_FRAMES: i64 = 2048;
+/// Checkpoint passes beside the running writer before the one that holds it.
+const CATCH_UP_PASSES: usize = 2;
 
 /// One download start, as the redemption handler saw it.
 #[derive(Debug, Clone)]
@@ -709,22 +711,39 @@ impl SqliteWriter {
             .name("satchel-checkpointer".into())
             .spawn(move || {
                 // Ends when the writer (the only sender) is gone.
-                while rung.recv().is_ok() {
-                    let log = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                // (frames in the log, frames copied back), PASSIVE: never waits for anyone.
+                let passive = || {
+                    checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                         Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-                    });
-                    // Under steady starts the writer appends while a passive checkpoint
-                    // copies, so the copy never reaches the end of the log and the log
-                    // never starts over (it grew by ~170 MB/s in the bench, each commit
-                    // then extending the file and each page look-up searching a longer
-                    // index). Past RESTART_FRAMES the writer is paused between two batches
-                    // for the short rest of the copy; its next commit starts the log over.
-                    let result = match log {
-                        Ok((frames, copied)) if frames > RESTART_FRAMES && copied < frames => {
-                            pause.hold(|| checkpointer.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())))
+                    })
+                };
+                let behind = |r: &rusqlite::Result<(i64, i64)>| {
+                    matches!(r, Ok((frames, copied)) if *frames > RESTART_FRAMES && copied < frames)
+                };
+                while rung.recv().is_ok() {
+                    // Under steady starts the writer appends while a checkpoint copies, so
+                    // the copy never reaches the end of the log and the log never starts
+                    // over (it grew by ~170 MB/s in the bench, each commit then extending
+                    // the file and each page look-up searching a longer index). Past
+                    // RESTART_FRAMES: more passes while the writer runs, each leaving only
+                    // what was appended during the one before, then one pass with the
+                    // writer held between two batches (`Pause`) for that short rest and its
+                    // fsyncs; the writer's next commit starts the log over. (Not RESTART:
+                    // it waits out readers in SQLite's busy sleeps of up to 100 ms, which
+                    // would hold the writer that long. A reader on an old snapshot only
+                    // defers the restart to a later round.)
+                    let mut log = passive();
+                    for _ in 0..CATCH_UP_PASSES {
+                        if !behind(&log) {
+                            break;
                         }
-                        other => other.map(|_| ()),
-                    };
+                        log = passive();
+                    }
+                    // Held whenever the log is long, even when the last pass caught up: the
+                    // log starts over only at a write transaction that begins with every
+                    // frame copied, and only a held writer is sure to begin one then.
+                    let long = matches!(log, Ok((frames, _)) if frames > RESTART_FRAMES);
+                    let result = if long { pause.hold(passive) } else { log };
                     if let Err(e) = result {
                         tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries");
                     }
