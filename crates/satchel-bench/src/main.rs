@@ -459,12 +459,16 @@ async fn bench_backend(
             if use_wrk { "wrk" } else { "in-process client" }
         ),
         satchel: format!(
-            "{} ({counted} counted{})",
+            "{} ({counted} counted{}{})",
             fmt_load(&ours),
             t.app
                 .download_starts
                 .mean_batch()
-                .map_or(String::new(), |m| format!(", {m:.1} per commit"))
+                .map_or(String::new(), |m| format!(", {m:.1} per commit")),
+            // The SQLite log must stay bounded under steady starts (the writer's checkpointer
+            // makes it start over); its file is capped at 64 MiB once it does.
+            std::fs::metadata(t.data_dir.join("satchel.db-wal"))
+                .map_or(String::new(), |m| format!(", log {} MiB", m.len() >> 20))
         ),
         reference,
         ratio,
