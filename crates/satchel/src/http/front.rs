@@ -52,6 +52,9 @@ const MAX_HEADERS: usize = 64;
 /// keep-alive connection is closed after it.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Room made for each read of a request head.
+const READ_CHUNK: usize = 4096;
+
 /// Bodies up to this size go out in the same `write` as the head.
 const COALESCE: u64 = 16 * 1024;
 
@@ -68,7 +71,7 @@ pub struct Front {
 /// Serves one accepted connection until the client closes it, an error ends it, or the
 /// server stops (between requests).
 pub async fn connection(front: std::sync::Arc<Front>, mut io: TcpStream, peer: SocketAddr, watcher: Watcher) {
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::new();
     loop {
         let (head_len, req) = match read_head(&front, &mut io, &mut buf, peer).await {
             Head::Native(len, req) => (len, req),
@@ -76,6 +79,11 @@ pub async fn connection(front: std::sync::Arc<Front>, mut io: TcpStream, peer: S
             Head::Closed => return,
         };
         buf.advance(head_len);
+        if buf.is_empty() {
+            // Nothing pipelined behind this request: a download that stalls for minutes holds
+            // no read buffer meanwhile.
+            buf = BytesMut::new();
+        }
         let head_only = req.method() == Method::HEAD;
         let client_close = wants_close(req.headers());
         let resp = match tower::ServiceExt::oneshot(front.router.clone(), *req).await {
@@ -113,6 +121,9 @@ async fn read_head(front: &Front, io: &mut TcpStream, buf: &mut BytesMut, peer: 
             }
         }
         let idle = buf.is_empty();
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
         tokio::select! {
             r = io.read_buf(buf) => match r {
                 Ok(0) | Err(_) => return Head::Closed,
