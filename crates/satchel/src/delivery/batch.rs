@@ -710,7 +710,6 @@ impl SqliteWriter {
         std::thread::Builder::new()
             .name("satchel-checkpointer".into())
             .spawn(move || {
-                // Ends when the writer (the only sender) is gone.
                 // (frames in the log, frames copied back), PASSIVE: never waits for anyone.
                 let passive = || {
                     checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
@@ -720,6 +719,7 @@ impl SqliteWriter {
                 let behind = |r: &rusqlite::Result<(i64, i64)>| {
                     matches!(r, Ok((frames, copied)) if *frames > RESTART_FRAMES && copied < frames)
                 };
+                // Ends when the writer (the only sender) is gone.
                 while rung.recv().is_ok() {
                     // Under steady starts the writer appends while a checkpoint copies, so
                     // the copy never reaches the end of the log and the log never starts
