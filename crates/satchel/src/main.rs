@@ -124,15 +124,16 @@ fn load_config(global: &Global) -> anyhow::Result<Config> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The runtime's size comes from the configuration (`server.workers`); a configuration
-    // error is reported by `run`, which loads it again.
-    let workers = load_config(&cli.global).map_or(0, |c| c.server.workers);
+    // error is reported by `run`, once logging is set up.
+    let cfg = load_config(&cli.global);
+    let workers = cfg.as_ref().map_or(0, |c| c.server.workers);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if workers > 0 {
         runtime.worker_threads(workers);
     }
     let result = match runtime.build() {
-        Ok(rt) => rt.block_on(run(cli)),
+        Ok(rt) => rt.block_on(run(cli, cfg)),
         Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
     };
     match result {
@@ -144,8 +145,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut cfg = load_config(&cli.global)?;
+async fn run(cli: Cli, cfg: anyhow::Result<Config>) -> anyhow::Result<()> {
+    let mut cfg = cfg?;
     init_logging(cfg.server.log_format);
     match cli.command {
         Command::Serve { bind, demo } => {

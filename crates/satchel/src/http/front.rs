@@ -261,13 +261,19 @@ async fn write_response(
     if head_only || no_body_status {
         return io.write_all(&head).await;
     }
-    if let (Some(region), Some(n)) = (parts.extensions.remove::<FileRegion>(), length) {
-        if region.len == n {
-            drop(body);
-            io.write_all(&head).await?;
-            return send_region(app, io, &region).await;
-        }
+    let region = parts
+        .extensions
+        .remove::<FileRegion>()
+        .filter(|r| Some(r.len) == length);
+    #[cfg(target_os = "linux")]
+    if let Some(region) = region {
+        drop(body);
+        io.write_all(&head).await?;
+        return send_region(app, io, &region).await;
     }
+    // Elsewhere than Linux the body stream below carries the file instead.
+    #[cfg(not(target_os = "linux"))]
+    let _ = (app, region);
     match length {
         Some(n) if n <= COALESCE => {
             let head_len = head.len();
@@ -364,23 +370,6 @@ async fn send_region(app: &crate::app::App, io: &mut TcpStream, region: &FileReg
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
-    }
-    Ok(())
-}
-
-/// Elsewhere, the region is read and written in 256 KiB pieces.
-#[cfg(not(target_os = "linux"))]
-async fn send_region(_app: &crate::app::App, io: &mut TcpStream, region: &FileRegion) -> io::Result<()> {
-    use std::io::{Read, Seek};
-    let mut file = region.file.try_clone()?;
-    file.seek(io::SeekFrom::Start(region.offset))?;
-    let mut left = region.len;
-    let mut buf = vec![0u8; 256 * 1024];
-    while left > 0 {
-        let n = usize::try_from(left).unwrap_or(buf.len()).min(buf.len());
-        file.read_exact(&mut buf[..n])?;
-        io.write_all(&buf[..n]).await?;
-        left -= n as u64;
     }
     Ok(())
 }
