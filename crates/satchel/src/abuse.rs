@@ -442,11 +442,16 @@ pub async fn reconfirm_refusal(app: &App, grant_id: &str) -> ApiResult<ApiError>
             app.jobs_enqueued();
         }
     }
-    Ok(ApiError::new(
+    Ok(reconfirm_required())
+}
+
+/// The refusal of a grant waiting for its buyer to re-confirm (no email sent here).
+pub fn reconfirm_required() -> ApiError {
+    ApiError::new(
         StatusCode::FORBIDDEN,
         "reconfirm_required",
         "This download link was used from several networks, so we emailed you a link to confirm it's you. Open that email (from this store, sent to the address you bought with), press the button, then start the download again.",
-    ))
+    )
 }
 
 /// The refusal for a suspended grant.

@@ -153,14 +153,9 @@ struct GrantState {
     order_status: String,
 }
 
-/// Redeems a download token: one atomic decrement, one event, and the delivery URL.
-pub async fn redeem(
-    app: &App,
-    token: &str,
-    file_name: Option<&str>,
-    ip: std::net::IpAddr,
-    user_agent: &str,
-) -> ApiResult<String> {
+/// The grant a download token names, and the time it was checked at: its MAC and expiry
+/// hold. No I/O.
+fn open_link<'t>(app: &App, token: &'t str) -> ApiResult<(&'t str, i64)> {
     let gone = || {
         download_error(
             StatusCode::NOT_FOUND,
@@ -178,6 +173,30 @@ pub async fn redeem(
             "This download link has expired. Open your library to get a fresh one.",
         ));
     }
+    Ok((grant_id, t))
+}
+
+/// What a `GET` of a download link would meet, found without counting, logging or mailing
+/// anything: `Ok` while it would start a download, else the refusal it would get. This
+/// answers `HEAD`, which must be safe: mail scanners and link checkers probe the links in a
+/// receipt with it, and must not spend the buyer's downloads or trigger a re-confirmation.
+pub async fn probe(app: &App, token: &str, file_name: Option<&str>, ip: std::net::IpAddr) -> ApiResult<()> {
+    let (grant_id, t) = open_link(app, token)?;
+    match refusal(app, grant_id, file_name, ip, t, false).await? {
+        Some(refused) => Err(refused),
+        None => Ok(()),
+    }
+}
+
+/// Redeems a download token: one atomic decrement, one event, and the delivery URL.
+pub async fn redeem(
+    app: &App,
+    token: &str,
+    file_name: Option<&str>,
+    ip: std::net::IpAddr,
+    user_agent: &str,
+) -> ApiResult<String> {
+    let (grant_id, t) = open_link(app, token)?;
     let prefix = ip_prefix(ip);
     let start = batch::Start {
         grant_id: grant_id.to_string(),
@@ -201,7 +220,16 @@ pub async fn redeem(
             crate::abuse::after_start(app, grant_id, &prefix);
             delivery_url(app, grant_id, &file, t + delivery_ttl(file.size)).await
         }
-        batch::Settled::Refused => Err(explain_refusal(app, grant_id, file_name, ip, t).await?),
+        // Live by the time it is read again (a reset, say): the client may simply retry.
+        batch::Settled::Refused => Err(refusal(app, grant_id, file_name, ip, t, true)
+            .await?
+            .unwrap_or_else(|| {
+                download_error(
+                    StatusCode::CONFLICT,
+                    "try_again",
+                    "The download could not start; try again.",
+                )
+            })),
     }
 }
 
@@ -283,13 +311,17 @@ async fn pick_file(e: &impl Exec, product_id: &str, name: Option<&str>) -> ApiRe
     file.ok_or_else(|| crate::error::not_found("file"))
 }
 
-async fn explain_refusal(
+/// Why a grant refuses this request now, read from the database (`None`: it would not).
+/// `mail`: a grant waiting for re-confirmation (re)sends its confirmation email, at most
+/// once per link lifetime.
+async fn refusal(
     app: &App,
     grant_id: &str,
     file_name: Option<&str>,
     ip: std::net::IpAddr,
     t: i64,
-) -> ApiResult<ApiError> {
+    mail: bool,
+) -> ApiResult<Option<ApiError>> {
     let prefix = ip_prefix(ip);
     let g: Option<GrantState> = app
         .db
@@ -300,11 +332,11 @@ async fn explain_refusal(
         ))
         .await?;
     let Some(g) = g else {
-        return Ok(download_error(
+        return Ok(Some(download_error(
             StatusCode::NOT_FOUND,
             "not_found",
             "This download link is not valid.",
-        ));
+        )));
     };
     let _ = &g.id;
     let ip_allowed = match g.ip_policy.as_str() {
@@ -314,39 +346,39 @@ async fn explain_refusal(
     };
     let order_live = matches!(g.order_status.as_str(), "paid" | "partially_refunded");
     if order_live && g.status == "reconfirm" {
-        return crate::abuse::reconfirm_refusal(app, grant_id).await;
+        return Ok(Some(if mail {
+            crate::abuse::reconfirm_refusal(app, grant_id).await?
+        } else {
+            crate::abuse::reconfirm_required()
+        }));
     }
     if order_live && g.status == "suspended" {
-        return Ok(crate::abuse::suspended_refusal());
+        return Ok(Some(crate::abuse::suspended_refusal()));
     }
-    Ok(
-        if !matches!(g.order_status.as_str(), "paid" | "partially_refunded") || g.status != "active" {
-            download_error(StatusCode::FORBIDDEN, "access_revoked", "Access to this download has been revoked (for example after a refund). Contact the store if this is a mistake.")
-        } else if g.expires_at <= t {
-            download_error(
-                StatusCode::GONE,
-                "link_expired",
-                "This download link has expired. Open your library to get a fresh one.",
-            )
-        } else if g.remaining <= 0 {
-            download_error(
-                StatusCode::FORBIDDEN,
-                "download_limit_reached",
-                "You have used every download this purchase includes. Contact the store to reset it.",
-            )
-        } else if !ip_allowed {
-            download_error(StatusCode::FORBIDDEN, "ip_not_allowed", "This link is bound to another network. Download from the network you first used, or contact the store.")
-        } else if let Err(e) = pick_file(&app.db, &g.product_id, file_name).await {
-            // The grant is live but its current version has no such file (or no file at all).
-            e
-        } else {
-            download_error(
-                StatusCode::CONFLICT,
-                "try_again",
-                "The download could not start; try again.",
-            )
-        },
-    )
+    Ok(if !order_live || g.status != "active" {
+        Some(download_error(StatusCode::FORBIDDEN, "access_revoked", "Access to this download has been revoked (for example after a refund). Contact the store if this is a mistake."))
+    } else if g.expires_at <= t {
+        Some(download_error(
+            StatusCode::GONE,
+            "link_expired",
+            "This download link has expired. Open your library to get a fresh one.",
+        ))
+    } else if g.remaining <= 0 {
+        Some(download_error(
+            StatusCode::FORBIDDEN,
+            "download_limit_reached",
+            "You have used every download this purchase includes. Contact the store to reset it.",
+        ))
+    } else if !ip_allowed {
+        Some(download_error(
+            StatusCode::FORBIDDEN,
+            "ip_not_allowed",
+            "This link is bound to another network. Download from the network you first used, or contact the store.",
+        ))
+    } else {
+        // The grant is live; its current version may still lack the file asked for.
+        pick_file(&app.db, &g.product_id, file_name).await.err()
+    })
 }
 
 /// Seconds a delivery URL lives: 10 minutes, plus a minute per 50 MB, at most 6 hours.

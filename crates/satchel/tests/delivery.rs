@@ -305,6 +305,64 @@ async fn continuation_needs_a_range_past_zero_the_same_prefix_and_the_window() {
     }
 }
 
+/// HEAD on a download link (mail scanners, link checkers) counts nothing, logs nothing,
+/// mails nothing and hands out no delivery URL; it answers what a GET would meet.
+#[tokio::test]
+async fn head_checks_a_link_without_spending_it() {
+    for backend in backends().await {
+        let t = TestApp::start(backend).await;
+        let link = sell(&t, "probe", "p.bin", &bytes_of(10_000, 4), 1).await;
+        let head = |url: String| {
+            let c = t.client.clone();
+            async move { c.head(url).send().await.unwrap() }
+        };
+        for _ in 0..3 {
+            let r = head(link.clone()).await;
+            assert_eq!(r.status(), 200, "{backend:?}: a live link");
+            assert!(r.headers().get("location").is_none(), "no delivery URL on HEAD");
+        }
+        assert_eq!(
+            (remaining(&t).await, events(&t).await),
+            (1, 0),
+            "{backend:?}: nothing spent"
+        );
+        // The one download is still there; then HEAD tells the limit a GET would meet.
+        redeem(&t, &link).await;
+        assert_eq!(head(link.clone()).await.status(), 403, "{backend:?}");
+        assert_eq!(t.client.get(&link).send().await.unwrap().status(), 403);
+        // A grant waiting for re-confirmation: HEAD sends no confirmation email.
+        t.app
+            .db
+            .execute(sql!("UPDATE download_grants SET status = 'reconfirm', remaining = 1"))
+            .await
+            .unwrap();
+        let jobs = || t.app.db.fetch_i64(sql!("SELECT COUNT(*) FROM jobs"));
+        let before = jobs().await.unwrap();
+        assert_eq!(head(link.clone()).await.status(), 403, "{backend:?}");
+        assert_eq!(jobs().await.unwrap(), before, "{backend:?}: HEAD mails nothing");
+        let sent: Option<i64> = t
+            .app
+            .db
+            .fetch_one(sql!("SELECT reconfirm_sent_at FROM download_grants"))
+            .await
+            .map(|(v,): (Option<i64>,)| v)
+            .unwrap();
+        assert_eq!(sent, None, "{backend:?}");
+        // Refunded, forged, expired: the GET's refusals.
+        t.app
+            .db
+            .execute(sql!("UPDATE download_grants SET status = 'active'"))
+            .await
+            .unwrap();
+        assert_eq!(head(link.clone()).await.status(), 200);
+        refund_all(&t).await;
+        assert_eq!(head(link.clone()).await.status(), 403, "{backend:?}: refunded");
+        let forged = format!("{}x", link);
+        assert_eq!(head(forged).await.status(), 404);
+        assert_eq!(events(&t).await, 1, "{backend:?}: only the GET was logged");
+    }
+}
+
 #[tokio::test]
 async fn bad_tokens_and_ranges_are_4xx_and_count_nothing() {
     for backend in backends().await {

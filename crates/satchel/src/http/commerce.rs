@@ -269,9 +269,14 @@ struct FileQuery {
 /// a `Range` that starts past byte 0, from the IP prefix of a download of this link counted
 /// within the file's delivery window, is a continuation (a resume, or another connection of
 /// a segmented download manager): it gets a delivery URL without counting again.
-#[utoipa::path(get, path = "/api/v1/downloads/{token}", tag = "delivery", params(("token" = String, Path), FileQuery,
+///
+/// `HEAD` checks the link without counting, logging or mailing anything (mail scanners and
+/// link checkers probe links with it): 200 while a `GET` would start a download, else the
+/// status of the refusal a `GET` would get.
+#[utoipa::path(method(get, head), path = "/api/v1/downloads/{token}", tag = "delivery", params(("token" = String, Path), FileQuery,
         ("Range" = Option<String>, Header, description = "A range past byte 0 marks a continuation of a counted download")),
-    responses((status = 302, description = "To the delivery URL"), (status = 403, description = "download_limit_reached | access_revoked | ip_not_allowed"),
+    responses((status = 302, description = "GET: to the delivery URL"), (status = 200, description = "HEAD: the link would start a download (nothing counted)"),
+        (status = 403, description = "download_limit_reached | access_revoked | ip_not_allowed | reconfirm_required"),
         (status = 404, description = "not_found"), (status = 410, description = "link_expired")))]
 async fn download(
     State(app): State<App>,
@@ -287,6 +292,12 @@ async fn download(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let ip = crate::http::ratelimit::client_ip(&app, headers, Some(peer.ip())).unwrap_or(peer.ip());
+    // HEAD is safe: it tells whether the link works and counts nothing (no Location either,
+    // or a HEAD would fetch the file uncounted).
+    if req.method() == axum::http::Method::HEAD {
+        crate::delivery::probe(&app, &token, q.file.as_deref(), ip).await?;
+        return Ok((StatusCode::OK, [(header::CACHE_CONTROL, "no-store")]).into_response());
+    }
     // A resume or extra connection of a download counted moments ago is not a new download.
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let resumed = match range {
