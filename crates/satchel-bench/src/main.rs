@@ -10,6 +10,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod catalog_scale;
+mod cpu;
 mod downloads_memory;
 
 use std::process::{Command, Stdio};
@@ -302,10 +303,12 @@ fn floor_rows(
         ("HTTP floor: GET /healthz", vec!["/healthz".to_string()], 200),
         ("forged MAC: refused before the database", forged, 404),
     ] {
+        let before = cpu::process("self");
         let l = wrk_get::run(&t.base_url, &paths, status, args.concurrency, dur)?;
+        let per = cpu::per_request_us(before, cpu::process("self"), l.rps * dur.as_secs_f64());
         rows.push(Row {
             what: format!("{what} ({})", t.backend.name()),
-            satchel: fmt_load(&l),
+            satchel: format!("{}, CPU {per:.1} µs/request", fmt_load(&l)),
             reference: nginx_rps.map_or("-".into(), |r| format!("nginx secure_link refusal {r:.0}/s")),
             ratio: nginx_rps.map_or("-".into(), |r| format!("{:.2}x", l.rps / r.max(1.0))),
         });
@@ -419,20 +422,42 @@ async fn bench_backend(
     // else the in-process client.
     let use_wrk = wrk_get::available();
     let path_of = |url: &str| url.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap_or_default();
+    // CPU time of this process (the store: HTTP, batcher, checkpointer; the in-process
+    // client too when wrk is missing) and of its writer thread alone, around the load.
+    let cpu0 = (
+        cpu::process("self"),
+        cpu::named("self", "satchel-download-batcher"),
+        cpu::waited_children(),
+    );
     let ours = if use_wrk {
         let paths: Vec<String> = links.iter().map(|l| path_of(l)).collect();
         wrk_get::run(&t.base_url, &paths, 302, args.concurrency, dur)?
     } else {
         load(links, args.concurrency, dur, |s| s == 302).await
     };
+    let cpu1 = (
+        cpu::process("self"),
+        cpu::named("self", "satchel-download-batcher"),
+        cpu::waited_children(),
+    );
     let counted = t
         .app
         .db
         .fetch_i64(satchel::sql!("SELECT COUNT(*) FROM download_events"))
         .await?;
+    #[allow(clippy::cast_precision_loss)]
+    let starts = counted as f64;
+    let (cpu_all, cpu_writer, cpu_wrk) = (
+        cpu::per_request_us(cpu0.0, cpu1.0, starts),
+        cpu::per_request_us(cpu0.1, cpu1.1, starts),
+        cpu::per_request_us(cpu0.2, cpu1.2, starts),
+    );
     let (reference, ratio) = match nginx_ref {
         Some(n) => {
             let urls: Vec<String> = (0..args.concurrency).map(|i| n.signed(&format!("/dl/{i}"))).collect();
+            let workers = cpu::children(n.child.id());
+            let nginx_cpu = || workers.iter().map(|w| cpu::process(w)).sum::<u64>();
+            let before = (nginx_cpu(), cpu::waited_children());
             let r = if use_wrk {
                 let paths: Vec<String> = urls.iter().map(|u| path_of(u)).collect();
                 wrk_get::run(
@@ -445,8 +470,14 @@ async fn bench_backend(
             } else {
                 load(urls, args.concurrency, dur, |s| s == 302).await
             };
+            let served = r.rps * dur.as_secs_f64();
+            let per = cpu::per_request_us(before.0, nginx_cpu(), served);
+            let wrk = cpu::per_request_us(before.1, cpu::waited_children(), served);
             (
-                format!("nginx secure_link {}", fmt_load(&r)),
+                format!(
+                    "nginx secure_link {}, CPU {per:.1} µs/request (wrk {wrk:.1})",
+                    fmt_load(&r)
+                ),
                 format!("{:.2}x", ours.rps / r.rps.max(1.0)),
             )
         }
@@ -469,7 +500,7 @@ async fn bench_backend(
             // makes it start over); its file is capped at 64 MiB once it does.
             std::fs::metadata(t.data_dir.join("satchel.db-wal"))
                 .map_or(String::new(), |m| format!(", log {} MiB", m.len() >> 20))
-        ),
+        ) + &format!(", CPU {cpu_all:.1} µs/start of which the writer {cpu_writer:.1} (wrk {cpu_wrk:.1})"),
         reference,
         ratio,
     });
