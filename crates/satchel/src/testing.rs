@@ -471,7 +471,10 @@ impl TestApp {
             .find(|w| w.contains(marker))
             .expect("the link")
             .to_string();
-        let r = self.client.get(&link).send().await.expect("follow the link");
+        // Opening the link shows the button; pressing it (a POST) signs in.
+        let r = self.client.get(&link).send().await.expect("open the link");
+        assert_eq!(r.status(), 200, "{link}");
+        let r = self.client.post(&link).send().await.expect("press the button");
         assert_eq!(r.status(), 303, "{link}");
         r.headers()["set-cookie"]
             .to_str()

@@ -110,10 +110,21 @@ async fn affiliates_sign_in_and_see_only_their_own_earnings() {
             .await
             .unwrap();
         assert_eq!(r.status(), 401, "an affiliate link is not a library link");
-        let r = t.client.get(link).send().await.unwrap();
+        // Opening the link (a mail scanner, say) spends nothing; the page's button signs in.
+        for _ in 0..2 {
+            let page = t.client.get(link).send().await.unwrap();
+            assert_eq!(page.status(), 200);
+            assert!(page.text().await.unwrap().contains("ally@example.com"));
+        }
+        let r = t.client.post(link).send().await.unwrap();
         assert_eq!(r.status(), 303);
         assert_eq!(r.headers()["location"], "/affiliate");
-        assert_eq!(t.client.get(link).send().await.unwrap().status(), 401, "single use");
+        assert_eq!(t.client.post(link).send().await.unwrap().status(), 401, "single use");
+        assert_eq!(
+            t.client.get(link).send().await.unwrap().status(),
+            401,
+            "used: no button either"
+        );
 
         // Clicks (the /r/ link and ?ref= on a page), then referred purchases.
         t.client.get(t.url("/r/ALLY?to=/p/demo-app")).send().await.unwrap();

@@ -304,6 +304,7 @@ async fn products_form_versions_upload_and_the_buyers_library() {
         .unwrap();
     let link = text.split_whitespace().find(|w| w.contains("/auth/magic/")).unwrap();
     c.goto(link).await.unwrap();
+    b.submit("#sign-in").await;
     b.wait("main").await;
     assert_eq!(b.path().await, "/library");
     let page = b.text("main").await;

@@ -49,7 +49,19 @@ async fn magic_link_sign_in_and_the_library() {
             .unwrap();
         assert_eq!(sent, 1, "{backend:?}");
 
-        let r = t.client.get(&link).send().await.unwrap();
+        // Opening the link (as a mail scanner or link preview would, with GET or HEAD)
+        // shows who it signs in and spends nothing; the page's button (a POST) signs in.
+        for _ in 0..2 {
+            let page = t.client.get(&link).header("accept", "text/html").send().await.unwrap();
+            assert_eq!(page.status(), 200, "{backend:?}");
+            let html = page.text().await.unwrap();
+            assert!(
+                html.contains("lib@example.com") && html.contains("id=\"sign-in\""),
+                "{html}"
+            );
+            assert_eq!(t.client.head(&link).send().await.unwrap().status(), 200);
+        }
+        let r = t.client.post(&link).send().await.unwrap();
         assert_eq!(r.status(), 303);
         assert_eq!(r.headers()["location"], "/library");
         let session = r.headers()["set-cookie"]
@@ -59,7 +71,12 @@ async fn magic_link_sign_in_and_the_library() {
             .next()
             .unwrap()
             .to_string();
-        assert_eq!(t.client.get(&link).send().await.unwrap().status(), 401, "single use");
+        assert_eq!(t.client.post(&link).send().await.unwrap().status(), 401, "single use");
+        assert_eq!(
+            t.client.get(&link).send().await.unwrap().status(),
+            401,
+            "used: no button"
+        );
 
         let lib: Value = t
             .client
@@ -164,6 +181,7 @@ async fn magic_link_sign_in_and_the_library() {
             .await
             .unwrap();
         assert_eq!(t.client.get(&link).send().await.unwrap().status(), 401, "expired");
+        assert_eq!(t.client.post(&link).send().await.unwrap().status(), 401, "expired");
         assert_eq!(
             t.post_json("/api/v1/library/login", &json!({"email": "nope"})).await.0,
             422

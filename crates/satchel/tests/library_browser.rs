@@ -88,6 +88,7 @@ async fn sign_in(b: &Browser, t: &TestApp, email: &str) {
         .unwrap();
     let link = link_from_outbox(t, email, "/auth/magic/").await;
     c.goto(&link).await.unwrap();
+    b.submit("#sign-in").await;
     c.wait().for_element(Locator::Css(".purchase")).await.unwrap();
     assert!(c.current_url().await.unwrap().path().ends_with("/library"));
 }
@@ -315,6 +316,7 @@ async fn library_and_affiliate_portal_in_dark_mode_and_the_affiliate_flow() {
         .unwrap();
     let link = link_from_outbox(&t, "ally@example.com", "/affiliate/auth/").await;
     c.goto(&link).await.unwrap();
+    b.submit("#sign-in").await;
     c.wait().for_element(Locator::Css(".program")).await.unwrap();
     let kpi = |name: &'static str| {
         let b = &b;
@@ -445,6 +447,7 @@ async fn affiliate_portal_light_screenshot() {
         .unwrap();
     let link = link_from_outbox(&t, "sun@example.com", "/affiliate/auth/").await;
     c.goto(&link).await.unwrap();
+    b.submit("#sign-in").await;
     c.wait().for_element(Locator::Css(".program")).await.unwrap();
     assert_eq!(b.text("[data-kpi='Clicks']").await, "5");
     assert_eq!(b.text("[data-kpi='Pending']").await, "$4.75", "25 % of $19");

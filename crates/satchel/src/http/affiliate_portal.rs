@@ -24,7 +24,7 @@ use crate::http::views;
 pub fn routes() -> OpenApiRouter<App> {
     OpenApiRouter::new()
         .routes(routes!(login_page, login_form))
-        .routes(routes!(consume_link))
+        .routes(routes!(sign_in_page, consume_link))
         .routes(routes!(portal_page))
         .routes(routes!(logout))
         .routes(routes!(api_login))
@@ -123,8 +123,17 @@ async fn api_login(State(app): State<App>, ApiJson(req): ApiJson<LoginRequest>) 
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-/// Follows an affiliate sign-in link: starts a session and continues to `/affiliate`.
-#[utoipa::path(get, path = "/affiliate/auth/{token}", tag = "affiliates", params(("token" = String, Path)),
+/// The page an emailed affiliate sign-in link opens: a button that signs in (this GET spends
+/// nothing, so mail scanners do not use the link up).
+#[utoipa::path(method(get, head), path = "/affiliate/auth/{token}", tag = "affiliates", params(("token" = String, Path)),
+    responses((status = 200, description = "HTML page with the sign-in button"), (status = 401, description = "Used or expired link")))]
+async fn sign_in_page(State(app): State<App>, Path(token): Path<String>) -> ApiResult<Response> {
+    crate::http::pages::sign_in_link_page(&app, &token, "affiliate", "/affiliate/auth", "the affiliate portal").await
+}
+
+/// Uses an affiliate sign-in link (once, before it expires): starts a session and continues
+/// to `/affiliate`.
+#[utoipa::path(post, path = "/affiliate/auth/{token}", tag = "affiliates", params(("token" = String, Path)),
     responses((status = 303, description = "Signed in; on to /affiliate"), (status = 401, description = "Used or expired link")))]
 async fn consume_link(State(app): State<App>, Path(token): Path<String>) -> ApiResult<Response> {
     let (cookie, _) = crate::library::consume_magic_link(&app, &token, "affiliate", "affiliate").await?;

@@ -20,7 +20,7 @@ use crate::library::BuyerAuth;
 pub fn routes() -> OpenApiRouter<App> {
     OpenApiRouter::new()
         .routes(routes!(request_link))
-        .routes(routes!(consume_link))
+        .routes(routes!(sign_in_page, consume_link))
         .routes(routes!(library))
         .routes(routes!(cancel_subscription))
         .routes(routes!(resume_subscription))
@@ -43,8 +43,18 @@ async fn request_link(State(app): State<App>, ApiJson(req): ApiJson<LinkRequest>
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-/// Follows a sign-in link: starts a buyer session and continues to the library.
-#[utoipa::path(get, path = "/auth/magic/{token}", tag = "library", params(("token" = String, Path)),
+/// The page an emailed sign-in link opens: the email it signs in and a button (a POST to the
+/// same address). Opening it spends nothing, so mail scanners and link previews that fetch
+/// the link first do not use it up.
+#[utoipa::path(method(get, head), path = "/auth/magic/{token}", tag = "library", params(("token" = String, Path)),
+    responses((status = 200, description = "HTML page with the sign-in button"), (status = 401, description = "Used or expired link")))]
+async fn sign_in_page(State(app): State<App>, Path(token): Path<String>) -> ApiResult<Response> {
+    crate::http::pages::sign_in_link_page(&app, &token, "library", "/auth/magic", "your library").await
+}
+
+/// Uses a sign-in link (once, before it expires): starts a buyer session and continues to
+/// the library.
+#[utoipa::path(post, path = "/auth/magic/{token}", tag = "library", params(("token" = String, Path)),
     responses((status = 303, description = "Signed in; on to /library"), (status = 401, description = "Used or expired link")))]
 async fn consume_link(State(app): State<App>, Path(token): Path<String>) -> ApiResult<Response> {
     let cookie = crate::library::consume_link(&app, &token).await?;

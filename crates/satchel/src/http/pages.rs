@@ -856,6 +856,28 @@ pub async fn plain_page(app: &App, title: &str, body_html: &str) -> ApiResult<Ht
     })
 }
 
+/// The page an emailed sign-in link opens: who it signs in and one button that does it (a
+/// POST to the same address). Opening the link spends nothing, so a mail scanner or a link
+/// preview that fetches it first leaves the buyer a link that still works.
+/// `base` is the link's address without its token; 401 for a used or expired link.
+pub async fn sign_in_link_page(app: &App, token: &str, purpose: &str, base: &str, place: &str) -> ApiResult<Response> {
+    let email = crate::library::magic_link_email(app, token, purpose).await?;
+    let action = format!("{base}/{token}");
+    plain_page(
+        app,
+        "Sign in",
+        &format!(
+            "<h1>Sign in to {place}</h1><p>You are signing in as <strong>{}</strong>.</p>\
+             <form method=\"post\" action=\"{}\"><button class=\"btn\" id=\"sign-in\">Continue to {place}</button></form>\
+             <p class=\"muted\">This link works once and expires 15 minutes after it was sent. Didn't ask to sign in? Ignore it: nothing happens until you press the button.</p>",
+            esc(&email),
+            esc(&action),
+        ),
+    )
+    .await
+    .map(IntoResponse::into_response)
+}
+
 /// HTML-escapes text for `plain_page` bodies.
 pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
