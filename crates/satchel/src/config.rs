@@ -276,6 +276,12 @@ pub struct DeliveryConfig {
     pub x_accel_prefix: String,
     pub default_max_downloads: i64,
     pub default_link_days: i64,
+    /// Bind each delivery URL (the `/files/…` address a download link redirects to) to the
+    /// IP prefix (/24, /64) that started the download, so a URL posted elsewhere serves
+    /// nobody else during its lifetime. Off by default: a dual-stack client may fetch the
+    /// file over IPv6 after starting over IPv4 (or move networks mid-download), and then
+    /// has to start again from its link. Presigned object-store URLs cannot be bound.
+    pub bind_to_ip: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -367,6 +373,7 @@ impl Default for DeliveryConfig {
             x_accel_prefix: "/_satchel_protected/".into(),
             default_max_downloads: 5,
             default_link_days: 30,
+            bind_to_ip: false,
         }
     }
 }
@@ -403,6 +410,7 @@ const ENV_KEYS: &[&str] = &[
     "SATCHEL_TEST_MODE",
     "SATCHEL_DELIVERY_MODE",
     "SATCHEL_X_ACCEL_PREFIX",
+    "SATCHEL_DELIVERY_BIND_TO_IP",
     "SATCHEL_KEYS_DIR",
     "SATCHEL_CONFIG",
     "SATCHEL_LOG",
@@ -526,6 +534,9 @@ impl Config {
         }
         if let Some(v) = get("SATCHEL_X_ACCEL_PREFIX") {
             self.delivery.x_accel_prefix = v;
+        }
+        if let Some(v) = get("SATCHEL_DELIVERY_BIND_TO_IP") {
+            self.delivery.bind_to_ip = parse_bool("SATCHEL_DELIVERY_BIND_TO_IP", v)?;
         }
         if let Some(v) = get("SATCHEL_KEYS_DIR") {
             self.keys.dir = Some(PathBuf::from(v));
@@ -726,6 +737,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("SATCHEL_WORKERS"), "{err}");
+        assert!(!cfg.delivery.bind_to_ip, "delivery URLs unbound by default");
+        std::fs::write(&file, "[delivery]\nbind_to_ip = true\n").unwrap();
+        assert!(Config::load_from(Some(&file), &env(&[])).unwrap().delivery.bind_to_ip);
+        let cfg = Config::load_from(Some(&file), &env(&[("SATCHEL_DELIVERY_BIND_TO_IP", "off")])).unwrap();
+        assert!(!cfg.delivery.bind_to_ip, "the environment wins");
+        let err = Config::load_from(None, &env(&[("SATCHEL_DELIVERY_BIND_TO_IP", "sometimes")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SATCHEL_DELIVERY_BIND_TO_IP"), "{err}");
     }
 
     #[test]

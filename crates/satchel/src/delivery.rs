@@ -218,7 +218,7 @@ pub async fn redeem(
     match settled {
         batch::Settled::Counted(file) => {
             crate::abuse::after_start(app, grant_id, &prefix);
-            delivery_url(app, grant_id, &file, t + delivery_ttl(file.size)).await
+            delivery_url(app, grant_id, &file, t + delivery_ttl(file.size), &prefix).await
         }
         // Live by the time it is read again (a reset, say): the client may simply retry.
         batch::Settled::Refused => Err(refusal(app, grant_id, file_name, ip, t, true)
@@ -292,7 +292,9 @@ pub async fn continuation(
         ))
         .await?;
     match started {
-        Some((at,)) => Ok(Some(delivery_url(app, fields[0], &file, at + window).await?)),
+        Some((at,)) => Ok(Some(
+            delivery_url(app, fields[0], &file, at + window, &ip_prefix(ip)).await?,
+        )),
         None => Ok(None),
     }
 }
@@ -390,7 +392,7 @@ pub fn delivery_ttl(size: i64) -> i64 {
 /// object-store URL in `presign` mode, else Satchel's signed `/files/…` URL (which answers
 /// with an `X-Accel-Redirect` in `x-accel` mode). Watermarked products are always streamed
 /// by Satchel: nginx and the object store only hold the unmarked original.
-async fn delivery_url(app: &App, grant_id: &str, f: &FileRow, exp: i64) -> ApiResult<String> {
+async fn delivery_url(app: &App, grant_id: &str, f: &FileRow, exp: i64, prefix: &str) -> ApiResult<String> {
     if app.cfg.delivery.mode == DeliveryMode::Presign && !watermarked(app, &f.product_id).await? {
         let ttl = Duration::from_secs(u64::try_from(exp - now()).unwrap_or(0).max(1));
         let disposition = crate::http::ranges::content_disposition(&f.name);
@@ -401,7 +403,15 @@ async fn delivery_url(app: &App, grant_id: &str, f: &FileRow, exp: i64) -> ApiRe
             return Ok(url);
         }
     }
-    Ok(files_url(app, grant_id, f, exp))
+    let network = app.cfg.delivery.bind_to_ip.then(|| network_tag(prefix));
+    Ok(files_url(app, grant_id, f, exp, network.as_deref()))
+}
+
+/// What a bound delivery URL carries of the client's network: 12 hex digits of the SHA-256
+/// of its prefix (/24, /64). The URL's MAC covers it, so it cannot be changed.
+fn network_tag(prefix: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(prefix.as_bytes())[..6])
 }
 
 async fn watermarked(app: &App, product_id: &str) -> ApiResult<bool> {
@@ -413,8 +423,14 @@ async fn watermarked(app: &App, product_id: &str) -> ApiResult<bool> {
     Ok(policy.is_none_or(|(p,)| p != "none"))
 }
 
-fn files_url(app: &App, grant_id: &str, f: &FileRow, exp: i64) -> String {
-    let token = sign(&app.keys, "f1", &[grant_id, &f.id, &exp.to_string()]);
+/// Satchel's signed `/files/…` URL: grant, file and expiry, and with `network`, the tag of
+/// the only network ([`network_tag`]) it serves.
+fn files_url(app: &App, grant_id: &str, f: &FileRow, exp: i64, network: Option<&str>) -> String {
+    let exp = exp.to_string();
+    let token = match network {
+        Some(tag) => sign(&app.keys, "f1", &[grant_id, &f.id, &exp, tag]),
+        None => sign(&app.keys, "f1", &[grant_id, &f.id, &exp]),
+    };
     format!(
         "{}/files/{token}/{}",
         app.cfg.public_url(),
@@ -423,15 +439,25 @@ fn files_url(app: &App, grant_id: &str, f: &FileRow, exp: i64) -> String {
 }
 
 /// Checks a delivery token and that its grant is still live; returns the grant id and the file.
-pub async fn open_delivery(app: &App, token: &str) -> ApiResult<(String, FileRow)> {
+/// `ip` is the client's address; a URL bound to a network serves only that network.
+pub async fn open_delivery(app: &App, token: &str, ip: std::net::IpAddr) -> ApiResult<(String, FileRow)> {
     let bad = || download_error(StatusCode::NOT_FOUND, "not_found", "This file link is not valid.");
-    let f = verify(&app.keys, "f1", token, 3).ok_or_else(bad)?;
+    let f = verify(&app.keys, "f1", token, 3)
+        .or_else(|| verify(&app.keys, "f1", token, 4))
+        .ok_or_else(bad)?;
     let exp: i64 = f[2].parse().map_err(|_| bad())?;
     if exp <= now() {
         return Err(download_error(
             StatusCode::GONE,
             "link_expired",
             "This file link has expired; start the download again from your link or library.",
+        ));
+    }
+    if f.get(3).is_some_and(|tag| *tag != network_tag(&ip_prefix(ip))) {
+        return Err(download_error(
+            StatusCode::FORBIDDEN,
+            "ip_not_allowed",
+            "This file link works only on the network that started the download. Start the download again from your download link or your library.",
         ));
     }
     let live: Option<(String,)> = app

@@ -680,6 +680,10 @@ async fn settings_reach_the_storefront_and_the_emails() {
         // Settings never show secrets.
         let (_, settings) = get(&t, &s, "/dashboard/settings").await;
         assert!(settings.contains("Test-mode checkout") && settings.contains("Streamed by Satchel"));
+        assert!(
+            settings.contains("Work from any network"),
+            "delivery URLs unbound by default"
+        );
     }
 }
 

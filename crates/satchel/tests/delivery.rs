@@ -363,6 +363,68 @@ async fn head_checks_a_link_without_spending_it() {
     }
 }
 
+/// `delivery.bind_to_ip`: a delivery URL serves only the network (/24, /64) that started the
+/// download; elsewhere it is refused (403) and counts nothing. Its network cannot be edited
+/// out of the URL. Off (the default), a URL serves any network.
+#[tokio::test]
+async fn bound_delivery_urls_serve_only_the_network_that_started() {
+    for backend in backends().await {
+        for bound in [true, false] {
+            let t = TestApp::start_with(backend, |c| {
+                c.server.trust_forwarded_for = true;
+                c.delivery.bind_to_ip = bound;
+            })
+            .await;
+            let body = bytes_of(50_000, 5);
+            let link = sell(&t, "bound", "b.bin", &body, 5).await;
+            let r = t
+                .client
+                .get(&link)
+                .header("x-forwarded-for", "203.0.113.5")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 302);
+            let url = r.headers()["location"].to_str().unwrap().to_string();
+            let fetch = |url: String, ip: &'static str| {
+                let c = t.client.clone();
+                async move { c.get(url).header("x-forwarded-for", ip).send().await.unwrap() }
+            };
+            // The same /24: the whole file.
+            let same = fetch(url.clone(), "203.0.113.77").await;
+            assert_eq!(same.status(), 200, "{backend:?} bound={bound}");
+            assert_eq!(same.bytes().await.unwrap().as_ref(), &body[..]);
+            // Another network, IPv4 or IPv6: refused when bound.
+            for other in ["198.51.100.1", "2001:db8::1"] {
+                let r = fetch(url.clone(), other).await;
+                if bound {
+                    assert_eq!(r.status(), 403, "{backend:?} {other}");
+                    let err: Value = r.json().await.unwrap();
+                    assert_eq!(err["error"]["code"], "ip_not_allowed");
+                } else {
+                    assert_eq!(r.status(), 200, "{backend:?} {other}: unbound by default");
+                }
+            }
+            if bound {
+                // The network is under the URL's MAC: another tag, or none, is not a URL.
+                let (head, rest) = url.split_once("/files/").unwrap();
+                let (token, name) = rest.split_once('/').unwrap();
+                let parts: Vec<&str> = token.split('.').collect();
+                assert_eq!(parts.len(), 7, "f1, grant, file, expiry, network, key id, MAC: {token}");
+                let mut other_net = parts.clone();
+                other_net[4] = "000000000000";
+                let mut no_net = parts.clone();
+                no_net.remove(4);
+                for forged in [other_net.join("."), no_net.join(".")] {
+                    let r = fetch(format!("{head}/files/{forged}/{name}"), "203.0.113.5").await;
+                    assert_eq!(r.status(), 404, "{backend:?}: {forged}");
+                }
+            }
+            assert_eq!(remaining(&t).await, 4, "{backend:?}: one start, however many fetches");
+        }
+    }
+}
+
 #[tokio::test]
 async fn bad_tokens_and_ranges_are_4xx_and_count_nothing() {
     for backend in backends().await {

@@ -320,13 +320,17 @@ async fn download(
 /// In `x-accel` mode (unwatermarked files) the answer is an empty 200 with `X-Accel-Redirect`
 /// for nginx, which then serves the bytes and ranges from its internal location.
 #[utoipa::path(get, path = "/files/{token}/{name}", tag = "delivery", params(("token" = String, Path), ("name" = String, Path)),
-    responses((status = 200, description = "The file (or, in x-accel mode, an empty answer with X-Accel-Redirect for nginx)"), (status = 206, description = "A range"), (status = 416, description = "Range not satisfiable")))]
+    responses((status = 200, description = "The file (or, in x-accel mode, an empty answer with X-Accel-Redirect for nginx)"), (status = 206, description = "A range"),
+        (status = 403, description = "access_revoked | ip_not_allowed (a URL bound to another network: `delivery.bind_to_ip`)"), (status = 404, description = "not_found"),
+        (status = 410, description = "link_expired"), (status = 416, description = "Range not satisfiable")))]
 async fn deliver_file(
     State(app): State<App>,
     Path((token, _name)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let (grant_id, file) = crate::delivery::open_delivery(&app, &token).await?;
+    let ip = crate::http::ratelimit::client_ip(&app, &headers, Some(peer.ip())).unwrap_or(peer.ip());
+    let (grant_id, file) = crate::delivery::open_delivery(&app, &token, ip).await?;
     // A watermarked product's buyer gets their own marked bytes (original + their tail).
     let marked = crate::watermark::composite(&app, &grant_id, &file).await?;
     if marked.is_none() && app.cfg.delivery.mode == crate::config::DeliveryMode::XAccel {

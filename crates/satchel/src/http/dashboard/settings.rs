@@ -187,6 +187,21 @@ fn delivery_facts(app: &App) -> Vec<Fact> {
             "ok",
             "Each product can set its own in its delivery settings.",
         ),
+        if cfg.delivery.bind_to_ip {
+            fact(
+                "File links",
+                "Bound to the buyer's network",
+                "ok",
+                "A file link works only on the network (/24, /64) that started the download.",
+            )
+        } else {
+            fact(
+                "File links",
+                "Work from any network",
+                "ok",
+                "A file link serves whoever has it until it expires (10 minutes and up). Set SATCHEL_DELIVERY_BIND_TO_IP=true to bind it to the network that started the download.",
+            )
+        },
         storage,
         email,
         fact(
