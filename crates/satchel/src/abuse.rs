@@ -653,18 +653,10 @@ pub async fn list_flags(app: &App, who: &Viewer, q: &FlagQuery) -> ApiResult<(Ve
         "all" => {}
         _ => return Err(unprocessable("invalid_status", "status must be open, resolved or all").field("status")),
     }
-    if let Some(c) = q.cursor.as_deref().filter(|c| !c.is_empty()) {
-        let a = query.arg(c);
-        query.push_sql(&format!(" AND f.id < {a}"));
-    }
-    let a = query.arg(limit + 1);
-    query.push_sql(&format!(" ORDER BY f.id DESC LIMIT {a}"));
+    query.page_desc("f.id", q.cursor.as_deref(), limit);
     let mut rows: Vec<FlagRow> = app.db.fetch_all(query).await?;
-    let next = (rows.len() as i64 > limit).then(|| {
-        rows.truncate(usize::try_from(limit).unwrap_or(50));
-        rows.last().map(|r| r.id.clone())
-    });
-    Ok((rows, next.flatten()))
+    let next = crate::db::next_page(&mut rows, limit, |r| &r.id);
+    Ok((rows, next))
 }
 
 pub async fn find_flag(e: &impl Exec, who: &Viewer, flag_id: &str) -> ApiResult<FlagRow> {

@@ -80,6 +80,55 @@ pub async fn for_order(e: &impl Exec, order_id: &str) -> ApiResult<Vec<GrantRow>
     .await?)
 }
 
+/// One counted download of a grant, as its seller sees it: when, from where (address and
+/// /24 or /64 network), with which client, which file and its size.
+#[derive(Debug, serde::Serialize, sqlx::FromRow)]
+pub struct DownloadEvent {
+    pub id: String,
+    pub at: i64,
+    pub ip: String,
+    pub ip_prefix: String,
+    pub user_agent: String,
+    pub outcome: String,
+    pub bytes: i64,
+    pub file_id: Option<String>,
+    pub file_name: Option<String>,
+}
+
+/// Which page of a grant's download history: newest first.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct EventQuery {
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// 1–100, default 50.
+    pub limit: Option<i64>,
+}
+
+/// A page of one of the seller's grants' download history, newest first, and the cursor of
+/// the next page. 404 for a grant of another store.
+pub async fn events(
+    e: &impl Exec,
+    seller_id: &str,
+    grant_id: &str,
+    q: &EventQuery,
+) -> ApiResult<(Vec<DownloadEvent>, Option<String>)> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(unprocessable("invalid_limit", "limit must be between 1 and 100").field("limit"));
+    }
+    own_grant(e, seller_id, grant_id).await?;
+    let mut query = crate::db::Query::new(
+        "SELECT e.id, e.at, e.ip, e.ip_prefix, e.user_agent, e.outcome, e.bytes, e.file_id, f.name AS file_name
+         FROM download_events e LEFT JOIN files f ON f.id = e.file_id",
+    );
+    let a = query.arg(grant_id);
+    query.push_sql(&format!(" WHERE e.grant_id = {a}"));
+    query.page_desc("e.id", q.cursor.as_deref(), limit);
+    let mut rows: Vec<DownloadEvent> = e.fetch_all(query).await?;
+    let next = crate::db::next_page(&mut rows, limit, |r| &r.id);
+    Ok((rows, next))
+}
+
 async fn own_grant(e: &impl Exec, seller_id: &str, grant_id: &str) -> ApiResult<GrantRow> {
     e.fetch_optional(sql!(
         format!("{GRANT_SELECT} WHERE g.id = $1 AND o.seller_id = $2"),

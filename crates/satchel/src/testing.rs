@@ -222,6 +222,20 @@ impl TestApp {
         r.json().await.expect("order json")
     }
 
+    /// The id of an order's (first) download grant.
+    pub async fn grant_of(&self, order_id: &str) -> String {
+        let (gid,): (String,) = crate::db::Exec::fetch_one(
+            &self.app.db,
+            crate::sql!(
+                "SELECT id FROM download_grants WHERE order_id = $1 ORDER BY id LIMIT 1",
+                order_id
+            ),
+        )
+        .await
+        .expect("the order has a download grant");
+        gid
+    }
+
     /// Buys and pays for one product; returns the paid order as the buyer sees it.
     pub async fn buy_paid(&self, slug: &str, email: &str) -> serde_json::Value {
         let order = self.purchase(slug, email).await;

@@ -28,12 +28,7 @@ async fn bought(t: &TestApp, email: &str, max: i64) -> (String, String, String) 
     let o = t.buy_paid("demo-templates", email).await;
     let order_id = o["order_id"].as_str().unwrap().to_string();
     let url = o["items"][0]["download_url"].as_str().unwrap().to_string();
-    let (gid,): (String,) = t
-        .app
-        .db
-        .fetch_one(sql!("SELECT id FROM download_grants WHERE order_id = $1", &order_id))
-        .await
-        .unwrap();
+    let gid = t.grant_of(&order_id).await;
     t.app
         .db
         .execute(sql!(
@@ -981,6 +976,91 @@ async fn dashboard_abuse_page_lists_flags_and_acts_with_csrf() {
     }
 }
 
+/// A grant's download history, for its seller: every counted download (time, address,
+/// network, client, file, size), newest first, paged; another store's grant is a 404; the
+/// order page shows the latest.
+#[tokio::test]
+async fn sellers_see_each_grants_download_history() {
+    for backend in backends().await {
+        let t = TestApp::start_demo_with(backend, trusting).await;
+        let key = demo_key(&t).await;
+        let (order_id, gid, url) = bought(&t, "history@example.com", 5).await;
+        let events = format!("/api/v1/seller/grants/{gid}/events");
+        let (status, v) = api(&t, &key, "GET", &events, None).await;
+        assert_eq!(
+            (status, v["items"].as_array().unwrap().len()),
+            (200, 0),
+            "{backend:?}: {v}"
+        );
+        for (ip, ua) in [
+            ("10.9.0.1", "curl/8.5.0"),
+            ("2001:db8:5::7", "Mozilla/5.0 (X11) Gecko/20100101 Firefox/128.0"),
+        ] {
+            let r = t
+                .client
+                .get(&url)
+                .header("x-forwarded-for", ip)
+                .header("user-agent", ua)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 302);
+        }
+        // A refused start is no download.
+        t.app
+            .db
+            .execute(sql!("UPDATE download_grants SET remaining = 0 WHERE id = $1", &gid))
+            .await
+            .unwrap();
+        assert_eq!(download_from(&t, &url, "10.9.0.1").await.0, 403);
+
+        let (status, v) = api(&t, &key, "GET", &events, None).await;
+        assert_eq!(status, 200, "{v}");
+        let items = v["items"].as_array().unwrap();
+        assert_eq!(items.len(), 2, "{backend:?}: {v}");
+        assert!(v["next_cursor"].is_null());
+        let newest = &items[0];
+        assert_eq!(newest["ip"], "2001:db8:5::7", "newest first");
+        assert_eq!(newest["ip_prefix"], "2001:db8:5:0::/64");
+        assert_eq!(newest["user_agent"], "Mozilla/5.0 (X11) Gecko/20100101 Firefox/128.0");
+        assert_eq!(
+            (newest["outcome"].as_str(), newest["file_name"].is_string()),
+            (Some("started"), true)
+        );
+        assert!(newest["bytes"].as_i64().unwrap() > 0 && newest["at"].as_i64().unwrap() > 0);
+        assert_eq!(items[1]["ip_prefix"], "10.9.0.0/24");
+
+        // Pages of one: the cursor walks back to the first download, then stops.
+        let (_, p1) = api(&t, &key, "GET", &format!("{events}?limit=1"), None).await;
+        let cursor = p1["next_cursor"].as_str().unwrap().to_string();
+        assert_eq!(p1["items"][0]["id"], newest["id"]);
+        let (_, p2) = api(&t, &key, "GET", &format!("{events}?limit=1&cursor={cursor}"), None).await;
+        assert_eq!(p2["items"][0]["id"], items[1]["id"]);
+        assert!(p2["next_cursor"].is_null(), "{p2}");
+        let (status, v) = api(&t, &key, "GET", &format!("{events}?limit=0"), None).await;
+        assert_eq!((status, v["error"]["code"].as_str()), (422, Some("invalid_limit")));
+
+        // Another store's seller, or no key: nothing.
+        let (_, other) = t.seller_with_key("rival-history@example.com").await;
+        assert_eq!(api(&t, &other, "GET", &events, None).await.0, 404);
+        assert_eq!(t.client.get(t.url(&events)).send().await.unwrap().status(), 401);
+
+        // The order page shows them, the client by its product token.
+        let s = login(&t, satchel::demo::DEMO_EMAIL, satchel::demo::DEMO_PASSWORD).await;
+        let (status, html) = get(&t, &s, &format!("/dashboard/orders/{order_id}")).await;
+        assert_eq!(status, 200);
+        let history = &html[html.find(&format!("id=\"history-{gid}\"")).expect("history row")..];
+        assert!(
+            history.contains("Download history") && history.contains("10.9.0.1") && history.contains("2001:db8:5::7"),
+            "{history}"
+        );
+        assert!(
+            history.contains(">Firefox/128.0<") && history.contains(">curl/8.5.0<"),
+            "{history}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn dashboard_order_page_resets_extends_and_revokes_downloads() {
     for backend in backends().await {
@@ -1000,7 +1080,7 @@ async fn dashboard_order_page_resets_extends_and_revokes_downloads() {
         assert_eq!(status, 200);
         assert!(html.contains("id=\"downloads\"") && html.contains(&format!("id=\"grant-{gid}\"")));
         assert!(
-            html.contains("0 of 1") && html.contains("10.8.0.0/24"),
+            html.contains("0 of 1") && html.contains("data-label=\"Network\">10.8.0.0/24"),
             "remaining and the bound network"
         );
         for b in ["reset", "extend", "revoke"] {
@@ -1024,7 +1104,13 @@ async fn dashboard_order_page_resets_extends_and_revokes_downloads() {
         assert_eq!(r.status(), 303);
         assert_eq!(grant(&t, &gid).await.1, 1);
         let (_, html) = get(&t, &s, &format!("/dashboard/orders/{order_id}?notice=grant_reset")).await;
-        assert!(html.contains("Downloads reset") && html.contains("1 of 1") && !html.contains("10.8.0.0/24"));
+        // The binding is cleared (the history below still shows where the download came from).
+        assert!(html.contains("Downloads reset") && html.contains("1 of 1"));
+        assert!(
+            html.contains("data-label=\"Network\"><span class=\"muted\">any</span>"),
+            "{html}"
+        );
+        assert!(!html.contains("data-label=\"Network\">10.8.0.0/24"));
         // Extend: a bad number is a page with the message, then a good one moves the date.
         let (before,): (i64,) = t
             .app

@@ -38,12 +38,7 @@ async fn spread(t: &TestApp, email: &str, networks: u8, confirmed: bool) -> (Str
     let o = t.buy_paid("demo-templates", email).await;
     let order_id = o["order_id"].as_str().unwrap().to_string();
     let url = o["items"][0]["download_url"].as_str().unwrap().to_string();
-    let (gid,): (String,) = t
-        .app
-        .db
-        .fetch_one(sql!("SELECT id FROM download_grants WHERE order_id = $1", &order_id))
-        .await
-        .unwrap();
+    let gid = t.grant_of(&order_id).await;
     if confirmed {
         t.app
             .db

@@ -125,6 +125,16 @@ async fn seller_sees_the_sale_on_the_chart_and_refunds_it() {
         b.click(&format!("a[href='/dashboard/orders/{order_id}']")).await;
         b.wait("#refund-form").await;
         assert_eq!(b.text("#order-status").await.to_lowercase(), "paid");
+        // The download above is in the grant's history, folded until opened.
+        let gid = t.grant_of(&order_id).await;
+        b.click(&format!("#history-{gid} summary")).await;
+        b.wait(&format!("#history-{gid} details[open] table.history")).await;
+        let history = b.text(&format!("#history-{gid} table.history")).await;
+        assert!(
+            history.contains("127.0.0.1") && history.contains("127.0.0.0/24"),
+            "{history}"
+        );
+        b.shot(&format!("dashboard-flow-order-history-{tag}")).await;
         let amount = c
             .find(Locator::Id("amount"))
             .await

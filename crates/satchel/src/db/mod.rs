@@ -137,6 +137,17 @@ impl Query {
     pub fn push_sql(&mut self, s: &str) {
         self.sql.to_mut().push_str(s);
     }
+    /// Keyset pagination, newest first, after the query's `WHERE`: rows whose `col` sorts
+    /// below `cursor` (when there is one), by `col` descending, `limit + 1` of them, so that
+    /// [`next_page`] can tell whether another page follows.
+    pub fn page_desc(&mut self, col: &str, cursor: Option<&str>, limit: i64) {
+        if let Some(c) = cursor.filter(|c| !c.is_empty()) {
+            let a = self.arg(c);
+            self.push_sql(&format!(" AND {col} < {a}"));
+        }
+        let a = self.arg(limit + 1);
+        self.push_sql(&format!(" ORDER BY {col} DESC LIMIT {a}"));
+    }
     fn sqlite(&self) -> sqlx::query::Query<'_, Sqlite, sqlx::sqlite::SqliteArguments<'_>> {
         let mut q = sqlx::query(&self.sql);
         for a in &self.args {
@@ -455,4 +466,15 @@ pub fn is_unique_violation(e: &DbError) -> bool {
         DbError::Database(d) => d.is_unique_violation(),
         _ => false,
     }
+}
+
+/// Cuts rows fetched with [`Query::page_desc`] to `limit`; returns the cursor of the next
+/// page (the last row's key), or `None` on the last page.
+pub fn next_page<T>(rows: &mut Vec<T>, limit: i64, key: impl Fn(&T) -> &str) -> Option<String> {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    if rows.len() <= limit {
+        return None;
+    }
+    rows.truncate(limit);
+    rows.last().map(|r| key(r).to_string())
 }

@@ -21,6 +21,7 @@ use crate::http::pages::{esc, plain_page};
 
 pub fn routes() -> OpenApiRouter<App> {
     OpenApiRouter::new()
+        .routes(routes!(grant_events))
         .routes(routes!(grant_action))
         .routes(routes!(list_flags))
         .routes(routes!(flag_action))
@@ -54,6 +55,22 @@ async fn grant_action(
     Ok(Json(
         crate::grants::seller_action(&app, &auth.seller_id, &auth.user_id, &grant_id, &action, &body).await?,
     ))
+}
+
+/// One of your grants' download history, newest first: `{items, next_cursor}`; each item
+/// `{id, at, ip, ip_prefix, user_agent, outcome, bytes, file_id, file_name}`.
+#[utoipa::path(get, path = "/api/v1/seller/grants/{grant_id}/events", tag = "seller",
+    params(("grant_id" = String, Path), crate::grants::EventQuery),
+    responses((status = 200, description = "`{items, next_cursor}`"), (status = 401, description = "Not signed in"),
+        (status = 404, description = "Not one of your grants"), (status = 422, description = "invalid_limit")))]
+async fn grant_events(
+    State(app): State<App>,
+    auth: SellerAuth,
+    Path(grant_id): Path<String>,
+    ApiQuery(q): ApiQuery<crate::grants::EventQuery>,
+) -> ApiResult<Json<Value>> {
+    let (items, next) = crate::grants::events(&app.db, &auth.seller_id, &grant_id, &q).await?;
+    Ok(Json(json!({ "items": items, "next_cursor": next })))
 }
 
 /// Abuse flags, newest first: `{items, next_cursor}`. A seller sees its own (download

@@ -106,17 +106,9 @@ async fn list_orders(
         let b = query.arg(text);
         query.push_sql(&format!(" AND (email = {a} OR id = {b})"));
     }
-    if let Some(c) = q.cursor.as_deref().filter(|c| !c.is_empty()) {
-        let a = query.arg(c);
-        query.push_sql(&format!(" AND id < {a}"));
-    }
-    let a = query.arg(limit + 1);
-    query.push_sql(&format!(" ORDER BY id DESC LIMIT {a}"));
+    query.page_desc("id", q.cursor.as_deref(), limit);
     let mut rows: Vec<OrderSummary> = app.db.fetch_all(query).await?;
-    let next = (rows.len() as i64 > limit).then(|| {
-        rows.truncate(usize::try_from(limit).unwrap_or(50));
-        rows.last().map(|r| r.id.clone())
-    });
+    let next = crate::db::next_page(&mut rows, limit, |r| &r.id);
     let items: Vec<Value> = rows
         .iter()
         .map(|o| {
@@ -125,7 +117,7 @@ async fn list_orders(
             v
         })
         .collect();
-    Ok(Json(json!({"items": items, "next_cursor": next.flatten()})))
+    Ok(Json(json!({"items": items, "next_cursor": next})))
 }
 
 #[derive(sqlx::FromRow, serde::Serialize)]

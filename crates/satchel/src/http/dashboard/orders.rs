@@ -232,6 +232,54 @@ pub struct GrantView {
     pub ip_bound: Option<String>,
     /// The purchase (or this item) was refunded: no action brings it back.
     pub refunded: bool,
+    /// The latest downloads, newest first; `more`: older ones exist (in the API).
+    pub history: Vec<DownloadView>,
+    pub more: bool,
+}
+
+/// One download in a grant's history.
+pub struct DownloadView {
+    pub when: String,
+    pub ip: String,
+    pub network: String,
+    pub client: String,
+    pub user_agent: String,
+    pub file: String,
+    pub size: String,
+}
+
+/// Downloads shown per grant on the order page.
+const HISTORY: i64 = 10;
+
+impl DownloadView {
+    fn new(e: crate::grants::DownloadEvent) -> Self {
+        DownloadView {
+            when: datetime_label(e.at),
+            ip: e.ip,
+            network: e.ip_prefix,
+            client: client_label(&e.user_agent),
+            user_agent: e.user_agent,
+            file: e.file_name.unwrap_or_else(|| "—".into()),
+            size: crate::http::pages::human_size(e.bytes),
+        }
+    }
+}
+
+/// A user agent as a seller reads it: the product tokens (`curl/8.5.0`, `Firefox/128.0`),
+/// not the whole string, which the page's tooltip keeps. Empty: "unknown".
+fn client_label(ua: &str) -> String {
+    // Most specific first: Edge and Opera also say Chrome, and Chrome also says Safari.
+    let known = [
+        "Edg/", "OPR/", "Firefox/", "Chrome/", "Safari/", "curl/", "Wget/", "aria2/",
+    ];
+    let token = known
+        .iter()
+        .find_map(|k| ua.split_whitespace().find(|t| t.starts_with(k)));
+    match (token, ua.split_whitespace().next()) {
+        (Some(t), _) => t.to_string(),
+        (None, Some(first)) => first.chars().take(40).collect(),
+        (None, None) => "unknown".into(),
+    }
 }
 
 pub struct LicenseView {
@@ -328,6 +376,15 @@ async fn detail_view(app: &App, dash: &Dash, o: Order) -> ApiResult<DetailPage> 
         ))
         .await?;
     let grants = crate::grants::for_order(&app.db, &o.id).await?;
+    let mut histories = Vec::with_capacity(grants.len());
+    for g in &grants {
+        let q = crate::grants::EventQuery {
+            cursor: None,
+            limit: Some(HISTORY),
+        };
+        let (events, next) = crate::grants::events(&app.db, &o.seller_id, &g.id, &q).await?;
+        histories.push((events.into_iter().map(DownloadView::new).collect(), next.is_some()));
+    }
     let t = crate::ids::now();
     let licenses: Vec<(String, String, String, i64, Option<i64>)> = app
         .db
@@ -427,7 +484,10 @@ async fn detail_view(app: &App, dash: &Dash, o: Order) -> ApiResult<DetailPage> 
             .collect(),
         grants: grants
             .into_iter()
-            .map(|g| GrantView {
+            .zip(histories)
+            .map(|(g, (history, more))| GrantView {
+                history,
+                more,
                 refunded: g.refunded(),
                 expired: g.expires_at <= t,
                 expires: super::date(g.expires_at),
@@ -661,6 +721,26 @@ pub async fn grant_action(
 
 #[cfg(test)]
 mod tests {
+    use super::client_label;
+
+    #[test]
+    fn clients_are_named_by_their_product_token() {
+        let chrome =
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+        assert_eq!(client_label(chrome), "Chrome/120.0.0.0");
+        assert_eq!(
+            client_label(&format!("{chrome} Edg/120.0.2210.91")),
+            "Edg/120.0.2210.91"
+        );
+        assert_eq!(
+            client_label("Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"),
+            "Firefox/128.0"
+        );
+        assert_eq!(client_label("curl/8.5.0"), "curl/8.5.0");
+        assert_eq!(client_label("MyDownloader 2.1"), "MyDownloader");
+        assert_eq!(client_label(""), "unknown");
+    }
+
     #[test]
     fn like_patterns_are_literal() {
         assert_eq!(super::like_escape("a_b%c"), "a\\_b\\%c");
