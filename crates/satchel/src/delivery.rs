@@ -243,13 +243,16 @@ pub async fn redeem(
 /// still live, and it falls within that start's delivery window (`delivery_ttl`). The URL it
 /// gets expires with that window, so continuations can never stretch one counted download
 /// past the time a single delivery URL would have lived. `Ok(None)`: not a continuation —
-/// the caller redeems (and counts, or refuses) as usual.
+/// the caller redeems (and counts, or refuses) as usual. A continuation is logged as a
+/// `resumed` download event (with the bytes from its first byte on), so the seller's history
+/// shows it; it counts nothing, and detection reads `started` events only.
 pub async fn continuation(
     app: &App,
     token: &str,
     file_name: Option<&str>,
     ip: std::net::IpAddr,
     range: &str,
+    user_agent: &str,
 ) -> ApiResult<Option<String>> {
     let Some(fields) = verify(&app.keys, "d1", token, 2) else {
         return Ok(None);
@@ -274,10 +277,10 @@ pub async fn continuation(
         return Ok(None);
     };
     let size = u64::try_from(file.size).unwrap_or(0);
-    if !matches!(crate::http::ranges::parse_range(range, size), crate::http::ranges::RangeDecision::Partial(start, _) if start > 0)
-    {
-        return Ok(None);
-    }
+    let first = match crate::http::ranges::parse_range(range, size) {
+        crate::http::ranges::RangeDecision::Partial(start, _) if start > 0 => start,
+        _ => return Ok(None),
+    };
     let window = delivery_ttl(file.size);
     let started: Option<(i64,)> = app
         .db
@@ -291,12 +294,25 @@ pub async fn continuation(
             t - window
         ))
         .await?;
-    match started {
-        Some((at,)) => Ok(Some(
-            delivery_url(app, fields[0], &file, at + window, &ip_prefix(ip)).await?,
-        )),
-        None => Ok(None),
-    }
+    let Some((at,)) = started else {
+        return Ok(None);
+    };
+    let prefix = ip_prefix(ip);
+    app.db
+        .execute(sql!(
+            "INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'resumed', $8)",
+            new_id("dle"),
+            fields[0],
+            &file.id,
+            t,
+            ip.to_string(),
+            &prefix,
+            user_agent.chars().take(batch::USER_AGENT_MAX).collect::<String>(),
+            i64::try_from(size - first).unwrap_or(0)
+        ))
+        .await?;
+    Ok(Some(delivery_url(app, fields[0], &file, at + window, &prefix).await?))
 }
 
 async fn pick_file(e: &impl Exec, product_id: &str, name: Option<&str>) -> ApiResult<FileRow> {

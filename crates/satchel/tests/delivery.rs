@@ -71,10 +71,22 @@ async fn remaining(t: &TestApp) -> i64 {
         .unwrap()
 }
 
+/// Counted downloads logged (`started` events).
 async fn events(t: &TestApp) -> i64 {
     t.app
         .db
-        .fetch_i64(sql!("SELECT COUNT(*) FROM download_events"))
+        .fetch_i64(sql!("SELECT COUNT(*) FROM download_events WHERE outcome = 'started'"))
+        .await
+        .unwrap()
+}
+
+/// Continuations logged (`resumed` events: nothing counted) and the bytes they carried.
+async fn resumed(t: &TestApp) -> (i64, i64) {
+    t.app
+        .db
+        .fetch_one(sql!(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM download_events WHERE outcome = 'resumed'"
+        ))
         .await
         .unwrap()
 }
@@ -274,6 +286,11 @@ async fn continuation_needs_a_range_past_zero_the_same_prefix_and_the_window() {
         assert_eq!(r.status(), 302);
         let url = r.headers()["location"].to_str().unwrap().to_string();
         assert_eq!(remaining(&t).await, 4, "{backend:?}");
+        assert_eq!(
+            resumed(&t).await,
+            (1, 95_000),
+            "{backend:?}: logged, with the bytes from 5000 on"
+        );
         let part = t.client.get(&url).header("range", "bytes=5000-").send().await.unwrap();
         assert_eq!(part.status(), 206);
         assert_eq!(part.bytes().await.unwrap().as_ref(), &body[5000..]);
@@ -302,6 +319,8 @@ async fn continuation_needs_a_range_past_zero_the_same_prefix_and_the_window() {
         let err: Value = r.json().await.unwrap();
         assert_eq!(err["error"]["code"], "access_revoked");
         assert_eq!(events(&t).await, 5, "{backend:?}");
+        // The two continuations (5000-, then 10- on the spent grant); the refused one is not.
+        assert_eq!(resumed(&t).await.0, 2, "{backend:?}");
     }
 }
 

@@ -301,7 +301,7 @@ async fn download(
     // A resume or extra connection of a download counted moments ago is not a new download.
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let resumed = match range {
-        Some(r) => crate::delivery::continuation(&app, &token, q.file.as_deref(), ip, r).await?,
+        Some(r) => crate::delivery::continuation(&app, &token, q.file.as_deref(), ip, r, ua).await?,
         None => None,
     };
     let url = match resumed {

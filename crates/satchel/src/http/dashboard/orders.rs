@@ -240,6 +240,8 @@ pub struct GrantView {
 /// One download in a grant's history.
 pub struct DownloadView {
     pub when: String,
+    /// A resume or another connection of a counted download (nothing counted).
+    pub resumed: bool,
     pub ip: String,
     pub network: String,
     pub client: String,
@@ -255,6 +257,7 @@ impl DownloadView {
     fn new(e: crate::grants::DownloadEvent) -> Self {
         DownloadView {
             when: datetime_label(e.at),
+            resumed: e.outcome == "resumed",
             ip: e.ip,
             network: e.ip_prefix,
             client: client_label(&e.user_agent),
