@@ -697,6 +697,7 @@ http {{
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
     sendfile on;
+    tcp_nopush on;
     default_type application/octet-stream;
     server {{
         listen 127.0.0.1:{listen};

@@ -268,8 +268,15 @@ async fn write_response(
     #[cfg(target_os = "linux")]
     if let Some(region) = region {
         drop(body);
+        // Corked (nginx's `tcp_nopush`): the head rides in the first full segment of the
+        // file, and the kernel sends full segments only until the last byte uncorks it.
+        let corked = rustix::net::sockopt::set_tcp_cork(&*io, true).is_ok();
         io.write_all(&head).await?;
-        return send_region(app, io, &region).await;
+        let sent = send_region(app, io, &region).await;
+        if corked {
+            let _ = rustix::net::sockopt::set_tcp_cork(&*io, false);
+        }
+        return sent;
     }
     // Elsewhere than Linux the body stream below carries the file instead.
     #[cfg(not(target_os = "linux"))]
