@@ -869,9 +869,10 @@ pub async fn sign_in_link_page(app: &App, token: &str, purpose: &str, base: &str
         &format!(
             "<h1>Sign in to {place}</h1><p>You are signing in as <strong>{}</strong>.</p>\
              <form method=\"post\" action=\"{}\"><button class=\"btn\" id=\"sign-in\">Continue to {place}</button></form>\
-             <p class=\"muted\">This link works once and expires 15 minutes after it was sent. Didn't ask to sign in? Ignore it: nothing happens until you press the button.</p>",
+             <p class=\"muted\">This link works once and expires {} minutes after it was sent. Didn't ask to sign in? Ignore it: nothing happens until you press the button.</p>",
             esc(&email),
             esc(&action),
+            crate::library::MAGIC_LINK_MINUTES,
         ),
     )
     .await
