@@ -88,6 +88,10 @@ async fn sign_in(b: &Browser, t: &TestApp, email: &str) {
         .unwrap();
     let link = link_from_outbox(t, email, "/auth/magic/").await;
     c.goto(&link).await.unwrap();
+    // The link opens a page naming the address; only its button signs in.
+    b.wait("#sign-in").await;
+    assert!(b.text("main").await.contains(email), "the page names who signs in");
+    b.shot("library-sign-in-link").await;
     b.submit("#sign-in").await;
     c.wait().for_element(Locator::Css(".purchase")).await.unwrap();
     assert!(c.current_url().await.unwrap().path().ends_with("/library"));
