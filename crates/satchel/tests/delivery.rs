@@ -754,14 +754,74 @@ fn split_responses(mut wire: &[u8], heads: &[bool]) -> Vec<Raw> {
 }
 
 fn sendfile_bytes(t: &TestApp) -> u64 {
+    metric(t, "satchel_sendfile_bytes_total")
+}
+
+fn metric(t: &TestApp, name: &str) -> u64 {
     t.app
         .metrics
         .render(0)
         .lines()
-        .find_map(|l| l.strip_prefix("satchel_sendfile_bytes_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .unwrap()
         .parse()
         .unwrap()
+}
+
+/// Whether the kernel can say, without waiting, that a file's first page is not cached.
+#[cfg(target_os = "linux")]
+fn evicted(path: &Path) -> bool {
+    let f = std::fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    let mut byte = [0u8; 1];
+    let mut bufs = [std::io::IoSliceMut::new(&mut byte)];
+    matches!(
+        rustix::io::preadv2(&f, &mut bufs, 0, rustix::io::ReadWriteFlags::NOWAIT),
+        Err(rustix::io::Errno::AGAIN)
+    )
+}
+
+/// A file whose pages are not in the page cache is sent from the blocking pool (its disk
+/// reads do not hold an HTTP thread), byte for byte; once cached, from the HTTP thread.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_not_in_the_cache_are_sent_off_the_http_threads() {
+    for backend in backends().await {
+        let t = TestApp::start(backend).await;
+        let body = bytes_of(20 << 20, 9);
+        let link = sell(&t, "cold", "cold.bin", &body, 5).await;
+        let path = t.data_dir.join("files").join("test/cold/cold.bin");
+        assert!(path.exists(), "{path:?}");
+        let url = redeem(&t, &link).await;
+        if !evicted(&path) {
+            eprintln!("this file system keeps the pages or cannot tell (RWF_NOWAIT); skipping");
+            return;
+        }
+        // A fresh connection: the test client's pooled one went to hyper with a POST earlier,
+        // and only connections that start with a delivery request stay in the front.
+        let fresh = reqwest::Client::new();
+        let cold0 = metric(&t, "satchel_sendfile_cold_bytes_total");
+        let got = fresh.get(&url).send().await.unwrap();
+        assert_eq!(got.status(), 200);
+        assert_eq!(
+            sha(&got.bytes().await.unwrap()),
+            sha(&body),
+            "{backend:?}: byte for byte"
+        );
+        let cold = metric(&t, "satchel_sendfile_cold_bytes_total") - cold0;
+        assert!(
+            cold > 0,
+            "{backend:?}: the uncached pages went out from the blocking pool"
+        );
+        // Now cached: the whole file again, and nothing more from the blocking pool.
+        let (all0, cold1) = (sendfile_bytes(&t), metric(&t, "satchel_sendfile_cold_bytes_total"));
+        let got = fresh.get(&url).header("range", "bytes=1000-").send().await.unwrap();
+        assert_eq!(got.status(), 206);
+        assert_eq!(got.bytes().await.unwrap().as_ref(), &body[1000..]);
+        assert_eq!(sendfile_bytes(&t) - all0, body.len() as u64 - 1000);
+        assert_eq!(metric(&t, "satchel_sendfile_cold_bytes_total"), cold1, "{backend:?}");
+    }
 }
 
 /// The HTTP/1 front answers delivery requests itself and sends local files with sendfile;

@@ -360,25 +360,86 @@ fn http_date() -> String {
 
 /// Sends `region` of its file to the socket with `sendfile(2)`: the kernel moves the bytes
 /// from the page cache to the socket, and nothing is buffered here while the client is slow.
+///
+/// A `sendfile` of pages not in the page cache reads them from disk before it returns, which
+/// would hold this HTTP thread (and every request queued on it) for the read. So each call
+/// first asks the kernel, without waiting, whether the first and last page it is about to
+/// send are cached (`preadv2` with `RWF_NOWAIT`); when they are not, that chunk (at most
+/// [`CHUNK`]) is sent from the blocking pool instead, through a duplicate of the socket's
+/// descriptor, and the disk read waits there (what nginx's `aio threads` does).
 #[cfg(target_os = "linux")]
 async fn send_region(app: &crate::app::App, io: &mut TcpStream, region: &FileRegion) -> io::Result<()> {
     let mut offset = region.offset;
     let end = region.offset + region.len;
+    let mut socket: Option<std::sync::Arc<rustix::fd::OwnedFd>> = None;
     while offset < end {
-        // One call sends what the socket buffer takes; at most 1 GiB per call.
-        let want = usize::try_from(end - offset).unwrap_or(usize::MAX).min(1 << 30);
+        // One call sends what the socket buffer takes, at most CHUNK (the bytes probed).
+        let want = usize::try_from(end - offset).unwrap_or(usize::MAX).min(CHUNK);
         io.writable().await?;
+        if !cached(&region.file, offset, want) {
+            let out = match &socket {
+                Some(s) => s.clone(),
+                None => socket
+                    .insert(std::sync::Arc::new(rustix::io::fcntl_dupfd_cloexec(&*io, 0)?))
+                    .clone(),
+            };
+            let file = region.file.clone();
+            let at = offset;
+            let sent = tokio::task::spawn_blocking(move || {
+                let mut at = at;
+                rustix::fs::sendfile(&*out, &*file, Some(&mut at), want).map(|n| (n, at))
+            })
+            .await
+            .map_err(io::Error::other)?;
+            match sent {
+                Ok((0, _)) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file ended early")),
+                Ok((n, at)) => {
+                    offset = at;
+                    app.metrics.sent_by_kernel(n as u64, true);
+                }
+                // The socket filled up since it was writable: clear its readiness and wait.
+                Err(rustix::io::Errno::AGAIN) => {
+                    let _ = io.try_io(tokio::io::Interest::WRITABLE, || {
+                        Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+            continue;
+        }
         let stream = &*io;
         match stream.try_io(tokio::io::Interest::WRITABLE, || {
             rustix::fs::sendfile(stream, &*region.file, Some(&mut offset), want).map_err(io::Error::from)
         }) {
             Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file ended early")),
-            Ok(n) => app.metrics.sent_by_kernel(n as u64),
+            Ok(n) => app.metrics.sent_by_kernel(n as u64, false),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Most bytes one `sendfile` sends: more than a socket buffer takes at once, and the range
+/// whose first and last pages are probed before it.
+#[cfg(target_os = "linux")]
+const CHUNK: usize = 8 << 20;
+
+/// Whether the pages holding the first and the last byte of `len` bytes at `offset` are in
+/// the page cache, asked without waiting (`RWF_NOWAIT`, a one-byte read). Anything but "would
+/// block" — cached, past the end, a file system that cannot say — counts as cached, so the
+/// send goes on as before.
+#[cfg(target_os = "linux")]
+fn cached(file: &std::fs::File, offset: u64, len: usize) -> bool {
+    let probe = |at: u64| {
+        let mut byte = [0u8; 1];
+        let mut bufs = [std::io::IoSliceMut::new(&mut byte)];
+        !matches!(
+            rustix::io::preadv2(file, &mut bufs, at, rustix::io::ReadWriteFlags::NOWAIT),
+            Err(rustix::io::Errno::AGAIN)
+        )
+    };
+    probe(offset) && (len <= 1 || probe(offset + len as u64 - 1))
 }
 
 /// Hands the connection to hyper, replaying the bytes already read.

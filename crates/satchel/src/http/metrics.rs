@@ -28,6 +28,8 @@ pub struct Metrics {
     routes: Mutex<BTreeMap<String, RouteStats>>,
     /// Body bytes the kernel sent straight from files (`sendfile`, [`super::front`]).
     sendfile_bytes: std::sync::atomic::AtomicU64,
+    /// Of those, bytes whose pages were not in the page cache, sent from the blocking pool.
+    sendfile_cold_bytes: std::sync::atomic::AtomicU64,
 }
 
 fn escape(s: &str) -> String {
@@ -59,10 +61,14 @@ impl Metrics {
         h.count += 1;
     }
 
-    /// Counts body bytes sent with `sendfile(2)`.
-    pub fn sent_by_kernel(&self, bytes: u64) {
+    /// Counts body bytes sent with `sendfile(2)`; `cold`: read from disk, off the runtime.
+    pub fn sent_by_kernel(&self, bytes: u64, cold: bool) {
         self.sendfile_bytes
             .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        if cold {
+            self.sendfile_cold_bytes
+                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     pub fn render(&self, job_depth: i64) -> String {
@@ -118,6 +124,12 @@ impl Metrics {
             out,
             "satchel_sendfile_bytes_total {}",
             self.sendfile_bytes.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        out.push_str("# HELP satchel_sendfile_cold_bytes_total Of those, bytes not in the page cache when sent: read from disk on the blocking pool, not on the HTTP threads.\n# TYPE satchel_sendfile_cold_bytes_total counter\n");
+        let _ = writeln!(
+            out,
+            "satchel_sendfile_cold_bytes_total {}",
+            self.sendfile_cold_bytes.load(std::sync::atomic::Ordering::Relaxed)
         );
         out.push_str("# HELP satchel_job_queue_depth Jobs queued or running.\n# TYPE satchel_job_queue_depth gauge\n");
         let _ = writeln!(out, "satchel_job_queue_depth {job_depth}");
