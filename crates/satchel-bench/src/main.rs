@@ -451,7 +451,9 @@ async fn bench_backend(
     let counted = t
         .app
         .db
-        .fetch_i64(satchel::sql!("SELECT COUNT(*) FROM download_events"))
+        .fetch_i64(satchel::sql!(
+            "SELECT COUNT(*) FROM download_events WHERE outcome = 'started'"
+        ))
         .await?;
     #[allow(clippy::cast_precision_loss)]
     let starts = counted as f64;

@@ -96,7 +96,7 @@ pub struct DownloadEvent {
 }
 
 /// Which page of a grant's download history: newest first.
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct EventQuery {
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -117,13 +117,24 @@ pub async fn events(
         return Err(unprocessable("invalid_limit", "limit must be between 1 and 100").field("limit"));
     }
     own_grant(e, seller_id, grant_id).await?;
+    history(e, grant_id, q.cursor.as_deref(), limit).await
+}
+
+/// A page of a grant's download history whose owner the caller has checked (the order page
+/// already has the seller's order): newest first, `limit` rows, and the next page's cursor.
+pub async fn history(
+    e: &impl Exec,
+    grant_id: &str,
+    cursor: Option<&str>,
+    limit: i64,
+) -> ApiResult<(Vec<DownloadEvent>, Option<String>)> {
     let mut query = crate::db::Query::new(
         "SELECT e.id, e.at, e.ip, e.ip_prefix, e.user_agent, e.outcome, e.bytes, e.file_id, f.name AS file_name
          FROM download_events e LEFT JOIN files f ON f.id = e.file_id",
     );
     let a = query.arg(grant_id);
     query.push_sql(&format!(" WHERE e.grant_id = {a}"));
-    query.page_desc("e.id", q.cursor.as_deref(), limit);
+    query.page_desc("e.id", cursor, limit);
     let mut rows: Vec<DownloadEvent> = e.fetch_all(query).await?;
     let next = crate::db::next_page(&mut rows, limit, |r| &r.id);
     Ok((rows, next))

@@ -381,11 +381,8 @@ async fn detail_view(app: &App, dash: &Dash, o: Order) -> ApiResult<DetailPage> 
     let grants = crate::grants::for_order(&app.db, &o.id).await?;
     let mut histories = Vec::with_capacity(grants.len());
     for g in &grants {
-        let q = crate::grants::EventQuery {
-            cursor: None,
-            limit: Some(HISTORY),
-        };
-        let (events, next) = crate::grants::events(&app.db, &o.seller_id, &g.id, &q).await?;
+        // `own_order` checked the order is this seller's, and with it its grants.
+        let (events, next) = crate::grants::history(&app.db, &g.id, None, HISTORY).await?;
         histories.push((events.into_iter().map(DownloadView::new).collect(), next.is_some()));
     }
     let t = crate::ids::now();
