@@ -363,8 +363,8 @@ fn http_date() -> String {
 ///
 /// A `sendfile` of pages not in the page cache reads them from disk before it returns, which
 /// would hold this HTTP thread (and every request queued on it) for the read. So each call
-/// first asks the kernel, without waiting, whether the first and last page it is about to
-/// send are cached (`preadv2` with `RWF_NOWAIT`); when they are not, that chunk (at most
+/// first asks the kernel, without waiting, whether the pages it is about to send are cached
+/// (one every MiB, and the last) (`preadv2` with `RWF_NOWAIT`); when they are not, that chunk (at most
 /// [`CHUNK`]) is sent from the blocking pool instead, through a duplicate of the socket's
 /// descriptor, and the disk read waits there (what nginx's `aio threads` does).
 #[cfg(target_os = "linux")]
@@ -421,14 +421,20 @@ async fn send_region(app: &crate::app::App, io: &mut TcpStream, region: &FileReg
 }
 
 /// Most bytes one `sendfile` sends: more than a socket buffer takes at once, and the range
-/// whose first and last pages are probed before it.
+/// whose pages are probed before it ([`cached`]).
 #[cfg(target_os = "linux")]
 const CHUNK: usize = 8 << 20;
 
-/// Whether the pages holding the first and the last byte of `len` bytes at `offset` are in
-/// the page cache, asked without waiting (`RWF_NOWAIT`, a one-byte read). Anything but "would
-/// block" — cached, past the end, a file system that cannot say — counts as cached, so the
-/// send goes on as before.
+/// Distance between two pages [`cached`] probes: a hole in the cache shorter than this
+/// between two probes goes unseen (and is read inline, as before the probes).
+#[cfg(target_os = "linux")]
+const PROBE_EVERY: u64 = 1 << 20;
+
+/// Whether the pages of `len` bytes at `offset` are in the page cache, asked without waiting
+/// (`RWF_NOWAIT`, a one-byte read each): the first byte, one byte every [`PROBE_EVERY`]
+/// after it and the last byte, so at most 9 probes of a [`CHUNK`] (a few µs against the
+/// milliseconds it takes to send). Anything but "would block" — cached, past the end, a file
+/// system that cannot say — counts as cached, so the send goes on as before.
 #[cfg(target_os = "linux")]
 fn cached(file: &std::fs::File, offset: u64, len: usize) -> bool {
     let probe = |at: u64| {
@@ -439,7 +445,8 @@ fn cached(file: &std::fs::File, offset: u64, len: usize) -> bool {
             Err(rustix::io::Errno::AGAIN)
         )
     };
-    probe(offset) && (len <= 1 || probe(offset + len as u64 - 1))
+    let last = offset + (len as u64).max(1) - 1;
+    (offset..last).step_by(PROBE_EVERY as usize).all(probe) && probe(last)
 }
 
 /// Hands the connection to hyper, replaying the bytes already read.
@@ -554,5 +561,42 @@ mod tests {
         assert!(wants_close(&h));
         h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
         assert!(!wants_close(&h));
+    }
+
+    /// A hole in the page cache in the middle of a chunk is seen (its first and last pages
+    /// are cached), so that chunk is sent from the blocking pool rather than read inline.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_hole_in_the_middle_of_a_chunk_is_seen() {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("holes.bin");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        for _ in 0..8 {
+            f.write_all(&block).unwrap();
+        }
+        f.sync_all().unwrap();
+        let mut f = std::fs::File::open(&path).unwrap();
+        std::io::copy(&mut (&mut f).take(u64::MAX), &mut std::io::sink()).unwrap();
+        assert!(cached(&f, 0, CHUNK), "a file just read is cached");
+        // Drop 3-4 MiB only (clean pages, so the kernel can let them go at once).
+        rustix::fs::fadvise(
+            &f,
+            3 << 20,
+            std::num::NonZeroU64::new(1 << 20),
+            rustix::fs::Advice::DontNeed,
+        )
+        .unwrap();
+        if cached(&f, 3 << 20, 1) {
+            eprintln!("this file system keeps the pages or cannot tell (RWF_NOWAIT); skipping");
+            return;
+        }
+        assert!(
+            cached(&f, 0, 1) && cached(&f, CHUNK as u64 - 1, 1),
+            "first and last pages stay"
+        );
+        assert!(!cached(&f, 0, CHUNK), "the hole between them is found");
+        assert!(cached(&f, 4 << 20, 4 << 20), "a range past the hole is cached");
     }
 }
