@@ -2,14 +2,19 @@
 //! `{seller}/{product}/{version}/original/{name}` with size and sha256, the version made
 //! current, and — in the same transaction — one email to every buyer of the product and a
 //! `product.version_published` event. Buyers' libraries show the purchase as "updated".
+//!
+//! The keys are named after the version string and written before the version row exists,
+//! so every publish first takes a [`Claim`] on (product, version segment): while one publish
+//! stores its bytes, another of the same version is refused (409 `version_in_progress`)
+//! rather than overwriting them, or deleting them when it fails.
 
 use serde_json::json;
 
 use crate::app::App;
 use crate::catalog::{self, NewFile};
 use crate::db::models::{Product, ProductVersion};
-use crate::db::{Exec, Tx};
-use crate::error::{unprocessable, ApiResult};
+use crate::db::{Db, Exec, Tx};
+use crate::error::{conflict, unprocessable, ApiResult};
 use crate::ids::{new_id, now};
 use crate::sql;
 
@@ -47,6 +52,89 @@ pub async fn ensure_new_version(e: &impl Exec, product_id: &str, version: &str) 
         return Err(crate::error::conflict("version_exists", message).field("version"));
     }
     Ok(())
+}
+
+/// A claim older than this is a publish whose process died mid-upload: another may take it.
+pub const CLAIM_STALE_SECS: i64 = 12 * 3600;
+
+/// The right to store a version's files: held from before the first byte is stored until
+/// the version is published ([`Claim::settle`], in the publishing transaction) or given up
+/// ([`Claim::release`]).
+#[derive(Debug)]
+pub struct Claim {
+    product_id: String,
+    segment: String,
+    token: String,
+}
+
+/// Claims `version` of a product for one publish: 409 `version_exists` when the product has
+/// it (or a version stored under the same segment), 409 `version_in_progress` while another
+/// publish of it is storing its files.
+pub async fn claim_version(db: &Db, product_id: &str, version: &str) -> ApiResult<Claim> {
+    ensure_new_version(db, product_id, version).await?;
+    let claim = Claim {
+        product_id: product_id.to_string(),
+        segment: crate::catalog::version_segment(version),
+        token: new_id("vcl"),
+    };
+    let t = now();
+    let taken = db
+        .execute(sql!(
+            "INSERT INTO version_claims (product_id, segment, token, claimed_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (product_id, segment) DO UPDATE SET token = excluded.token, claimed_at = excluded.claimed_at
+             WHERE version_claims.claimed_at < $5",
+            &claim.product_id,
+            &claim.segment,
+            &claim.token,
+            t,
+            t - CLAIM_STALE_SECS
+        ))
+        .await?;
+    if taken == 0 {
+        return Err(conflict(
+            "version_in_progress",
+            format!("version {version:?} is being published by another request; wait for it to finish, then reload"),
+        )
+        .field("version"));
+    }
+    // Published between the check above and the claim (its claim settled with it): the
+    // version row is committed by now, so this check sees it.
+    if let Err(e) = ensure_new_version(db, product_id, version).await {
+        claim.release(db).await;
+        return Err(e);
+    }
+    Ok(claim)
+}
+
+impl Claim {
+    /// Ends the claim in the publishing transaction: from its commit the version row guards
+    /// the keys.
+    pub async fn settle(&self, tx: &Tx) -> ApiResult<()> {
+        tx.execute(sql!(
+            "DELETE FROM version_claims WHERE product_id = $1 AND segment = $2 AND token = $3",
+            &self.product_id,
+            &self.segment,
+            &self.token
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Gives the claim up (the publish failed); a failure is logged, and the claim then
+    /// lapses after [`CLAIM_STALE_SECS`].
+    pub async fn release(&self, db: &Db) {
+        let r = db
+            .execute(sql!(
+                "DELETE FROM version_claims WHERE product_id = $1 AND segment = $2 AND token = $3",
+                &self.product_id,
+                &self.segment,
+                &self.token
+            ))
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(product = %self.product_id, segment = %self.segment, error = %e, "version claim not released");
+        }
+    }
 }
 
 /// Inserts the version (409 on a duplicate), makes it current, and notifies every buyer.

@@ -522,6 +522,34 @@ async fn new_version_through_the_multipart_form() {
         )
         .await;
         assert!(html.contains("New version published") && html.contains("1.1.0"));
+
+        // The form sent twice at once (a double click): one publish, and the other's refusal
+        // leaves the published file in place (its clean-up must not delete the winner's).
+        let (a, b) = tokio::join!(send("1.3.0", vec![b'a'; 1 << 20]), send("1.3.0", vec![b'b'; 1 << 20]));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [303, 422], "{backend:?}");
+        let refused = if a.status() == 422 { a } else { b };
+        let html = refused.text().await.unwrap();
+        assert!(
+            html.contains("Version 1.3.0 already exists") || html.contains("Version 1.3.0 is being published"),
+            "{html}"
+        );
+        let p = satchel::catalog::find_product(&t.app.db, &product.id)
+            .await
+            .unwrap()
+            .unwrap();
+        let (v, files) = satchel::catalog::current_version(&t.app.db, &p).await.unwrap().unwrap();
+        assert_eq!(v.version, "1.3.0");
+        let stored = satchel::storage::collect(t.app.storage.get(&files[0].object_key, None).await.unwrap().body)
+            .await
+            .unwrap();
+        assert_eq!(
+            files[0].sha256,
+            hex::encode(sha2::Sha256::digest(&stored)),
+            "{backend:?}"
+        );
     }
 }
 

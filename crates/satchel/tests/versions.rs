@@ -228,3 +228,111 @@ async fn versions_that_would_share_storage_are_refused() {
         assert_eq!(stored, b"first");
     }
 }
+
+/// Publishes of one version racing each other (a retried CI job, a form sent twice): one
+/// wins, the others are refused before they store a byte, and the file stored and served is
+/// the winner's, matching its recorded sha256. A claim left by a publish whose process died
+/// lapses after the stale limit; a live one refuses the version meanwhile.
+#[tokio::test]
+async fn racing_publishes_of_one_version_keep_the_winners_files() {
+    for backend in backends().await {
+        let t = TestApp::start_demo(backend).await;
+        let key = satchel::accounts::create_api_key(&t.app.db, "demo@satchel.test", "ci")
+            .await
+            .unwrap();
+        let product = satchel::catalog::find_product(&t.app.db, "demo-templates")
+            .await
+            .unwrap()
+            .unwrap();
+        let path = format!("/api/v1/products/{}/versions", product.id);
+        let post = |version: &'static str, fill: u8| {
+            t.client
+                .post(t.url(&path))
+                .bearer_auth(&key)
+                .multipart(form(version, "kit.zip", vec![fill; 1 << 20]))
+                .send()
+        };
+        // Each racer sends its own bytes (1 MiB, so the stores overlap) under one version.
+        let answers = futures::future::join_all((0..8u8).map(|i| post("9.9", i))).await;
+        let mut winners = Vec::new();
+        for (i, r) in answers.into_iter().enumerate() {
+            let r = r.unwrap();
+            match r.status().as_u16() {
+                201 => winners.push(u8::try_from(i).unwrap()),
+                409 => {
+                    let body: Value = r.json().await.unwrap();
+                    let code = body["error"]["code"].as_str().unwrap().to_string();
+                    assert!(
+                        code == "version_exists" || code == "version_in_progress",
+                        "{backend:?}: racer {i}: {body}"
+                    );
+                }
+                s => panic!("{backend:?}: racer {i} got {s}: {}", r.text().await.unwrap()),
+            }
+        }
+        assert_eq!(winners.len(), 1, "{backend:?}: exactly one publish of 9.9 wins");
+        let (object_key, sha256, size): (String, String, i64) = t
+            .app
+            .db
+            .fetch_one(sql!(
+                "SELECT f.object_key, f.sha256, f.size FROM files f JOIN product_versions v ON v.id = f.version_id
+                 WHERE v.product_id = $1 AND v.version = '9.9'",
+                &product.id
+            ))
+            .await
+            .unwrap();
+        let stored = satchel::storage::collect(t.app.storage.get(&object_key, None).await.unwrap().body)
+            .await
+            .unwrap();
+        assert_eq!(size, 1 << 20);
+        assert!(
+            stored.iter().all(|b| *b == winners[0]),
+            "{backend:?}: the stored bytes are the winner's"
+        );
+        assert_eq!(sha256, hex::encode(Sha256::digest(&stored)), "{backend:?}");
+        // A buyer downloads exactly those bytes.
+        let order = t.buy_paid("demo-templates", "racer@example.com").await;
+        let link = order["items"][0]["download_url"].as_str().unwrap();
+        let file = t.client.get(link).send().await.unwrap().headers()["location"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body = t.client.get(&file).send().await.unwrap().bytes().await.unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&body)), sha256, "{backend:?}");
+        let claims = || async {
+            t.app
+                .db
+                .fetch_i64(sql!("SELECT COUNT(*) FROM version_claims"))
+                .await
+                .unwrap()
+        };
+        assert_eq!(claims().await, 0, "{backend:?}: no claim outlives its publish");
+
+        // A live claim (another publish storing its files) refuses the version, storing
+        // nothing; a stale one (its publish died) is taken over.
+        let now = satchel::ids::now();
+        for (segment, at) in [("10.0", now), ("11.0", now - satchel::versions::CLAIM_STALE_SECS - 1)] {
+            t.app
+                .db
+                .execute(sql!(
+                    "INSERT INTO version_claims (product_id, segment, token, claimed_at) VALUES ($1, $2, 'vcl_elsewhere', $3)",
+                    &product.id,
+                    segment,
+                    at
+                ))
+                .await
+                .unwrap();
+        }
+        let r = post("10.0", 7).await.unwrap();
+        assert_eq!(r.status(), 409, "{backend:?}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "version_in_progress");
+        let key_10 = satchel::catalog::original_key(&product.seller_id, &product.id, "10.0", "kit.zip");
+        assert!(
+            t.app.storage.get(&key_10, None).await.is_err(),
+            "{backend:?}: nothing stored"
+        );
+        assert_eq!(post("11.0", 7).await.unwrap().status(), 201, "{backend:?}");
+        assert_eq!(claims().await, 1, "{backend:?}: only the live claim is left");
+    }
+}

@@ -38,7 +38,7 @@ struct VersionJson {
 #[utoipa::path(post, path = "/api/v1/products/{product_id}/versions", tag = "seller", params(("product_id" = String, Path)),
     request_body(content = VersionJson, description = "or multipart/form-data: version, changelog, files"),
     responses((status = 201, description = "Published"), (status = 404, description = "Not one of your products"),
-        (status = 409, description = "version_exists"), (status = 413, description = "Too large for multipart: use resumable uploads"),
+        (status = 409, description = "version_exists, or version_in_progress while another publish of the same version stores its files"), (status = 413, description = "Too large for multipart: use resumable uploads"),
         (status = 422, description = "Invalid field")))]
 async fn create_version(
     State(app): State<App>,
@@ -50,6 +50,35 @@ async fn create_version(
         .await?
         .filter(|p| p.seller_id == auth.seller_id)
         .ok_or_else(|| not_found("product"))?;
+    // The version's claim (taken before any byte is stored) and the keys stored under it:
+    // when the publish fails, both are given up, so the version can be published again.
+    let mut claim = None;
+    let mut stored = Vec::new();
+    let published = publish_request(&app, &auth, &product, req, &mut claim, &mut stored).await;
+    if published.is_err() {
+        for key in &stored {
+            if let Err(e) = app.storage.delete(key).await {
+                tracing::warn!(key, error = %e, "could not remove an unpublished file");
+            }
+        }
+    }
+    if let Some(claim) = claim {
+        claim.release(&app.db).await;
+    }
+    published
+}
+
+/// The body of [`create_version`]: reads the version (JSON with finished uploads, or
+/// multipart with the files), claims it, stores the files and publishes. `claim` is `Some`
+/// while the caller must give it up; `stored` lists the keys written by this request.
+async fn publish_request(
+    app: &App,
+    auth: &SellerAuth,
+    product: &crate::db::models::Product,
+    req: Request,
+    claim: &mut Option<crate::versions::Claim>,
+    stored: &mut Vec<String>,
+) -> ApiResult<Response> {
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -60,11 +89,12 @@ async fn create_version(
         let crate::http::extract::ApiJson(body) =
             crate::http::extract::ApiJson::<VersionJson>::from_request(req, &app).await?;
         let version = crate::versions::validate_version(&body.version)?;
-        crate::versions::ensure_new_version(&app.db, &product.id, &version).await?;
+        *claim = Some(crate::versions::claim_version(&app.db, &product.id, &version).await?);
         // Complete uploads are copied to the version's keys first (a link / server-side copy);
         // the transaction below marks them used, so a failed publish changes nothing.
         attached =
-            crate::uploads::attach_to_version(&app, &auth.seller_id, &product.id, &version, &body.uploads).await?;
+            crate::uploads::attach_to_version(app, &auth.seller_id, &product.id, &version, &body.uploads, stored)
+                .await?;
         let files = attached.iter().map(|a| a.file.clone()).collect();
         (version, body.changelog, files)
     } else {
@@ -77,7 +107,10 @@ async fn create_version(
                 "version" => {
                     let v = crate::versions::validate_version(&field.text().await.map_err(|e| multipart_error(&e))?)?;
                     // Refused before a byte is stored: a taken version's files stay as published.
-                    crate::versions::ensure_new_version(&app.db, &product.id, &v).await?;
+                    if version.is_some() {
+                        return Err(bad_request("duplicate_version", "send the version field once").field("version"));
+                    }
+                    *claim = Some(crate::versions::claim_version(&app.db, &product.id, &v).await?);
                     version = Some(v);
                 }
                 "changelog" => changelog = field.text().await.map_err(|e| multipart_error(&e))?,
@@ -113,6 +146,7 @@ async fn create_version(
                             }
                         }
                     };
+                    stored.push(key.clone());
                     let (put, fed) = tokio::join!(app.storage.put(&key, Box::pin(stream), &content_type), feed);
                     fed?;
                     let put = put?;
@@ -131,11 +165,16 @@ async fn create_version(
         (version, changelog, files)
     };
     let tx = app.db.begin().await?;
-    let v = crate::versions::publish(&app, &tx, &product, &version, &changelog, &files).await?;
+    let v = crate::versions::publish(app, &tx, product, &version, &changelog, &files).await?;
     crate::uploads::mark_used(&tx, &attached, &v.id).await?;
+    if let Some(c) = claim.as_ref() {
+        c.settle(&tx).await?;
+    }
     tx.commit().await?;
+    *claim = None;
+    stored.clear();
     app.jobs_enqueued();
-    crate::uploads::drop_staging(&app, &attached).await;
+    crate::uploads::drop_staging(app, &attached).await;
     let body = json!({
         "id": v.id, "product_id": product.id, "version": v.version, "changelog_md": v.changelog_md, "published_at": v.created_at,
         "files": files.iter().map(|f| json!({"name": f.name, "size": f.size, "sha256": f.sha256, "content_type": f.content_type})).collect::<Vec<_>>(),

@@ -1154,14 +1154,18 @@ pub struct Attached {
     pub file: NewFile,
 }
 
-/// Copies the named complete uploads of `seller_id` to the version's keys. Nothing in the
-/// database changes here; [`mark_used`] does that inside the version's transaction.
+/// Copies the named complete uploads of `seller_id` to the version's keys, each key added to
+/// `stored` before its copy starts (so a failed publish can remove what it wrote). Nothing in
+/// the database changes here; [`mark_used`] does that inside the version's transaction. The
+/// caller holds the version's claim (`versions::claim_version`): no other publish writes
+/// these keys meanwhile.
 pub async fn attach_to_version(
     app: &App,
     seller_id: &str,
     product_id: &str,
     version: &str,
     refs: &[String],
+    stored: &mut Vec<String>,
 ) -> ApiResult<Vec<Attached>> {
     if refs.is_empty() {
         return Err(unprocessable("no_files", "name at least one completed upload").field("uploads"));
@@ -1213,6 +1217,7 @@ pub async fn attach_to_version(
         });
     }
     for a in &out {
+        stored.push(a.file.object_key.clone());
         app.storage
             .copy(&a.staging_key, &a.file.object_key)
             .await

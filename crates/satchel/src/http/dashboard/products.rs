@@ -776,11 +776,57 @@ pub async fn create_version(
             format!("{e}; send the form as multipart/form-data"),
         )
     })?;
+    let mut stored: Vec<String> = Vec::new();
+    // The version's claim, from before its first file is stored (`versions::claim_version`).
+    let mut claim: Option<crate::versions::Claim> = None;
+    let read = read_version_form(&app, &dash, &p, &mut mp, &mut claim, &mut stored).await;
+    let published = match read {
+        Ok((version, changelog, files, errors)) => {
+            publish_version_form(&app, &dash, &p, &mut claim, version, changelog, files, errors).await
+        }
+        Err(e) => Err(e),
+    };
+    if !matches!(published, Ok(VersionForm::Published(_))) {
+        // Nothing was published: the bytes stored for this attempt are removed again.
+        for key in &stored {
+            if let Err(e) = app.storage.delete(key).await {
+                tracing::warn!(key, error = %e, "could not remove an unpublished upload");
+            }
+        }
+    }
+    if let Some(claim) = claim {
+        claim.release(&app.db).await;
+    }
+    match published? {
+        VersionForm::Published(to) => Ok(to),
+        VersionForm::Invalid(page) => render_status(StatusCode::UNPROCESSABLE_ENTITY, &*page),
+    }
+}
+
+/// What became of the new-version form.
+enum VersionForm {
+    /// Published: the redirect to the product page.
+    Published(Response),
+    /// Not published: the form again with its errors.
+    Invalid(Box<VersionPage>),
+}
+
+type ReadForm = (String, String, Vec<NewFile>, Errors);
+
+/// Reads the new-version form (see [`create_version`]), claiming the version before its
+/// first file is stored; every key written is added to `stored`.
+async fn read_version_form(
+    app: &App,
+    dash: &Dash,
+    p: &Product,
+    mp: &mut Multipart,
+    claim: &mut Option<crate::versions::Claim>,
+    stored: &mut Vec<String>,
+) -> ApiResult<ReadForm> {
     let mut csrf_checked = false;
     let (mut version, mut changelog, mut files): (String, String, Vec<NewFile>) =
         (String::new(), String::new(), Vec::new());
     let mut errors = Errors::default();
-    let mut stored: Vec<String> = Vec::new();
     while let Some(field) = mp.next_field().await.map_err(|e| multipart_error(&e))? {
         let name = field.name().unwrap_or_default().to_string();
         if name == "csrf" {
@@ -809,21 +855,30 @@ pub async fn create_version(
                         continue;
                     }
                 };
-                // Never overwrite the files of a published version with the same number.
-                let exists = app
-                    .db
-                    .fetch_i64(sql!(
-                        "SELECT COUNT(*) FROM product_versions WHERE product_id = $1 AND version = $2",
-                        &p.id,
-                        &v
-                    ))
-                    .await?;
-                if exists > 0 {
-                    errors.add(
-                        "version",
-                        format!("Version {v} already exists. Choose a new version number."),
-                    );
-                    continue;
+                // Never overwrite the files of a published version, nor those another
+                // publish of the same version (a double-submitted form) is storing.
+                if claim.is_none() {
+                    match crate::versions::claim_version(&app.db, &p.id, &v).await {
+                        Ok(c) => *claim = Some(c),
+                        Err(e) if e.code() == "version_exists" => {
+                            errors.add(
+                                "version",
+                                format!("Version {v} already exists. Choose a new version number."),
+                            );
+                            continue;
+                        }
+                        Err(e) if e.code() == "version_in_progress" => {
+                            errors.add(
+                                "version",
+                                format!("Version {v} is being published by another request (this form sent twice?). Wait a moment, then open the product."),
+                            );
+                            continue;
+                        }
+                        Err(e) => {
+                            errors.absorb(e)?;
+                            continue;
+                        }
+                    }
                 }
                 let file_name = match catalog::safe_file_name(&raw_name) {
                     Ok(n) => n,
@@ -854,10 +909,10 @@ pub async fn create_version(
                         }
                     }
                 };
+                stored.push(key.clone());
                 let (put, fed) = tokio::join!(app.storage.put(&key, Box::pin(stream), &content_type), feed);
                 fed?;
                 let put = put?;
-                stored.push(key.clone());
                 files.push(NewFile {
                     name: file_name,
                     object_key: key,
@@ -871,6 +926,21 @@ pub async fn create_version(
     if !csrf_checked {
         return Err(super::csrf_refused());
     }
+    Ok((version, changelog, files, errors))
+}
+
+/// Publishes what [`read_version_form`] read, or gives the form back with its errors.
+#[allow(clippy::too_many_arguments)]
+async fn publish_version_form(
+    app: &App,
+    dash: &Dash,
+    p: &Product,
+    claim: &mut Option<crate::versions::Claim>,
+    version: String,
+    changelog: String,
+    files: Vec<NewFile>,
+    mut errors: Errors,
+) -> ApiResult<VersionForm> {
     let valid_version = match crate::versions::validate_version(&version) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -883,14 +953,22 @@ pub async fn create_version(
     }
     if let (Some(v), true) = (valid_version, errors.is_empty()) {
         let tx = app.db.begin().await?;
-        match crate::versions::publish(&app, &tx, &p, &v, &changelog, &files).await {
-            Ok(_) => {
+        let published = match crate::versions::publish(app, &tx, p, &v, &changelog, &files).await {
+            Ok(_) => match claim.as_ref() {
+                Some(c) => c.settle(&tx).await,
+                None => Ok(()),
+            },
+            Err(e) => Err(e),
+        };
+        match published {
+            Ok(()) => {
                 tx.commit().await?;
+                *claim = None;
                 app.jobs_enqueued();
-                return Ok(see_other(&format!(
+                return Ok(VersionForm::Published(see_other(&format!(
                     "/dashboard/products/{}?notice=version_published",
                     p.id
-                )));
+                ))));
             }
             Err(e) => {
                 drop(tx);
@@ -898,14 +976,9 @@ pub async fn create_version(
             }
         }
     }
-    // Nothing was published: the bytes stored for this attempt are removed again.
-    for key in &stored {
-        if let Err(e) = app.storage.delete(key).await {
-            tracing::warn!(key, error = %e, "could not remove an unpublished upload");
-        }
-    }
-    let page = version_view(&app, &dash, &p, version, changelog, errors).await?;
-    render_status(StatusCode::UNPROCESSABLE_ENTITY, &page)
+    Ok(VersionForm::Invalid(Box::new(
+        version_view(app, dash, p, version, changelog, errors).await?,
+    )))
 }
 
 fn e_message(e: ApiError) -> String {
