@@ -272,6 +272,10 @@ async fn write_response(
         // file, and the kernel sends full segments only until the last byte uncorks it.
         let corked = rustix::net::sockopt::set_tcp_cork(&*io, true).is_ok();
         io.write_all(&head).await?;
+        // A stalled download can hold this future for minutes: the head and the response's
+        // headers are not needed for it.
+        drop(head);
+        drop(parts);
         let sent = send_region(app, io, &region).await;
         if corked {
             let _ = rustix::net::sockopt::set_tcp_cork(&*io, false);
