@@ -233,6 +233,10 @@ pub async fn redeem(
     }
 }
 
+/// Seconds within which further continuations of one file from one network are not logged
+/// again (see [`continuation`]).
+pub const RESUME_LOG_EVERY: i64 = 60;
+
 /// A resume, or another connection of a segmented download, of a download already counted.
 ///
 /// Download managers (aria2c, curl `-C -` on the original link, browsers resuming) come back
@@ -244,8 +248,9 @@ pub async fn redeem(
 /// gets expires with that window, so continuations can never stretch one counted download
 /// past the time a single delivery URL would have lived. `Ok(None)`: not a continuation —
 /// the caller redeems (and counts, or refuses) as usual. A continuation is logged as a
-/// `resumed` download event (with the bytes from its first byte on), so the seller's history
-/// shows it; it counts nothing, and detection reads `started` events only.
+/// `resumed` download event (with the bytes from its first byte on; at most one per file and
+/// network per [`RESUME_LOG_EVERY`]), so the seller's history shows it; it counts nothing,
+/// and detection reads `started` events only.
 pub async fn continuation(
     app: &App,
     token: &str,
@@ -299,11 +304,16 @@ pub async fn continuation(
     };
     let prefix = ip_prefix(ip);
     // The log line is for the seller's history; the download does not wait on its failure.
+    // One line per file and network per RESUME_LOG_EVERY: a segmented download (aria2c -x8)
+    // comes back once per connection within a second, and eight "resumed" lines would push
+    // the download itself out of the history the order page shows.
     let logged = app
         .db
         .execute(sql!(
             "INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'resumed', $8)",
+             SELECT $1, $2, $3, $4, $5, $6, $7, 'resumed', $8
+             WHERE NOT EXISTS (SELECT 1 FROM download_events
+                               WHERE grant_id = $2 AND file_id = $3 AND ip_prefix = $6 AND outcome = 'resumed' AND at > $9)",
             new_id("dle"),
             fields[0],
             &file.id,
@@ -311,7 +321,8 @@ pub async fn continuation(
             ip.to_string(),
             &prefix,
             user_agent.chars().take(batch::USER_AGENT_MAX).collect::<String>(),
-            i64::try_from(size - first).unwrap_or(0)
+            i64::try_from(size - first).unwrap_or(0),
+            t - RESUME_LOG_EVERY
         ))
         .await;
     if let Err(e) = logged {

@@ -260,6 +260,19 @@ async fn aria2c_segmented_download_completes_on_a_grant_of_one() {
             1,
             "{backend:?}: one download, however many connections"
         );
+        // Its connections are logged as one continuation: exactly, where writes queue
+        // (SQLite); PostgreSQL's concurrent inserts may each miss the others' uncommitted
+        // line, but never log more than one per connection.
+        let lines = u64::try_from(resumed(&t).await.0).unwrap();
+        match backend {
+            satchel::db::Backend::Sqlite => assert_eq!(lines, 1, "one resumed line"),
+            satchel::db::Backend::Postgres => {
+                assert!(
+                    (1..redirected).contains(&lines),
+                    "{lines} resumed lines for {redirected} connections"
+                )
+            }
+        }
         // The grant is spent: a fresh download (no range) is refused.
         let r = t.client.get(&link).send().await.unwrap();
         assert_eq!(r.status(), 403);
@@ -294,6 +307,11 @@ async fn continuation_needs_a_range_past_zero_the_same_prefix_and_the_window() {
         let part = t.client.get(&url).header("range", "bytes=5000-").send().await.unwrap();
         assert_eq!(part.status(), 206);
         assert_eq!(part.bytes().await.unwrap().as_ref(), &body[5000..]);
+        // Another continuation from that network within the minute (a second connection of
+        // a segmented download): served, not counted, and not logged a second time.
+        assert_eq!(get(Some("bytes=50000-"), "203.0.113.9").await.unwrap().status(), 302);
+        assert_eq!(remaining(&t).await, 4, "{backend:?}");
+        assert_eq!(resumed(&t).await, (1, 95_000), "{backend:?}: one line per minute");
         // A start at byte 0, another network, or an unsatisfiable range: a new download.
         assert_eq!(get(Some("bytes=0-"), "203.0.113.5").await.unwrap().status(), 302);
         assert_eq!(remaining(&t).await, 3, "{backend:?}: range from 0 counts");
