@@ -137,6 +137,66 @@ impl Claim {
     }
 }
 
+/// What a publish in progress holds: its version's [`Claim`] and the object keys it has
+/// written. The handler ends it with [`PublishGuard::published`] after its commit or
+/// [`PublishGuard::give_up`] on an error; if its future is dropped before either (a panic
+/// unwinding, a shutdown closing the connection mid-upload), dropping the guard gives both up
+/// on a task of their own, so the version is not held until the claim goes stale.
+pub struct PublishGuard {
+    app: App,
+    pub claim: Option<Claim>,
+    pub stored: Vec<String>,
+}
+
+impl PublishGuard {
+    pub fn new(app: &App) -> Self {
+        PublishGuard {
+            app: app.clone(),
+            claim: None,
+            stored: Vec::new(),
+        }
+    }
+
+    /// The version is committed: its row guards the keys now, which stay.
+    pub fn published(&mut self) {
+        self.claim = None;
+        self.stored.clear();
+    }
+
+    /// Nothing was published: removes the keys written, then ends the claim (in that order:
+    /// while the claim holds, no other publish writes these keys).
+    pub async fn give_up(&mut self) {
+        let (stored, claim) = (std::mem::take(&mut self.stored), self.claim.take());
+        abandon(&self.app, stored, claim).await;
+    }
+}
+
+async fn abandon(app: &App, stored: Vec<String>, claim: Option<Claim>) {
+    for key in &stored {
+        if let Err(e) = app.storage.delete(key).await {
+            tracing::warn!(key, error = %e, "could not remove an unpublished file");
+        }
+    }
+    if let Some(claim) = claim {
+        claim.release(&app.db).await;
+    }
+}
+
+impl Drop for PublishGuard {
+    fn drop(&mut self) {
+        if self.claim.is_none() && self.stored.is_empty() {
+            return;
+        }
+        let (app, stored, claim) = (self.app.clone(), std::mem::take(&mut self.stored), self.claim.take());
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { abandon(&app, stored, claim).await });
+            }
+            Err(_) => tracing::warn!("a dropped publish could not give its version up; its claim lapses when stale"),
+        }
+    }
+}
+
 /// Inserts the version (409 on a duplicate), makes it current, and notifies every buyer.
 pub async fn publish(
     app: &App,

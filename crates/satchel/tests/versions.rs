@@ -336,3 +336,131 @@ async fn racing_publishes_of_one_version_keep_the_winners_files() {
         assert_eq!(claims().await, 1, "{backend:?}: only the live claim is left");
     }
 }
+
+/// A publish whose client goes away mid-upload gives its claim and its bytes up: the same
+/// version can be published again at once (not only after the stale limit).
+#[tokio::test]
+async fn an_abandoned_upload_gives_its_version_back() {
+    use tokio::io::AsyncWriteExt;
+    for backend in backends().await {
+        let t = TestApp::start_demo(backend).await;
+        let key = satchel::accounts::create_api_key(&t.app.db, "demo@satchel.test", "ci")
+            .await
+            .unwrap();
+        let product = satchel::catalog::find_product(&t.app.db, "demo-templates")
+            .await
+            .unwrap()
+            .unwrap();
+        let claims = || async {
+            t.app
+                .db
+                .fetch_i64(sql!("SELECT COUNT(*) FROM version_claims"))
+                .await
+                .unwrap()
+        };
+        // A multipart request by hand: the version, then the start of a file, then the
+        // connection closes without the rest.
+        let mut conn = tokio::net::TcpStream::connect(t.base_url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /api/v1/products/{}/versions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: multipart/form-data; boundary=XyZ\r\nTransfer-Encoding: chunked\r\n\r\n",
+            product.id
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let part = "--XyZ\r\nContent-Disposition: form-data; name=\"version\"\r\n\r\n12.0\r\n--XyZ\r\n\
+                    Content-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n\
+                    Content-Type: application/octet-stream\r\n\r\n";
+        let data = vec![7u8; 64 * 1024];
+        for chunk in [part.as_bytes(), &data] {
+            conn.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .await
+                .unwrap();
+            conn.write_all(chunk).await.unwrap();
+            conn.write_all(b"\r\n").await.unwrap();
+        }
+        conn.flush().await.unwrap();
+        // The server has read the version (its claim exists), then the client disappears.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while claims().await == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{backend:?}: the version was never claimed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        drop(conn);
+        while claims().await > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{backend:?}: the claim outlived its client"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let key_12 = satchel::catalog::original_key(&product.seller_id, &product.id, "12.0", "big.bin");
+        assert!(
+            t.app.storage.get(&key_12, None).await.is_err(),
+            "{backend:?}: its bytes are gone"
+        );
+        let path = format!("/api/v1/products/{}/versions", product.id);
+        let r = t
+            .client
+            .post(t.url(&path))
+            .bearer_auth(&key)
+            .multipart(form("12.0", "big.bin", b"whole".to_vec()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{backend:?}: published again at once");
+    }
+}
+
+/// A publish whose handler never finishes (its future dropped: a panic unwinding, a shutdown
+/// closing the connection) still gives its version up: dropping its guard removes the bytes
+/// it stored and ends its claim, on a task of its own.
+#[tokio::test]
+async fn a_dropped_publish_gives_its_version_up() {
+    for backend in backends().await {
+        let t = TestApp::start_demo(backend).await;
+        let product = satchel::catalog::find_product(&t.app.db, "demo-templates")
+            .await
+            .unwrap()
+            .unwrap();
+        let claim = satchel::versions::claim_version(&t.app.db, &product.id, "13.0")
+            .await
+            .unwrap();
+        let key = satchel::catalog::original_key(&product.seller_id, &product.id, "13.0", "x.bin");
+        t.app
+            .storage
+            .put(
+                &key,
+                satchel::storage::bytes_stream("partial"),
+                "application/octet-stream",
+            )
+            .await
+            .unwrap();
+        let refused = satchel::versions::claim_version(&t.app.db, &product.id, "13.0").await;
+        assert_eq!(refused.unwrap_err().code(), "version_in_progress", "{backend:?}");
+        let mut guard = satchel::versions::PublishGuard::new(&t.app);
+        guard.claim = Some(claim);
+        guard.stored.push(key.clone());
+        drop(guard);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match satchel::versions::claim_version(&t.app.db, &product.id, "13.0").await {
+                Ok(_) => break,
+                Err(e) => assert_eq!(e.code(), "version_in_progress", "{backend:?}"),
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{backend:?}: the claim outlived its guard"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(
+            t.app.storage.get(&key, None).await.is_err(),
+            "{backend:?}: its bytes are gone"
+        );
+    }
+}

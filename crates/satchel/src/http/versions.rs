@@ -52,32 +52,23 @@ async fn create_version(
         .ok_or_else(|| not_found("product"))?;
     // The version's claim (taken before any byte is stored) and the keys stored under it:
     // when the publish fails, both are given up, so the version can be published again.
-    let mut claim = None;
-    let mut stored = Vec::new();
-    let published = publish_request(&app, &auth, &product, req, &mut claim, &mut stored).await;
+    let mut guard = crate::versions::PublishGuard::new(&app);
+    let published = publish_request(&app, &auth, &product, req, &mut guard).await;
     if published.is_err() {
-        for key in &stored {
-            if let Err(e) = app.storage.delete(key).await {
-                tracing::warn!(key, error = %e, "could not remove an unpublished file");
-            }
-        }
-    }
-    if let Some(claim) = claim {
-        claim.release(&app.db).await;
+        guard.give_up().await;
     }
     published
 }
 
 /// The body of [`create_version`]: reads the version (JSON with finished uploads, or
-/// multipart with the files), claims it, stores the files and publishes. `claim` is `Some`
-/// while the caller must give it up; `stored` lists the keys written by this request.
+/// multipart with the files), claims it, stores the files and publishes; `guard` holds the
+/// claim and the keys written until the version commits.
 async fn publish_request(
     app: &App,
     auth: &SellerAuth,
     product: &crate::db::models::Product,
     req: Request,
-    claim: &mut Option<crate::versions::Claim>,
-    stored: &mut Vec<String>,
+    guard: &mut crate::versions::PublishGuard,
 ) -> ApiResult<Response> {
     let is_json = req
         .headers()
@@ -89,12 +80,18 @@ async fn publish_request(
         let crate::http::extract::ApiJson(body) =
             crate::http::extract::ApiJson::<VersionJson>::from_request(req, &app).await?;
         let version = crate::versions::validate_version(&body.version)?;
-        *claim = Some(crate::versions::claim_version(&app.db, &product.id, &version).await?);
+        guard.claim = Some(crate::versions::claim_version(&app.db, &product.id, &version).await?);
         // Complete uploads are copied to the version's keys first (a link / server-side copy);
         // the transaction below marks them used, so a failed publish changes nothing.
-        attached =
-            crate::uploads::attach_to_version(app, &auth.seller_id, &product.id, &version, &body.uploads, stored)
-                .await?;
+        attached = crate::uploads::attach_to_version(
+            app,
+            &auth.seller_id,
+            &product.id,
+            &version,
+            &body.uploads,
+            &mut guard.stored,
+        )
+        .await?;
         let files = attached.iter().map(|a| a.file.clone()).collect();
         (version, body.changelog, files)
     } else {
@@ -110,7 +107,7 @@ async fn publish_request(
                     if version.is_some() {
                         return Err(bad_request("duplicate_version", "send the version field once").field("version"));
                     }
-                    *claim = Some(crate::versions::claim_version(&app.db, &product.id, &v).await?);
+                    guard.claim = Some(crate::versions::claim_version(&app.db, &product.id, &v).await?);
                     version = Some(v);
                 }
                 "changelog" => changelog = field.text().await.map_err(|e| multipart_error(&e))?,
@@ -146,7 +143,7 @@ async fn publish_request(
                             }
                         }
                     };
-                    stored.push(key.clone());
+                    guard.stored.push(key.clone());
                     let (put, fed) = tokio::join!(app.storage.put(&key, Box::pin(stream), &content_type), feed);
                     fed?;
                     let put = put?;
@@ -167,12 +164,11 @@ async fn publish_request(
     let tx = app.db.begin().await?;
     let v = crate::versions::publish(app, &tx, product, &version, &changelog, &files).await?;
     crate::uploads::mark_used(&tx, &attached, &v.id).await?;
-    if let Some(c) = claim.as_ref() {
+    if let Some(c) = guard.claim.as_ref() {
         c.settle(&tx).await?;
     }
     tx.commit().await?;
-    *claim = None;
-    stored.clear();
+    guard.published();
     app.jobs_enqueued();
     crate::uploads::drop_staging(app, &attached).await;
     let body = json!({

@@ -776,27 +776,19 @@ pub async fn create_version(
             format!("{e}; send the form as multipart/form-data"),
         )
     })?;
-    let mut stored: Vec<String> = Vec::new();
-    // The version's claim, from before its first file is stored (`versions::claim_version`).
-    let mut claim: Option<crate::versions::Claim> = None;
-    let read = read_version_form(&app, &dash, &p, &mut mp, &mut claim, &mut stored).await;
+    // The version's claim, from before its first file is stored (`versions::claim_version`),
+    // and the keys written under it.
+    let mut guard = crate::versions::PublishGuard::new(&app);
+    let read = read_version_form(&app, &dash, &p, &mut mp, &mut guard).await;
     let published = match read {
         Ok((version, changelog, files, errors)) => {
-            publish_version_form(&app, &dash, &p, &mut claim, version, changelog, files, errors).await
+            publish_version_form(&app, &dash, &p, &mut guard, version, changelog, files, errors).await
         }
         Err(e) => Err(e),
     };
-    if !matches!(published, Ok(VersionForm::Published(_))) {
-        // Nothing was published: the bytes stored for this attempt are removed again.
-        for key in &stored {
-            if let Err(e) = app.storage.delete(key).await {
-                tracing::warn!(key, error = %e, "could not remove an unpublished upload");
-            }
-        }
-    }
-    if let Some(claim) = claim {
-        claim.release(&app.db).await;
-    }
+    // Unless published (the guard then holds nothing), the bytes stored for this attempt are
+    // removed again and the version's claim ends.
+    guard.give_up().await;
     match published? {
         VersionForm::Published(to) => Ok(to),
         VersionForm::Invalid(page) => render_status(StatusCode::UNPROCESSABLE_ENTITY, &*page),
@@ -814,14 +806,13 @@ enum VersionForm {
 type ReadForm = (String, String, Vec<NewFile>, Errors);
 
 /// Reads the new-version form (see [`create_version`]), claiming the version before its
-/// first file is stored; every key written is added to `stored`.
+/// first file is stored; every key written is added to the guard.
 async fn read_version_form(
     app: &App,
     dash: &Dash,
     p: &Product,
     mp: &mut Multipart,
-    claim: &mut Option<crate::versions::Claim>,
-    stored: &mut Vec<String>,
+    guard: &mut crate::versions::PublishGuard,
 ) -> ApiResult<ReadForm> {
     let mut csrf_checked = false;
     let (mut version, mut changelog, mut files): (String, String, Vec<NewFile>) =
@@ -857,9 +848,9 @@ async fn read_version_form(
                 };
                 // Never overwrite the files of a published version, nor those another
                 // publish of the same version (a double-submitted form) is storing.
-                if claim.is_none() {
+                if guard.claim.is_none() {
                     match crate::versions::claim_version(&app.db, &p.id, &v).await {
-                        Ok(c) => *claim = Some(c),
+                        Ok(c) => guard.claim = Some(c),
                         Err(e) if e.code() == "version_exists" => {
                             errors.add(
                                 "version",
@@ -909,7 +900,7 @@ async fn read_version_form(
                         }
                     }
                 };
-                stored.push(key.clone());
+                guard.stored.push(key.clone());
                 let (put, fed) = tokio::join!(app.storage.put(&key, Box::pin(stream), &content_type), feed);
                 fed?;
                 let put = put?;
@@ -935,7 +926,7 @@ async fn publish_version_form(
     app: &App,
     dash: &Dash,
     p: &Product,
-    claim: &mut Option<crate::versions::Claim>,
+    guard: &mut crate::versions::PublishGuard,
     version: String,
     changelog: String,
     files: Vec<NewFile>,
@@ -954,7 +945,7 @@ async fn publish_version_form(
     if let (Some(v), true) = (valid_version, errors.is_empty()) {
         let tx = app.db.begin().await?;
         let published = match crate::versions::publish(app, &tx, p, &v, &changelog, &files).await {
-            Ok(_) => match claim.as_ref() {
+            Ok(_) => match guard.claim.as_ref() {
                 Some(c) => c.settle(&tx).await,
                 None => Ok(()),
             },
@@ -963,7 +954,7 @@ async fn publish_version_form(
         match published {
             Ok(()) => {
                 tx.commit().await?;
-                *claim = None;
+                guard.published();
                 app.jobs_enqueued();
                 return Ok(VersionForm::Published(see_other(&format!(
                     "/dashboard/products/{}?notice=version_published",
