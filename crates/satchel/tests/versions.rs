@@ -25,6 +25,19 @@ fn form(version: &str, name: &str, bytes: Vec<u8>) -> reqwest::multipart::Form {
         )
 }
 
+/// The demo store, an API key of its seller, and its `demo-templates` product.
+async fn demo_templates(backend: satchel::db::Backend) -> (TestApp, String, satchel::db::models::Product) {
+    let t = TestApp::start_demo(backend).await;
+    let key = satchel::accounts::create_api_key(&t.app.db, "demo@satchel.test", "ci")
+        .await
+        .unwrap();
+    let product = satchel::catalog::find_product(&t.app.db, "demo-templates")
+        .await
+        .unwrap()
+        .unwrap();
+    (t, key, product)
+}
+
 #[tokio::test]
 async fn a_new_version_reaches_every_buyer_and_nobody_else() {
     let Some(smtp) = SmtpServer::start().await else { return };
@@ -190,14 +203,7 @@ async fn a_new_version_reaches_every_buyer_and_nobody_else() {
 #[tokio::test]
 async fn versions_that_would_share_storage_are_refused() {
     for backend in backends().await {
-        let t = TestApp::start_demo(backend).await;
-        let key = satchel::accounts::create_api_key(&t.app.db, "demo@satchel.test", "ci")
-            .await
-            .unwrap();
-        let product = satchel::catalog::find_product(&t.app.db, "demo-templates")
-            .await
-            .unwrap()
-            .unwrap();
+        let (t, key, product) = demo_templates(backend).await;
         let path = format!("/api/v1/products/{}/versions", product.id);
         let post = |version: &'static str| {
             t.client
@@ -236,14 +242,7 @@ async fn versions_that_would_share_storage_are_refused() {
 #[tokio::test]
 async fn racing_publishes_of_one_version_keep_the_winners_files() {
     for backend in backends().await {
-        let t = TestApp::start_demo(backend).await;
-        let key = satchel::accounts::create_api_key(&t.app.db, "demo@satchel.test", "ci")
-            .await
-            .unwrap();
-        let product = satchel::catalog::find_product(&t.app.db, "demo-templates")
-            .await
-            .unwrap()
-            .unwrap();
+        let (t, key, product) = demo_templates(backend).await;
         let path = format!("/api/v1/products/{}/versions", product.id);
         let post = |version: &'static str, fill: u8| {
             t.client
@@ -343,14 +342,7 @@ async fn racing_publishes_of_one_version_keep_the_winners_files() {
 async fn an_abandoned_upload_gives_its_version_back() {
     use tokio::io::AsyncWriteExt;
     for backend in backends().await {
-        let t = TestApp::start_demo(backend).await;
-        let key = satchel::accounts::create_api_key(&t.app.db, "demo@satchel.test", "ci")
-            .await
-            .unwrap();
-        let product = satchel::catalog::find_product(&t.app.db, "demo-templates")
-            .await
-            .unwrap()
-            .unwrap();
+        let (t, key, product) = demo_templates(backend).await;
         let claims = || async {
             t.app
                 .db
