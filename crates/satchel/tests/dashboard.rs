@@ -550,6 +550,13 @@ async fn new_version_through_the_multipart_form() {
             hex::encode(sha2::Sha256::digest(&stored)),
             "{backend:?}"
         );
+
+        // A version stored under another's path ("2 0" would be 2_0) is refused by name.
+        assert_eq!(send("2_0", b"two".to_vec()).await.unwrap().status(), 303);
+        let r = send("2 0", b"would share".to_vec()).await.unwrap();
+        assert_eq!(r.status(), 422);
+        let html = r.text().await.unwrap();
+        assert!(html.contains("would share its files with version"), "{html}");
     }
 }
 

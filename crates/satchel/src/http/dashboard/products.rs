@@ -852,9 +852,16 @@ async fn read_version_form(
                     match crate::versions::claim_version(&app.db, &p.id, &v).await {
                         Ok(c) => guard.claim = Some(c),
                         Err(e) if e.code() == "version_exists" => {
+                            // Taken, or stored under the same path as another version's
+                            // ("1 1" and "1_1"): that message names the other version.
+                            let message = e_message(e);
                             errors.add(
                                 "version",
-                                format!("Version {v} already exists. Choose a new version number."),
+                                if message.contains("already exists") {
+                                    format!("Version {v} already exists. Choose a new version number.")
+                                } else {
+                                    super::capitalize(&message)
+                                },
                             );
                             continue;
                         }
