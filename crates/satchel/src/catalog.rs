@@ -984,7 +984,7 @@ pub fn original_key(seller_id: &str, product_id: &str, version: &str, file_name:
 
 /// A version string as a storage path segment (other characters become `_`). Two versions
 /// with the same segment would share files, so a product never has two (see
-/// `versions::ensure_new_version`).
+/// `versions::claim_version`).
 pub fn version_segment(version: &str) -> String {
     version
         .chars()

@@ -32,7 +32,7 @@ pub fn validate_version(v: &str) -> ApiResult<String> {
 }
 
 /// 409 when the product already has this version (checked before any file is copied).
-pub async fn ensure_new_version(e: &impl Exec, product_id: &str, version: &str) -> ApiResult<()> {
+async fn ensure_new_version(e: &impl Exec, product_id: &str, version: &str) -> ApiResult<()> {
     let existing: Vec<(String,)> = e
         .fetch_all(sql!(
             "SELECT version FROM product_versions WHERE product_id = $1",
@@ -107,30 +107,27 @@ pub async fn claim_version(db: &Db, product_id: &str, version: &str) -> ApiResul
 }
 
 impl Claim {
-    /// Ends the claim in the publishing transaction: from its commit the version row guards
-    /// the keys.
-    pub async fn settle(&self, tx: &Tx) -> ApiResult<()> {
-        tx.execute(sql!(
+    /// Removes this claim (and no later one that took it over when it went stale).
+    fn end(&self) -> crate::db::Query {
+        sql!(
             "DELETE FROM version_claims WHERE product_id = $1 AND segment = $2 AND token = $3",
             &self.product_id,
             &self.segment,
             &self.token
-        ))
-        .await?;
+        )
+    }
+
+    /// Ends the claim in the publishing transaction: from its commit the version row guards
+    /// the keys.
+    pub async fn settle(&self, tx: &Tx) -> ApiResult<()> {
+        tx.execute(self.end()).await?;
         Ok(())
     }
 
     /// Gives the claim up (the publish failed); a failure is logged, and the claim then
     /// lapses after [`CLAIM_STALE_SECS`].
     pub async fn release(&self, db: &Db) {
-        let r = db
-            .execute(sql!(
-                "DELETE FROM version_claims WHERE product_id = $1 AND segment = $2 AND token = $3",
-                &self.product_id,
-                &self.segment,
-                &self.token
-            ))
-            .await;
+        let r = db.execute(self.end()).await;
         if let Err(e) = r {
             tracing::warn!(product = %self.product_id, segment = %self.segment, error = %e, "version claim not released");
         }

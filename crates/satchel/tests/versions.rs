@@ -38,6 +38,15 @@ async fn demo_templates(backend: satchel::db::Backend) -> (TestApp, String, satc
     (t, key, product)
 }
 
+/// Version claims held now (publishes storing their files).
+async fn claims(t: &TestApp) -> i64 {
+    t.app
+        .db
+        .fetch_i64(sql!("SELECT COUNT(*) FROM version_claims"))
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_new_version_reaches_every_buyer_and_nobody_else() {
     let Some(smtp) = SmtpServer::start().await else { return };
@@ -298,14 +307,7 @@ async fn racing_publishes_of_one_version_keep_the_winners_files() {
             .to_string();
         let body = t.client.get(&file).send().await.unwrap().bytes().await.unwrap();
         assert_eq!(hex::encode(Sha256::digest(&body)), sha256, "{backend:?}");
-        let claims = || async {
-            t.app
-                .db
-                .fetch_i64(sql!("SELECT COUNT(*) FROM version_claims"))
-                .await
-                .unwrap()
-        };
-        assert_eq!(claims().await, 0, "{backend:?}: no claim outlives its publish");
+        assert_eq!(claims(&t).await, 0, "{backend:?}: no claim outlives its publish");
 
         // A live claim (another publish storing its files) refuses the version, storing
         // nothing; a stale one (its publish died) is taken over.
@@ -332,7 +334,7 @@ async fn racing_publishes_of_one_version_keep_the_winners_files() {
             "{backend:?}: nothing stored"
         );
         assert_eq!(post("11.0", 7).await.unwrap().status(), 201, "{backend:?}");
-        assert_eq!(claims().await, 1, "{backend:?}: only the live claim is left");
+        assert_eq!(claims(&t).await, 1, "{backend:?}: only the live claim is left");
     }
 }
 
@@ -343,13 +345,6 @@ async fn an_abandoned_upload_gives_its_version_back() {
     use tokio::io::AsyncWriteExt;
     for backend in backends().await {
         let (t, key, product) = demo_templates(backend).await;
-        let claims = || async {
-            t.app
-                .db
-                .fetch_i64(sql!("SELECT COUNT(*) FROM version_claims"))
-                .await
-                .unwrap()
-        };
         // A multipart request by hand: the version, then the start of a file, then the
         // connection closes without the rest.
         let mut conn = tokio::net::TcpStream::connect(t.base_url.trim_start_matches("http://"))
@@ -375,7 +370,7 @@ async fn an_abandoned_upload_gives_its_version_back() {
         conn.flush().await.unwrap();
         // The server has read the version (its claim exists), then the client disappears.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while claims().await == 0 {
+        while claims(&t).await == 0 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{backend:?}: the version was never claimed"
@@ -383,7 +378,7 @@ async fn an_abandoned_upload_gives_its_version_back() {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         drop(conn);
-        while claims().await > 0 {
+        while claims(&t).await > 0 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{backend:?}: the claim outlived its client"
@@ -414,11 +409,7 @@ async fn an_abandoned_upload_gives_its_version_back() {
 #[tokio::test]
 async fn a_dropped_publish_gives_its_version_up() {
     for backend in backends().await {
-        let t = TestApp::start_demo(backend).await;
-        let product = satchel::catalog::find_product(&t.app.db, "demo-templates")
-            .await
-            .unwrap()
-            .unwrap();
+        let (t, _, product) = demo_templates(backend).await;
         let claim = satchel::versions::claim_version(&t.app.db, &product.id, "13.0")
             .await
             .unwrap();

@@ -367,10 +367,10 @@ fn http_date() -> String {
 ///
 /// A `sendfile` of pages not in the page cache reads them from disk before it returns, which
 /// would hold this HTTP thread (and every request queued on it) for the read. So each call
-/// first asks the kernel, without waiting, whether the pages it is about to send are cached
-/// (one every MiB, and the last) (`preadv2` with `RWF_NOWAIT`); when they are not, that chunk (at most
-/// [`CHUNK`]) is sent from the blocking pool instead, through a duplicate of the socket's
-/// descriptor, and the disk read waits there (what nginx's `aio threads` does).
+/// first asks the kernel, without waiting (`preadv2` with `RWF_NOWAIT`), whether the pages
+/// it is about to send are cached, one every MiB and the last; when they are not, that chunk
+/// (at most [`CHUNK`]) is sent from the blocking pool instead, through a duplicate of the
+/// socket's descriptor, and the disk read waits there (what nginx's `aio threads` does).
 #[cfg(target_os = "linux")]
 async fn send_region(app: &crate::app::App, io: &mut TcpStream, region: &FileRegion) -> io::Result<()> {
     let mut offset = region.offset;
