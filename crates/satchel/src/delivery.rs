@@ -304,31 +304,70 @@ pub async fn continuation(
     };
     let prefix = ip_prefix(ip);
     // The log line is for the seller's history; the download does not wait on its failure.
-    // One line per file and network per RESUME_LOG_EVERY: a segmented download (aria2c -x8)
-    // comes back once per connection within a second, and eight "resumed" lines would push
-    // the download itself out of the history the order page shows.
-    let logged = app
-        .db
-        .execute(sql!(
-            "INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes)
-             SELECT $1, $2, $3, $4, $5, $6, $7, 'resumed', $8
-             WHERE NOT EXISTS (SELECT 1 FROM download_events
-                               WHERE grant_id = $2 AND file_id = $3 AND ip_prefix = $6 AND outcome = 'resumed' AND at > $9)",
-            new_id("dle"),
-            fields[0],
-            &file.id,
-            t,
-            ip.to_string(),
-            &prefix,
-            user_agent.chars().take(batch::USER_AGENT_MAX).collect::<String>(),
-            i64::try_from(size - first).unwrap_or(0),
-            t - RESUME_LOG_EVERY
-        ))
-        .await;
+    let logged = log_continuation(
+        app,
+        ResumedLine {
+            grant_id: fields[0],
+            file_id: &file.id,
+            at: t,
+            ip,
+            prefix: &prefix,
+            user_agent,
+            bytes: i64::try_from(size - first).unwrap_or(0),
+        },
+    )
+    .await;
     if let Err(e) = logged {
         tracing::warn!(grant = %fields[0], error = %e, "continuation not logged");
     }
     Ok(Some(delivery_url(app, fields[0], &file, at + window, &prefix).await?))
+}
+
+/// A continuation's `resumed` download event.
+struct ResumedLine<'a> {
+    grant_id: &'a str,
+    file_id: &'a str,
+    at: i64,
+    ip: std::net::IpAddr,
+    prefix: &'a str,
+    user_agent: &'a str,
+    bytes: i64,
+}
+
+/// Logs a continuation unless one of the same grant, file and network was logged within
+/// [`RESUME_LOG_EVERY`]: a segmented download (aria2c -x8) comes back once per connection
+/// within a second, and eight "resumed" lines would push the download itself out of the
+/// history the order page shows.
+///
+/// The check and the insert are one statement, and they take turns: SQLite runs one writer
+/// at a time, and on PostgreSQL a transaction-scoped advisory lock on (grant, file, network)
+/// makes connections that arrive together wait for each other, so the second sees the
+/// first's committed line (without it, each would miss the others' uncommitted one).
+async fn log_continuation(app: &App, line: ResumedLine<'_>) -> Result<(), crate::db::DbError> {
+    let tx = app.db.begin().await?;
+    if tx.backend() == crate::db::Backend::Postgres {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("resumed\n{}\n{}\n{}", line.grant_id, line.file_id, line.prefix));
+        let key = i64::from_be_bytes(digest[..8].try_into().unwrap_or_default());
+        tx.execute(sql!("SELECT pg_advisory_xact_lock($1)", key)).await?;
+    }
+    tx.execute(sql!(
+        "INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes)
+         SELECT $1, $2, $3, $4, $5, $6, $7, 'resumed', $8
+         WHERE NOT EXISTS (SELECT 1 FROM download_events
+                           WHERE grant_id = $2 AND file_id = $3 AND ip_prefix = $6 AND outcome = 'resumed' AND at > $9)",
+        new_id("dle"),
+        line.grant_id,
+        line.file_id,
+        line.at,
+        line.ip.to_string(),
+        line.prefix,
+        line.user_agent.chars().take(batch::USER_AGENT_MAX).collect::<String>(),
+        line.bytes,
+        line.at - RESUME_LOG_EVERY
+    ))
+    .await?;
+    tx.commit().await
 }
 
 async fn pick_file(e: &impl Exec, product_id: &str, name: Option<&str>) -> ApiResult<FileRow> {
