@@ -23,6 +23,7 @@ use satchel::testing::TestApp;
 use serde_json::json;
 
 mod licenses;
+mod pg_counter;
 mod wrk_get;
 
 #[derive(Parser)]
@@ -88,7 +89,12 @@ struct Load {
 
 /// Runs `concurrency` clients for `dur`, each sending GETs from its own list of URLs (no
 /// redirects followed), counting a response as success when `ok(status)`.
-async fn load(urls: Vec<String>, concurrency: usize, dur: Duration, ok: fn(u16) -> bool) -> Load {
+async fn load(
+    urls: Vec<String>,
+    concurrency: usize,
+    dur: Duration,
+    ok: impl Fn(u16) -> bool + Copy + Send + 'static,
+) -> Load {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(concurrency)
@@ -187,6 +193,21 @@ http {{
       if ($secure_link = \"\") {{ return 403; }}
       if ($secure_link = \"0\") {{ return 410; }}
       return 302 /files/ok;
+    }}
+    location /sl/ {{
+      root {root};
+      secure_link $arg_md5,$arg_expires;
+      secure_link_md5 \"$secure_link_expires$uri bench-secret\";
+      if ($secure_link = \"\") {{ return 403; }}
+      if ($secure_link = \"0\") {{ return 410; }}
+    }}
+    location /slc/ {{
+      root {root};
+      open_file_cache max=1000 inactive=60s;
+      secure_link $arg_md5,$arg_expires;
+      secure_link_md5 \"$secure_link_expires$uri bench-secret\";
+      if ($secure_link = \"\") {{ return 403; }}
+      if ($secure_link = \"0\") {{ return 410; }}
     }}
     location /raw/ {{ alias {root}/; }}
   }}
@@ -399,6 +420,44 @@ async fn curl_rate(url: &str) -> anyhow::Result<(u64, f64)> {
     Ok((size, speed / 1e9))
 }
 
+/// nginx under the download-start load (the same generator and connections): each
+/// connection's path from `path(i)`, signed, expecting `status`; the load and nginx's (and
+/// wrk's) CPU per request.
+async fn nginx_load(
+    n: &Nginx,
+    args: &Args,
+    dur: Duration,
+    use_wrk: bool,
+    path: impl Fn(usize) -> String,
+    status: u16,
+) -> anyhow::Result<(Load, String)> {
+    let urls: Vec<String> = (0..args.concurrency).map(|i| n.signed(&path(i))).collect();
+    let workers = cpu::children(n.child.id());
+    let nginx_cpu = || workers.iter().map(|w| cpu::process(w)).sum::<u64>();
+    let before = (nginx_cpu(), cpu::waited_children());
+    let r = if use_wrk {
+        let paths: Vec<String> = urls.iter().map(|u| path_of(u)).collect();
+        wrk_get::run(
+            &format!("http://127.0.0.1:{}", n.port),
+            &paths,
+            status,
+            args.concurrency,
+            dur,
+        )?
+    } else {
+        load(urls, args.concurrency, dur, move |s| s == status).await
+    };
+    let served = r.rps * dur.as_secs_f64();
+    let per = cpu::per_request_us(before.0, nginx_cpu(), served);
+    let wrk = cpu::per_request_us(before.1, cpu::waited_children(), served);
+    Ok((r, format!("CPU {per:.1} µs/request (wrk {wrk:.1})")))
+}
+
+/// The path and query of a URL (what wrk requests).
+fn path_of(url: &str) -> String {
+    url.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap_or_default()
+}
+
 async fn bench_backend(
     backend: Backend,
     args: &Args,
@@ -406,6 +465,12 @@ async fn bench_backend(
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
     let dur = Duration::from_secs(if args.quick { 5 } else { 20 });
+    // PostgreSQL's bare counter first, before the store holds connections of its own.
+    let counter = if backend == Backend::Postgres {
+        pg_counter::run(&satchel::testing::pg_admin_url(), args.concurrency, dur).await?
+    } else {
+        None
+    };
     let secret = "whsec_bench";
     let t = TestApp::start_demo_with(backend, |c| {
         c.payments.stripe_webhook_secret = Some(satchel::config::Secret::new(secret));
@@ -429,7 +494,6 @@ async fn bench_backend(
     // Both sides are driven by the same generator: wrk (its own process) when installed,
     // else the in-process client.
     let use_wrk = wrk_get::available();
-    let path_of = |url: &str| url.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap_or_default();
     // CPU time of this process (the store: HTTP, batcher, checkpointer; the in-process
     // client too when wrk is missing) and of its writer thread alone, around the load.
     let cpu0 = (
@@ -462,37 +526,32 @@ async fn bench_backend(
         cpu::per_request_us(cpu0.1, cpu1.1, starts),
         cpu::per_request_us(cpu0.2, cpu1.2, starts),
     );
-    let (reference, ratio) = match nginx_ref {
-        Some(n) => {
-            let urls: Vec<String> = (0..args.concurrency).map(|i| n.signed(&format!("/dl/{i}"))).collect();
-            let workers = cpu::children(n.child.id());
-            let nginx_cpu = || workers.iter().map(|w| cpu::process(w)).sum::<u64>();
-            let before = (nginx_cpu(), cpu::waited_children());
-            let r = if use_wrk {
-                let paths: Vec<String> = urls.iter().map(|u| path_of(u)).collect();
-                wrk_get::run(
-                    &format!("http://127.0.0.1:{}", n.port),
-                    &paths,
-                    302,
-                    args.concurrency,
-                    dur,
-                )?
-            } else {
-                load(urls, args.concurrency, dur, |s| s == 302).await
-            };
-            let served = r.rps * dur.as_secs_f64();
-            let per = cpu::per_request_us(before.0, nginx_cpu(), served);
-            let wrk = cpu::per_request_us(before.1, cpu::waited_children(), served);
-            (
-                format!(
-                    "nginx secure_link {}, CPU {per:.1} µs/request (wrk {wrk:.1})",
-                    fmt_load(&r)
-                ),
-                format!("{:.2}x", ours.rps / r.rps.max(1.0)),
-            )
-        }
+    // nginx references, each checking a secure_link MAC and expiry: a bare 302 (the same
+    // answer a start gives, with no count behind it), and the secured file itself (1 KiB, as
+    // nginx answers a secure_link request in a deployment: DESIGN §6's "small secured
+    // requests").
+    let nginx_302 = match nginx_ref {
+        Some(n) => Some(nginx_load(n, args, dur, use_wrk, |i| format!("/dl/{i}"), 302).await?),
+        None => None,
+    };
+    let nginx_file = match nginx_ref {
+        Some(n) => Some(nginx_load(n, args, dur, use_wrk, |_| "/sl/small.bin".into(), 200).await?),
+        None => None,
+    };
+    // The file again with `open_file_cache` on (not in Debian's default configuration): no
+    // open/fstat/close per request.
+    let nginx_cached = match nginx_ref {
+        Some(n) => Some(nginx_load(n, args, dur, use_wrk, |_| "/slc/small.bin".into(), 200).await?),
+        None => None,
+    };
+    let versus = |r: Option<&(Load, String)>, what: &str| match r {
+        Some((load, cpu)) => (
+            format!("nginx secure_link {what} {}, {cpu}", fmt_load(load)),
+            format!("{:.2}x", ours.rps / load.rps.max(1.0)),
+        ),
         None => ("nginx not installed".into(), "-".into()),
     };
+    let (reference, ratio) = versus(nginx_302.as_ref(), "302");
     rows.push(Row {
         what: format!(
             "download start ({db}, {} conns, {})",
@@ -514,6 +573,34 @@ async fn bench_backend(
         reference,
         ratio,
     });
+    let (reference, ratio) = versus(nginx_file.as_ref(), "serving the 1 KiB file");
+    rows.push(Row {
+        what: format!("download start ({db}) vs a secured small file"),
+        satchel: format!("the same starts: {:.0}/s", ours.rps),
+        reference,
+        ratio,
+    });
+    let (reference, ratio) = versus(nginx_cached.as_ref(), "serving it with open_file_cache");
+    rows.push(Row {
+        what: format!("download start ({db}) vs the file, fds cached"),
+        satchel: format!("the same starts: {:.0}/s", ours.rps),
+        reference,
+        ratio,
+    });
+    if let Some(c) = counter {
+        rows.push(Row {
+            what: format!("download start ({db}) vs bare counter"),
+            satchel: format!(
+                "the same starts: {:.0}/s (grant checks + event + HTTP, many per commit)",
+                ours.rps
+            ),
+            reference: format!(
+                "pgbench: UPDATE of one of 64 counters, one commit each, {} clients: {:.0}/s, latency {:.2} ms",
+                args.concurrency, c.tps, c.latency_ms
+            ),
+            ratio: format!("{:.2}x", ours.rps / c.tps.max(1.0)),
+        });
+    }
     if args.starts_only {
         if use_wrk {
             floor_rows(&t, args, dur, nginx_ref, rows)?;
@@ -665,6 +752,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
         // nginx serves the reference; its raw root holds a 1 GiB sparse file like ours.
         std::fs::File::create(nginx_root.path().join("big.bin"))?.set_len(1 << 30)?;
+        // ...and, under its secure_link location, a 1 KiB file like a start's.
+        std::fs::create_dir_all(nginx_root.path().join("sl"))?;
+        std::fs::write(nginx_root.path().join("sl/small.bin"), [7u8; 1024])?;
+        std::fs::create_dir_all(nginx_root.path().join("slc"))?;
+        std::fs::write(nginx_root.path().join("slc/small.bin"), [7u8; 1024])?;
         nginx = Nginx::start(nginx_root.path());
         if nginx.is_none() {
             eprintln!("nginx not found: install the Debian nginx package for the reference figures");
