@@ -573,20 +573,18 @@ async fn bench_backend(
         reference,
         ratio,
     });
-    let (reference, ratio) = versus(nginx_file.as_ref(), "serving the 1 KiB file");
-    rows.push(Row {
-        what: format!("download start ({db}) vs a secured small file"),
-        satchel: format!("the same starts: {:.0}/s", ours.rps),
-        reference,
-        ratio,
-    });
-    let (reference, ratio) = versus(nginx_cached.as_ref(), "serving it with open_file_cache");
-    rows.push(Row {
-        what: format!("download start ({db}) vs the file, fds cached"),
-        satchel: format!("the same starts: {:.0}/s", ours.rps),
-        reference,
-        ratio,
-    });
+    for (nginx, serving, versus_what) in [
+        (&nginx_file, "serving the 1 KiB file", "a secured small file"),
+        (&nginx_cached, "serving it with open_file_cache", "the file, fds cached"),
+    ] {
+        let (reference, ratio) = versus(nginx.as_ref(), serving);
+        rows.push(Row {
+            what: format!("download start ({db}) vs {versus_what}"),
+            satchel: format!("the same starts: {:.0}/s", ours.rps),
+            reference,
+            ratio,
+        });
+    }
     if let Some(c) = counter {
         rows.push(Row {
             what: format!("download start ({db}) vs bare counter"),
