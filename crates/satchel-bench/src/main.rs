@@ -420,18 +420,18 @@ async fn curl_rate(url: &str) -> anyhow::Result<(u64, f64)> {
     Ok((size, speed / 1e9))
 }
 
-/// nginx under the download-start load (the same generator and connections): each
-/// connection's path from `path(i)`, signed, expecting `status`; the load and nginx's (and
-/// wrk's) CPU per request.
+/// nginx under the download-start load (the same generator and connections), cycling
+/// through `paths`, each signed, expecting `status`; the load and nginx's (and wrk's) CPU per
+/// request.
 async fn nginx_load(
     n: &Nginx,
     args: &Args,
     dur: Duration,
     use_wrk: bool,
-    path: impl Fn(usize) -> String,
+    paths: &[String],
     status: u16,
 ) -> anyhow::Result<(Load, String)> {
-    let urls: Vec<String> = (0..args.concurrency).map(|i| n.signed(&path(i))).collect();
+    let urls: Vec<String> = paths.iter().map(|p| n.signed(p)).collect();
     let workers = cpu::children(n.child.id());
     let nginx_cpu = || workers.iter().map(|w| cpu::process(w)).sum::<u64>();
     let before = (nginx_cpu(), cpu::waited_children());
@@ -527,31 +527,30 @@ async fn bench_backend(
         cpu::per_request_us(cpu0.2, cpu1.2, starts),
     );
     // nginx references, each checking a secure_link MAC and expiry: a bare 302 (the same
-    // answer a start gives, with no count behind it), and the secured file itself (1 KiB, as
+    // answer a start gives, with no count behind it); the secured file itself (1 KiB, as
     // nginx answers a secure_link request in a deployment: DESIGN §6's "small secured
-    // requests").
-    let nginx_302 = match nginx_ref {
-        Some(n) => Some(nginx_load(n, args, dur, use_wrk, |i| format!("/dl/{i}"), 302).await?),
-        None => None,
-    };
-    let nginx_file = match nginx_ref {
-        Some(n) => Some(nginx_load(n, args, dur, use_wrk, |_| "/sl/small.bin".into(), 200).await?),
-        None => None,
-    };
-    // The file again with `open_file_cache` on (not in Debian's default configuration): no
-    // open/fstat/close per request.
-    let nginx_cached = match nginx_ref {
-        Some(n) => Some(nginx_load(n, args, dur, use_wrk, |_| "/slc/small.bin".into(), 200).await?),
-        None => None,
-    };
-    let versus = |r: Option<&(Load, String)>, what: &str| match r {
+    // requests"); and that file with `open_file_cache` on (not in Debian's default
+    // configuration: no open/fstat/close per request).
+    let references: [(&str, Vec<String>, u16); 3] = [
+        ("302", (0..args.concurrency).map(|i| format!("/dl/{i}")).collect(), 302),
+        ("serving the 1 KiB file", vec!["/sl/small.bin".into()], 200),
+        ("serving it with open_file_cache", vec!["/slc/small.bin".into()], 200),
+    ];
+    let mut measured = Vec::new();
+    for (_, paths, status) in &references {
+        measured.push(match nginx_ref {
+            Some(n) => Some(nginx_load(n, args, dur, use_wrk, paths, *status).await?),
+            None => None,
+        });
+    }
+    let versus = |i: usize| match &measured[i] {
         Some((load, cpu)) => (
-            format!("nginx secure_link {what} {}, {cpu}", fmt_load(load)),
+            format!("nginx secure_link {} {}, {cpu}", references[i].0, fmt_load(load)),
             format!("{:.2}x", ours.rps / load.rps.max(1.0)),
         ),
         None => ("nginx not installed".into(), "-".into()),
     };
-    let (reference, ratio) = versus(nginx_302.as_ref(), "302");
+    let (reference, ratio) = versus(0);
     rows.push(Row {
         what: format!(
             "download start ({db}, {} conns, {})",
@@ -573,11 +572,8 @@ async fn bench_backend(
         reference,
         ratio,
     });
-    for (nginx, serving, versus_what) in [
-        (&nginx_file, "serving the 1 KiB file", "a secured small file"),
-        (&nginx_cached, "serving it with open_file_cache", "the file, fds cached"),
-    ] {
-        let (reference, ratio) = versus(nginx.as_ref(), serving);
+    for (i, versus_what) in [(1, "a secured small file"), (2, "the file, fds cached")] {
+        let (reference, ratio) = versus(i);
         rows.push(Row {
             what: format!("download start ({db}) vs {versus_what}"),
             satchel: format!("the same starts: {:.0}/s", ours.rps),
@@ -751,10 +747,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // nginx serves the reference; its raw root holds a 1 GiB sparse file like ours.
         std::fs::File::create(nginx_root.path().join("big.bin"))?.set_len(1 << 30)?;
         // ...and, under its secure_link location, a 1 KiB file like a start's.
-        std::fs::create_dir_all(nginx_root.path().join("sl"))?;
-        std::fs::write(nginx_root.path().join("sl/small.bin"), [7u8; 1024])?;
-        std::fs::create_dir_all(nginx_root.path().join("slc"))?;
-        std::fs::write(nginx_root.path().join("slc/small.bin"), [7u8; 1024])?;
+        for dir in ["sl", "slc"] {
+            std::fs::create_dir_all(nginx_root.path().join(dir))?;
+            std::fs::write(nginx_root.path().join(dir).join("small.bin"), [7u8; 1024])?;
+        }
         nginx = Nginx::start(nginx_root.path());
         if nginx.is_none() {
             eprintln!("nginx not found: install the Debian nginx package for the reference figures");
