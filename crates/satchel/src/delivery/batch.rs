@@ -466,25 +466,43 @@ fn json_rows(backend: Backend, param: &str, cols: &[(&str, &str)]) -> String {
     }
 }
 
-/// The decrement of one start, written once for both statement shapes: `gid`, `prefix`, `ip`
-/// and `name` are the request's values (columns of a row source, or parameters), `at` the
-/// time. It counts only for a grant live for that request whose product's current version
-/// has the file asked for, and returns that version.
-fn decrement(from: &str, at: &str, gid: &str, prefix: &str, ip: &str, name: &str) -> String {
+/// The new state of a grant a start counts on: one download fewer, and with `bind_first` the
+/// first network it is used from. `at` is the time, `prefix` the request's network.
+fn counted_set(at: &str, prefix: &str) -> String {
     format!(
-        "UPDATE download_grants
-         SET remaining = remaining - 1, updated_at = {at},
-             ip_bound = CASE WHEN ip_policy = 'bind_first' AND ip_bound IS NULL THEN {prefix} ELSE ip_bound END
-         {from}
-         WHERE download_grants.id = {gid} AND download_grants.status = 'active' AND download_grants.remaining > 0
+        "SET remaining = remaining - 1, updated_at = {at},
+             ip_bound = CASE WHEN ip_policy = 'bind_first' AND ip_bound IS NULL THEN {prefix} ELSE ip_bound END"
+    )
+}
+
+/// When a grant is live for one request (the same on every statement shape and backend):
+/// active, unexpired, a download left, the IP policy met by the request's `prefix` and `ip`,
+/// and its order still paid — re-checked at every redemption, so a refund stops links at once.
+fn live(at: &str, prefix: &str, ip: &str) -> String {
+    format!(
+        "download_grants.status = 'active' AND download_grants.remaining > 0
            AND download_grants.expires_at > {at}
            AND (download_grants.ip_policy <> 'bind_first' OR download_grants.ip_bound IS NULL OR download_grants.ip_bound = {prefix})
            AND (download_grants.ip_policy <> 'allow_list' OR (',' || download_grants.ip_allow || ',') LIKE ('%,' || {ip} || ',%'))
-           AND EXISTS (SELECT 1 FROM orders o WHERE o.id = download_grants.order_id AND o.status IN ('paid', 'partially_refunded'))
+           AND EXISTS (SELECT 1 FROM orders o WHERE o.id = download_grants.order_id AND o.status IN ('paid', 'partially_refunded'))"
+    )
+}
+
+/// The decrement of one start on SQLite (a row source in `from`, or none for parameters):
+/// `gid`, `prefix`, `ip` and `name` are the request's values, `at` the time. It counts only
+/// for a grant [`live`] for that request whose product's current version has the file asked
+/// for, and returns that version.
+fn decrement(from: &str, at: &str, gid: &str, prefix: &str, ip: &str, name: &str) -> String {
+    format!(
+        "UPDATE download_grants {}
+         {from}
+         WHERE download_grants.id = {gid} AND {}
            AND EXISTS (SELECT 1 FROM products p JOIN files f ON f.version_id = p.current_version_id
                        WHERE p.id = download_grants.product_id AND ({name} = '' OR f.name = {name}))
          RETURNING download_grants.id,
-             (SELECT p.current_version_id FROM products p WHERE p.id = download_grants.product_id) AS version_id"
+             (SELECT p.current_version_id FROM products p WHERE p.id = download_grants.product_id) AS version_id",
+        counted_set(at, prefix),
+        live(at, prefix, ip)
     )
 }
 
@@ -533,22 +551,32 @@ fn events_sql(backend: Backend) -> String {
 }
 
 /// One round on PostgreSQL in one statement, so one round trip: the decrement, the event of
-/// each counted start (its file looked up in the version the decrement saw) and the answer.
-/// A statement is atomic on its own, so each round commits by itself; a later round of the
-/// batch sees the earlier ones, as inside one transaction.
+/// each counted start and the answer. A statement is atomic on its own, so each round commits
+/// by itself; a later round of the batch sees the earlier ones, as inside one transaction.
+///
+/// The product, its current version and the file delivered are joined into the decrement
+/// (PostgreSQL's `UPDATE … FROM` takes a `LATERAL` subquery), so each is looked up once per
+/// start and the event is written from the decrement's own row: a grant whose current version
+/// lacks the file asked for has no row to update, as [`decrement`]'s `EXISTS` refuses it on
+/// SQLite. Measured with `pgbench` on this statement against the one with separate lookups
+/// (see docs/operations.md): 25–35 % more starts per second of PostgreSQL CPU.
 static PG_ROUND: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH r AS (SELECT * FROM json_to_recordset($2::json)
                     AS x(gid text, prefix text, ip text, name text, eid text, ua text, at bigint)),
-         u AS ({} , r.name, r.eid, r.ua, r.at, r.ip, r.prefix),
+         u AS (UPDATE download_grants {}
+               FROM r, products p,
+                    LATERAL (SELECT f.id, f.size FROM files f
+                             WHERE f.version_id = p.current_version_id AND (r.name = '' OR f.name = r.name)
+                             ORDER BY f.name LIMIT 1) f
+               WHERE download_grants.id = r.gid AND p.id = download_grants.product_id AND {}
+               RETURNING download_grants.id, p.current_version_id AS version_id, f.id AS file_id, f.size,
+                         r.eid, r.ua, r.at, r.ip, r.prefix),
          e AS (INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes)
-               SELECT u.eid, u.id, f.id, u.at, u.ip, u.prefix, u.ua, 'started', f.size
-               FROM u JOIN LATERAL (SELECT f.id, f.size FROM files f
-                                    WHERE f.version_id = u.version_id AND (u.name = '' OR f.name = u.name)
-                                    ORDER BY f.name LIMIT 1) f ON TRUE
-               RETURNING grant_id)
-         SELECT u.id, u.version_id FROM u WHERE EXISTS (SELECT 1 FROM e WHERE e.grant_id = u.id)",
-        decrement("FROM r", "$1", "r.gid", "r.prefix", "r.ip", "r.name")
+               SELECT u.eid, u.id, u.file_id, u.at, u.ip, u.prefix, u.ua, 'started', u.size FROM u)
+         SELECT u.id, u.version_id FROM u",
+        counted_set("$1", "r.prefix"),
+        live("$1", "r.prefix", "r.ip")
     )
 });
 
