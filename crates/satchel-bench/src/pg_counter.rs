@@ -13,6 +13,9 @@ use std::time::Duration;
 pub struct Counter {
     pub tps: f64,
     pub latency_ms: f64,
+    /// Clients pgbench ran: those asked for, or fewer when the server's `max_connections`
+    /// leaves less room (pgbench would fail to connect the rest).
+    pub clients: usize,
 }
 
 /// `pgbench` on the PATH, else the newest Debian PostgreSQL's (it is not linked into PATH).
@@ -35,8 +38,9 @@ fn pgbench() -> Option<PathBuf> {
     found.pop()
 }
 
-/// Runs the counter load against the database of `url` for `dur` with `clients` clients, in a
-/// schema of its own that it drops afterwards. `None` when pgbench is not installed.
+/// Runs the counter load against the database of `url` for `dur` with `clients` clients (at
+/// most what the server has room for), in a schema of its own that it drops afterwards.
+/// `None` when pgbench is not installed.
 pub async fn run(url: &str, clients: usize, dur: Duration) -> anyhow::Result<Option<Counter>> {
     let Some(bin) = pgbench() else {
         return Ok(None);
@@ -46,6 +50,14 @@ pub async fn run(url: &str, clients: usize, dur: Duration) -> anyhow::Result<Opt
         .max_connections(1)
         .connect(url)
         .await?;
+    // Room left: max_connections, less the superuser reserve, those open, and this pool's.
+    let room: i64 = sqlx::query_scalar(
+        "SELECT (current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int
+                - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'))::bigint",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let clients = clients.min(usize::try_from(room).unwrap_or(0)).max(1);
     for sql in [
         format!("CREATE SCHEMA {schema}"),
         format!("CREATE TABLE {schema}.counters (id INT PRIMARY KEY, n BIGINT NOT NULL)"),
@@ -88,5 +100,6 @@ pub async fn run(url: &str, clients: usize, dur: Duration) -> anyhow::Result<Opt
     Ok(Some(Counter {
         tps: field("tps = ")?,
         latency_ms: field("latency average = ")?,
+        clients,
     }))
 }
