@@ -173,11 +173,7 @@ impl Nginx {
             .into_iter()
             .find(|b| Command::new(b).arg("-v").stderr(Stdio::null()).status().is_ok())?;
         let dir = tempfile::tempdir().ok()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
+        let port = satchel::testing::free_port();
         std::fs::create_dir_all(dir.path().join("logs")).ok()?;
         let conf = format!(
             "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/logs/error.log crit;

@@ -282,10 +282,7 @@ impl S3Server {
         }
         let root = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(root.path().join("satchel")).expect("bucket dir");
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
+        let port = free_port();
         let (ak, sk) = ("SATCHELTESTKEY".to_string(), "satchel-test-secret-key".to_string());
         let child = Command::new(&bin)
             .args([
@@ -362,10 +359,7 @@ impl SmtpServer {
         }
         let root = tempfile::tempdir().expect("tempdir");
         let maildir = root.path().join("maildir");
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
+        let port = free_port();
         let child = Command::new("python3")
             .args([
                 "-m",
@@ -666,11 +660,43 @@ pub struct NginxServer {
 }
 
 /// A port that was free a moment ago (for a server that must know its address up front).
+///
+/// Drawn below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), so no
+/// `bind(…:0)` can take it between this call and the server's own bind — neither a
+/// [`TestApp`]'s listener nor any connection's local port. A port taken from `bind(…:0)` and
+/// released was once handed to the very next `TestApp`: nginx then could not listen, and its
+/// readiness check reached Satchel itself. Never the same port twice in one process, from a
+/// random start so that parallel test processes keep apart; each is checked free by binding it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    const LOW: u32 = 10_000;
+    static START: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .min(65_536);
+    if high < LOW + 1_000 {
+        // An unusual range leaves no room below it: the kernel's choice, as before.
+        return std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+    }
+    let span = high - LOW;
+    let start = *START.get_or_init(|| rand::random::<u32>() % span);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let Ok(port) = u16::try_from(LOW + (start + n) % span) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {high}");
 }
 
 impl NginxServer {
@@ -730,7 +756,7 @@ http {{
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("nginx.conf");
         std::fs::write(&conf, Self::config(port, upstream, accel_prefix, root, dir.path())).expect("write nginx.conf");
-        let child = Command::new(&bin)
+        let mut child = Command::new(&bin)
             .arg("-p")
             .arg(dir.path())
             .arg("-e")
@@ -743,14 +769,24 @@ http {{
             .spawn()
             .expect("spawn nginx");
         let base_url = format!("http://127.0.0.1:{port}");
-        // Readiness: Satchel's health check answers through nginx.
+        // Readiness: Satchel's health check answers through nginx — nginx's own `Server`
+        // header on it, so an answer from anything else on the port does not count.
         let client = reqwest::Client::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = client.get(format!("{base_url}/healthz")).send().await {
-                if r.status().is_success() {
+                let by_nginx = r
+                    .headers()
+                    .get("server")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("nginx"));
+                if r.status().is_success() && by_nginx {
                     break;
                 }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+                panic!("nginx exited ({status}) instead of listening on {port}: {log}");
             }
             assert!(std::time::Instant::now() < deadline, "nginx did not come up on {port}");
             tokio::time::sleep(Duration::from_millis(20)).await;

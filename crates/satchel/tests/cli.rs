@@ -20,14 +20,6 @@ fn satchel() -> Command {
     c
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn help_explains_every_command() {
     let out = satchel().arg("--help").output().unwrap();
@@ -187,7 +179,7 @@ async fn serve_demo_seeds_once_and_shuts_down_on_sigterm() {
         "demo-album",
     ];
     for round in 0..2 {
-        let port = free_port();
+        let port = satchel::testing::free_port();
         let base = format!("http://127.0.0.1:{port}");
         let mut child = satchel()
             .arg("--data-dir")
