@@ -280,6 +280,60 @@ async fn product_with_file(t: &TestApp, slug: &str, size: u64) -> anyhow::Result
     Ok(())
 }
 
+/// PostgreSQL's own ceiling beside the starts just measured: pgbench running Satchel's round
+/// statement alone on the same schema and grants, in rounds the size Satchel's had.
+async fn round_alone_row(t: &TestApp, ours: &Load, dur: Duration, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    use satchel::db::Exec;
+    let (schema,): (String,) = t
+        .app
+        .db
+        .fetch_one(satchel::sql!("SELECT CAST(current_schema() AS TEXT)"))
+        .await?;
+    let grants: Vec<(String,)> = t
+        .app
+        .db
+        .fetch_all(satchel::sql!(
+            "SELECT g.id FROM download_grants g JOIN products p ON p.id = g.product_id
+             WHERE p.slug = 'bench-small' ORDER BY g.id"
+        ))
+        .await?;
+    let grants: Vec<String> = grants.into_iter().map(|(g,)| g).collect();
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let per_round = t
+        .app
+        .download_starts
+        .mean_batch()
+        .map_or(16, |m| m.round().max(1.0) as usize);
+    let clients = satchel::delivery::batch::PG_IN_FLIGHT;
+    let Some(rounds) = pg_counter::round_alone(&satchel::testing::pg_admin_url(), &schema, &grants, per_round, dur)?
+    else {
+        return Ok(());
+    };
+    // The starts it really counted (its events), not rounds × their size: a round that
+    // counted nothing would be cheap.
+    let counted = t
+        .app
+        .db
+        .fetch_i64(satchel::sql!(
+            "SELECT COUNT(*) FROM download_events WHERE user_agent = 'pgbench' AND outcome = 'started'"
+        ))
+        .await?;
+    #[allow(clippy::cast_precision_loss)]
+    let alone = counted as f64 / dur.as_secs_f64();
+    rows.push(Row {
+        what: "download start (postgres) vs its round statement alone".into(),
+        satchel: format!(
+            "the same starts: {:.0}/s (HTTP, tokens, batching and the statement)",
+            ours.rps
+        ),
+        reference: format!(
+            "pgbench running Satchel's round statement alone, {per_round} starts per round, {clients} clients: {alone:.0} starts/s ({counted} counted, {rounds:.0} rounds/s)"
+        ),
+        ratio: format!("{:.2}x", ours.rps / alone.max(1.0)),
+    });
+    Ok(())
+}
+
 /// Where a download start's time goes: the same wrk and connections against `GET /healthz`
 /// (the HTTP stack alone) and against download links whose MAC is wrong (refused before any
 /// database work).
@@ -597,6 +651,9 @@ async fn bench_backend(
             ),
             ratio: format!("{:.2}x", ours.rps / c.tps.max(1.0)),
         });
+    }
+    if backend == Backend::Postgres {
+        round_alone_row(&t, &ours, dur, rows).await?;
     }
     if args.starts_only {
         if use_wrk {

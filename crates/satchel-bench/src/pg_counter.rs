@@ -65,24 +65,44 @@ pub async fn run(url: &str, clients: usize, dur: Duration) -> anyhow::Result<Opt
     ] {
         sqlx::query(&sql).execute(&pool).await?;
     }
-    let dir = tempfile::tempdir()?;
-    let script = dir.path().join("counter.sql");
-    std::fs::write(
-        &script,
-        format!("\\set id random(1, 64)\nUPDATE {schema}.counters SET n = n - 1 WHERE id = :id AND n > 0;\n"),
-    )?;
-    let out = Command::new(&bin)
-        .args(["-n", "-M", "prepared", "-j", "1", "-c", &clients.to_string()])
-        .args(["-T", &dur.as_secs().max(1).to_string()])
-        .arg("-f")
-        .arg(&script)
-        .arg(url)
-        .output();
+    let script = format!("\\set id random(1, 64)\nUPDATE {schema}.counters SET n = n - 1 WHERE id = :id AND n > 0;\n");
+    let out = pgbench_run(&bin, url, None, &script, clients, dur);
     let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(&pool)
         .await;
     pool.close().await;
-    let out = out?;
+    let (tps, latency_ms) = out?;
+    Ok(Some(Counter {
+        tps,
+        latency_ms,
+        clients,
+    }))
+}
+
+/// Runs `script` with pgbench (`-n -M prepared -j 1`) against `url`, with `search_path` set
+/// to `schema` when given: (transactions per second, mean latency in ms).
+fn pgbench_run(
+    bin: &std::path::Path,
+    url: &str,
+    schema: Option<&str>,
+    script: &str,
+    clients: usize,
+    dur: Duration,
+) -> anyhow::Result<(f64, f64)> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("script.sql");
+    std::fs::write(&file, script)?;
+    let mut cmd = Command::new(bin);
+    if let Some(schema) = schema {
+        cmd.env("PGOPTIONS", format!("-c search_path={schema}"));
+    }
+    let out = cmd
+        .args(["-n", "-M", "prepared", "-j", "1", "-c", &clients.to_string()])
+        .args(["-T", &dur.as_secs().max(1).to_string()])
+        .arg("-f")
+        .arg(&file)
+        .arg(url)
+        .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |prefix: &str| -> anyhow::Result<f64> {
         text.lines()
@@ -97,9 +117,51 @@ pub async fn run(url: &str, clients: usize, dur: Duration) -> anyhow::Result<Opt
             .parse::<f64>()
             .map_err(Into::into)
     };
-    Ok(Some(Counter {
-        tps: field("tps = ")?,
-        latency_ms: field("latency average = ")?,
-        clients,
-    }))
+    Ok((field("tps = ")?, field("latency average = ")?))
+}
+
+/// PostgreSQL's own ceiling for download starts: Satchel's round statement
+/// ([`satchel::delivery::batch::pg_round_sql`]) run by pgbench alone — no HTTP, no Satchel —
+/// on the store's own schema and grants, in rounds of `per_round` starts (the size Satchel's
+/// rounds had), [`PG_IN_FLIGHT`](satchel::delivery::batch::PG_IN_FLIGHT) clients as Satchel
+/// keeps in flight, each on grants of its own (no two rounds wait on one row). Each round's
+/// rows are built in SQL from the grant ids (a JSON aggregate: a little more PostgreSQL work
+/// than binding Satchel's JSON). Its events carry the user agent `pgbench`, so the caller
+/// counts what was really counted. Returns rounds per second; `None` without pgbench or with
+/// fewer grants than one round per client.
+pub fn round_alone(
+    url: &str,
+    schema: &str,
+    grants: &[String],
+    per_round: usize,
+    dur: Duration,
+) -> anyhow::Result<Option<f64>> {
+    let clients = satchel::delivery::batch::PG_IN_FLIGHT;
+    let Some(bin) = pgbench() else {
+        return Ok(None);
+    };
+    let per_round = per_round.max(1);
+    if grants.len() < per_round * clients {
+        return Ok(None);
+    }
+    let ids = grants
+        .iter()
+        .map(|g| format!("'{}'", g.replace('\'', "")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let rows = format!(
+        "(SELECT json_agg(json_build_object('gid', g, 'prefix', '10.99.0.0/24', 'ip', '10.99.0.1', 'name', '',
+                 'eid', 'dle_pgbench_' || gen_random_uuid(), 'ua', 'pgbench', 'at', {at}))
+          FROM unnest((ARRAY[{ids}])[(:c * {per_round} + 1):((:c + 1) * {per_round})]) AS g)",
+        at = satchel::ids::now()
+    );
+    let sql = satchel::delivery::batch::pg_round_sql()
+        .replace("$2::json", &rows)
+        .replace("$1", &satchel::ids::now().to_string());
+    let script = format!(
+        "\\set c :client_id % {clients}\n{};\n",
+        sql.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+    let (tps, _) = pgbench_run(&bin, url, Some(schema), &script, clients, dur)?;
+    Ok(Some(tps))
 }

@@ -221,7 +221,7 @@ fn reply_all(counters: &Counters, replies: Vec<Reply>, result: Result<Vec<Settle
 /// Batches settled at once on PostgreSQL: while one waits for its commit's WAL flush, the
 /// next runs. Exactness stays the database's: a round is one statement, and two statements
 /// decrementing one grant queue on its row lock, the second re-checking the row it finds.
-const PG_IN_FLIGHT: usize = 4;
+pub const PG_IN_FLIGHT: usize = 4;
 
 async fn run_pool(db: &Db, mut rx: mpsc::Receiver<(Start, Reply)>, counters: &Counters) {
     use futures::stream::{FuturesUnordered, StreamExt};
@@ -579,6 +579,12 @@ static PG_ROUND: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         live("$1", "r.prefix", "r.ip")
     )
 });
+
+/// The PostgreSQL round statement, `$1` the time and `$2` the round's rows as JSON (what the
+/// bench runs alone under `pgbench`, as PostgreSQL's own ceiling for download starts).
+pub fn pg_round_sql() -> &'static str {
+    PG_ROUND.as_str()
+}
 
 /// A batch on PostgreSQL: a statement per round ([`PG_ROUND`]), each retried alone on a
 /// deadlock or serialization failure (it changed nothing then).
