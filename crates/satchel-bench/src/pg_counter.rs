@@ -149,15 +149,15 @@ pub fn round_alone(
         .map(|g| format!("'{}'", g.replace('\'', "")))
         .collect::<Vec<_>>()
         .join(",");
+    let at = satchel::ids::now();
     let rows = format!(
         "(SELECT json_agg(json_build_object('gid', g, 'prefix', '10.99.0.0/24', 'ip', '10.99.0.1', 'name', '',
                  'eid', 'dle_pgbench_' || gen_random_uuid(), 'ua', 'pgbench', 'at', {at}))
-          FROM unnest((ARRAY[{ids}])[(:c * {per_round} + 1):((:c + 1) * {per_round})]) AS g)",
-        at = satchel::ids::now()
+          FROM unnest((ARRAY[{ids}])[(:c * {per_round} + 1):((:c + 1) * {per_round})]) AS g)"
     );
     let sql = satchel::delivery::batch::pg_round_sql()
         .replace("$2::json", &rows)
-        .replace("$1", &satchel::ids::now().to_string());
+        .replace("$1", &at.to_string());
     let script = format!(
         "\\set c :client_id % {clients}\n{};\n",
         sql.split_whitespace().collect::<Vec<_>>().join(" ")
