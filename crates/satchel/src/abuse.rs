@@ -20,8 +20,9 @@
 //! Cost: [`after_start`] runs after a redemption commits. It asks this instance's
 //! [`Tracker`] (memory only) whether anything could have changed: a network not seen for
 //! this grant in the last [`RECHECK_SECS`], or a local start rate of at least half the
-//! lowest velocity threshold. Only then is the evaluation (one indexed aggregate read, and
-//! writes only on a transition) spawned off the request. Scaled out, each instance sees its
+//! lowest velocity threshold. Only then is the evaluation (an aggregate over the grant's
+//! events in the window, read by walking its list of events from the newest,
+//! [`crate::delivery::events`], and writes only on a transition) spawned off the request. Scaled out, each instance sees its
 //! share of the starts, so velocity is caught once one instance sees half the threshold;
 //! distinct networks are always checked on first sight.
 
@@ -35,6 +36,7 @@ use serde_json::{json, Value};
 use crate::app::App;
 use crate::config::AbuseConfig;
 use crate::db::{Exec, Tx};
+use crate::delivery::events;
 use crate::error::{conflict, not_found, unprocessable, ApiError, ApiResult};
 use crate::ids::{new_id, now, random_token};
 use crate::sql;
@@ -183,8 +185,11 @@ pub async fn evaluate(app: &App, grant_id: &str) -> anyhow::Result<Outcome> {
     let (distinct, starts): (i64, Option<i64>) = app
         .db
         .fetch_one(sql!(
-            "SELECT COUNT(DISTINCT ip_prefix), CAST(SUM(CASE WHEN at > $3 THEN 1 ELSE 0 END) AS BIGINT)
-             FROM download_events WHERE grant_id = $1 AND at > $2 AND outcome = 'started'",
+            format!(
+                "{} SELECT COUNT(DISTINCT ip_prefix), CAST(SUM(CASE WHEN at > $3 THEN 1 ELSE 0 END) AS BIGINT)
+                 FROM chain WHERE at > $2 AND outcome = 'started'",
+                events::since("$1", "$2")
+            ),
             grant_id,
             since,
             hour
@@ -215,8 +220,11 @@ pub async fn evaluate(app: &App, grant_id: &str) -> anyhow::Result<Outcome> {
     let prefixes: Vec<(String, i64)> = app
         .db
         .fetch_all(sql!(
-            "SELECT ip_prefix, COUNT(*) FROM download_events WHERE grant_id = $1 AND at > $2 AND outcome = 'started'
-             GROUP BY ip_prefix ORDER BY COUNT(*) DESC, ip_prefix LIMIT 50",
+            format!(
+                "{} SELECT ip_prefix, COUNT(*) FROM chain WHERE at > $2 AND outcome = 'started'
+                 GROUP BY ip_prefix ORDER BY COUNT(*) DESC, ip_prefix LIMIT 50",
+                events::since("$1", "$2")
+            ),
             grant_id,
             since
         ))

@@ -20,6 +20,7 @@
 //! gets a delivery URL without counting.
 
 pub mod batch;
+pub mod events;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -290,9 +291,12 @@ pub async fn continuation(
     let started: Option<(i64,)> = app
         .db
         .fetch_optional(sql!(
-            "SELECT at FROM download_events
-             WHERE grant_id = $1 AND file_id = $2 AND ip_prefix = $3 AND outcome = 'started' AND at > $4
-             ORDER BY at DESC LIMIT 1",
+            format!(
+                "{} SELECT at FROM chain
+                 WHERE file_id = $2 AND ip_prefix = $3 AND outcome = 'started' AND at > $4
+                 ORDER BY at DESC LIMIT 1",
+                events::since("$1", "$4")
+            ),
             fields[0],
             &file.id,
             ip_prefix(ip),
@@ -339,10 +343,11 @@ struct ResumedLine<'a> {
 /// within a second, and eight "resumed" lines would push the download itself out of the
 /// history the order page shows.
 ///
-/// The check and the insert are one statement, and they take turns: SQLite runs one writer
-/// at a time, and on PostgreSQL a transaction-scoped advisory lock on (grant, file, network)
-/// makes connections that arrive together wait for each other, so the second sees the
-/// first's committed line (without it, each would miss the others' uncommitted one).
+/// The check and the move of the grant's list head ([`events`]) are one statement, then the
+/// line is inserted in the same transaction; they take turns: SQLite runs one writer at a
+/// time, and on PostgreSQL a transaction-scoped advisory lock on (grant, file, network) makes
+/// connections that arrive together wait for each other, so the second sees the first's
+/// committed line (without it, each would miss the others' uncommitted one).
 async fn log_continuation(app: &App, line: ResumedLine<'_>) -> Result<(), crate::db::DbError> {
     let tx = app.db.begin().await?;
     if tx.backend() == crate::db::Backend::Postgres {
@@ -351,12 +356,32 @@ async fn log_continuation(app: &App, line: ResumedLine<'_>) -> Result<(), crate:
         let key = i64::from_be_bytes(digest[..8].try_into().unwrap_or_default());
         tx.execute(sql!("SELECT pg_advisory_xact_lock($1)", key)).await?;
     }
+    let id = new_id("dle");
+    let moved: Option<(Option<String>,)> = tx
+        .fetch_optional(sql!(
+            format!(
+                "UPDATE download_grants SET {}
+                 WHERE id = $2 AND NOT EXISTS ({} SELECT 1 FROM chain
+                                               WHERE file_id = $3 AND ip_prefix = $4 AND outcome = 'resumed' AND at > $5)
+                 RETURNING prior_event_id",
+                events::push("$1"),
+                events::since("$2", "$5")
+            ),
+            &id,
+            line.grant_id,
+            line.file_id,
+            line.prefix,
+            line.at - RESUME_LOG_EVERY
+        ))
+        .await?;
+    let Some((prev,)) = moved else {
+        // Logged within the last minute already (or the grant is gone): nothing to add.
+        return Ok(());
+    };
     tx.execute(sql!(
-        "INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes)
-         SELECT $1, $2, $3, $4, $5, $6, $7, 'resumed', $8
-         WHERE NOT EXISTS (SELECT 1 FROM download_events
-                           WHERE grant_id = $2 AND file_id = $3 AND ip_prefix = $6 AND outcome = 'resumed' AND at > $9)",
-        new_id("dle"),
+        "INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes, prev_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'resumed', $8, $9)",
+        &id,
         line.grant_id,
         line.file_id,
         line.at,
@@ -364,7 +389,7 @@ async fn log_continuation(app: &App, line: ResumedLine<'_>) -> Result<(), crate:
         line.prefix,
         line.user_agent.chars().take(batch::USER_AGENT_MAX).collect::<String>(),
         line.bytes,
-        line.at - RESUME_LOG_EVERY
+        prev
     ))
     .await?;
     tx.commit().await

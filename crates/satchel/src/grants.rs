@@ -128,14 +128,19 @@ pub async fn history(
     cursor: Option<&str>,
     limit: i64,
 ) -> ApiResult<(Vec<DownloadEvent>, Option<String>)> {
-    let mut query = crate::db::Query::new(
-        "SELECT e.id, e.at, e.ip, e.ip_prefix, e.user_agent, e.outcome, e.bytes, e.file_id, f.name AS file_name
-         FROM download_events e LEFT JOIN files f ON f.id = e.file_id",
-    );
-    let a = query.arg(grant_id);
-    query.push_sql(&format!(" WHERE e.grant_id = {a}"));
-    query.page_desc("e.id", cursor, limit);
-    let mut rows: Vec<DownloadEvent> = e.fetch_all(query).await?;
+    // The grant's list of events, walked from the newest (or from after the cursor's event).
+    let mut rows: Vec<DownloadEvent> = e
+        .fetch_all(sql!(
+            format!(
+                "{} SELECT c.id, c.at, c.ip, c.ip_prefix, c.user_agent, c.outcome, c.bytes, c.file_id, f.name AS file_name
+                 FROM chain c LEFT JOIN files f ON f.id = c.file_id ORDER BY c.depth",
+                crate::delivery::events::page("$1", "$2", "$3")
+            ),
+            grant_id,
+            cursor.unwrap_or_default(),
+            limit + 1
+        ))
+        .await?;
     let next = crate::db::next_page(&mut rows, limit, |r| &r.id);
     Ok((rows, next))
 }

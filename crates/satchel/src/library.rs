@@ -308,7 +308,9 @@ pub async fn list(app: &App, buyer: &BuyerAuth) -> ApiResult<Value> {
             Some(g) => {
                 app.db
                     .fetch_i64(sql!(
-                        "SELECT CAST(COALESCE(MAX(at), 0) AS BIGINT) FROM download_events WHERE grant_id = $1",
+                        // The newest event heads the grant's list (crate::delivery::events).
+                        "SELECT CAST(COALESCE(MAX(e.at), 0) AS BIGINT)
+                         FROM download_grants g JOIN download_events e ON e.id = g.last_event_id WHERE g.id = $1",
                         &g.0
                     ))
                     .await?

@@ -236,6 +236,62 @@ impl TestApp {
         gid
     }
 
+    /// A grant's download events, newest first, by walking its list from the head
+    /// ([`crate::delivery::events`]), checked against the table: every event of the grant
+    /// is on the list exactly once, nothing else is, and the grant's `prior_event_id` is
+    /// the head's `prev_id`.
+    pub async fn event_list(&self, grant_id: &str) -> Vec<String> {
+        use crate::db::Exec;
+        let db = &self.app.db;
+        let (head, prior): (Option<String>, Option<String>) = db
+            .fetch_one(crate::sql!(
+                "SELECT last_event_id, prior_event_id FROM download_grants WHERE id = $1",
+                grant_id
+            ))
+            .await
+            .expect("the grant exists");
+        let mut all: Vec<(String,)> = db
+            .fetch_all(crate::sql!(
+                "SELECT id FROM download_events WHERE grant_id = $1",
+                grant_id
+            ))
+            .await
+            .expect("events");
+        let mut list = Vec::new();
+        let mut next = head;
+        while let Some(id) = next {
+            assert!(
+                list.len() <= all.len(),
+                "grant {grant_id}: its list runs longer than its events (a cycle?)"
+            );
+            let (of, prev): (String, Option<String>) = db
+                .fetch_one(crate::sql!(
+                    "SELECT grant_id, prev_id FROM download_events WHERE id = $1",
+                    &id
+                ))
+                .await
+                .expect("each event on the list exists");
+            assert_eq!(
+                of, grant_id,
+                "grant {grant_id}: event {id} on its list belongs to another grant"
+            );
+            if list.is_empty() {
+                assert_eq!(prev, prior, "grant {grant_id}: prior_event_id is the head's prev_id");
+            }
+            list.push(id);
+            next = prev;
+        }
+        let mut walked = list.clone();
+        walked.sort();
+        all.sort();
+        assert_eq!(
+            walked,
+            all.into_iter().map(|(id,)| id).collect::<Vec<_>>(),
+            "grant {grant_id}: its list holds each of its events exactly once"
+        );
+        list
+    }
+
     /// Buys and pays for one product; returns the paid order as the buyer sees it.
     pub async fn buy_paid(&self, slug: &str, email: &str) -> serde_json::Value {
         let order = self.purchase(slug, email).await;

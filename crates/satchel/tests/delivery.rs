@@ -80,6 +80,27 @@ async fn events(t: &TestApp) -> i64 {
         .unwrap()
 }
 
+/// The outcomes on the one grant's list of events, newest first (the list checked whole).
+async fn outcomes(t: &TestApp) -> Vec<String> {
+    let (gid,): (String,) = t
+        .app
+        .db
+        .fetch_one(sql!("SELECT id FROM download_grants"))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for id in t.event_list(&gid).await {
+        let (o,): (String,) = t
+            .app
+            .db
+            .fetch_one(sql!("SELECT outcome FROM download_events WHERE id = $1", &id))
+            .await
+            .unwrap();
+        out.push(o);
+    }
+    out
+}
+
 /// Continuations logged (`resumed` events: nothing counted) and the bytes they carried.
 async fn resumed(t: &TestApp) -> (i64, i64) {
     t.app
@@ -268,6 +289,8 @@ async fn aria2c_segmented_download_completes_on_a_grant_of_one() {
             1,
             "{backend:?}: one resumed line for {redirected} connections"
         );
+        // Both are on the grant's list, the download first (the continuations came after).
+        assert_eq!(outcomes(&t).await, ["resumed", "started"], "{backend:?}");
         // The grant is spent: a fresh download (no range) is refused.
         let r = t.client.get(&link).send().await.unwrap();
         assert_eq!(r.status(), 403);
@@ -334,6 +357,79 @@ async fn continuation_needs_a_range_past_zero_the_same_prefix_and_the_window() {
         assert_eq!(events(&t).await, 5, "{backend:?}");
         // The two continuations (5000-, then 10- on the spent grant); the refused one is not.
         assert_eq!(resumed(&t).await.0, 2, "{backend:?}");
+        // All seven on the grant's list, newest first, in the order they happened.
+        assert_eq!(
+            outcomes(&t).await,
+            ["resumed", "started", "started", "started", "started", "resumed", "started"],
+            "{backend:?}"
+        );
+    }
+}
+
+/// A store upgraded from before migration 0016 (events indexed by grant, no lists): the
+/// migration links each grant's existing events newest first, and downloads after the
+/// upgrade go on from the head it set.
+#[tokio::test]
+async fn upgrading_links_each_grants_existing_events_into_its_list() {
+    for backend in backends().await {
+        let t = TestApp::start_with(backend, |c| c.server.trust_forwarded_for = true).await;
+        let body = bytes_of(10_000, 5);
+        let link = sell(&t, "upg", "u.bin", &body, 10).await;
+        let get = |range: Option<&str>| {
+            let mut r = t.client.get(&link).header("x-forwarded-for", "203.0.113.5");
+            if let Some(range) = range {
+                r = r.header("range", range);
+            }
+            r.send()
+        };
+        for range in [None, Some("bytes=100-"), None, None] {
+            assert_eq!(get(range).await.unwrap().status(), 302);
+        }
+        // Times a second apart, so the order the migration restores is the real one.
+        let ids: Vec<(String,)> = t
+            .app
+            .db
+            .fetch_all(sql!("SELECT id FROM download_events ORDER BY at, id"))
+            .await
+            .unwrap();
+        assert_eq!(ids.len(), 4, "{backend:?}: three starts and a continuation");
+        for (i, (id,)) in ids.iter().enumerate() {
+            let at = satchel::ids::now() - 100 + i64::try_from(i).unwrap();
+            t.app
+                .db
+                .execute(sql!("UPDATE download_events SET at = $1 WHERE id = $2", at, id))
+                .await
+                .unwrap();
+        }
+        let newest_first: Vec<String> = ids.iter().rev().map(|(id,)| id.clone()).collect();
+        // Back to the shape before 0016, with the events of that time, then upgrade.
+        for stmt in [
+            "ALTER TABLE download_events DROP COLUMN prev_id",
+            "ALTER TABLE download_grants DROP COLUMN last_event_id",
+            "ALTER TABLE download_grants DROP COLUMN prior_event_id",
+            "CREATE INDEX download_events_grant ON download_events (grant_id, at)",
+            "DELETE FROM _sqlx_migrations WHERE version = 16",
+        ] {
+            t.app.db.execute(sql!(stmt)).await.unwrap();
+        }
+        t.app.db.migrate().await.unwrap();
+        let (gid,): (String,) = t
+            .app
+            .db
+            .fetch_one(sql!("SELECT id FROM download_grants"))
+            .await
+            .unwrap();
+        assert_eq!(t.event_list(&gid).await, newest_first, "{backend:?}");
+        // The next start goes on the head of that list.
+        assert_eq!(get(None).await.unwrap().status(), 302);
+        let list = t.event_list(&gid).await;
+        assert_eq!(list.len(), 5, "{backend:?}");
+        assert_eq!(list[1..], newest_first[..], "{backend:?}");
+        assert_eq!(
+            outcomes(&t).await,
+            ["started", "started", "started", "resumed", "started"],
+            "{backend:?}"
+        );
     }
 }
 

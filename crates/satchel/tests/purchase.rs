@@ -251,6 +251,9 @@ async fn concurrent_redemptions_of_a_grant_of_5_yield_exactly_5() {
             .await
             .unwrap();
         assert_eq!(events, 5);
+        // The five events are the grant's list, each once (no fork, no skip under the race).
+        let gid = t.grant_of(order["order_id"].as_str().unwrap()).await;
+        assert_eq!(t.event_list(&gid).await.len(), 5, "{backend:?}");
     }
 }
 
@@ -478,6 +481,7 @@ async fn concurrent_starts_across_many_grants_settle_exactly() {
                 .await
                 .unwrap();
             assert_eq!((remaining, events), (0, 5), "{backend:?} grant {g}");
+            assert_eq!(t.event_list(&id).await.len(), 5, "{backend:?} grant {g}: its list");
             let prefixes = t
                 .app
                 .db

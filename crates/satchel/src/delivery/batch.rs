@@ -16,7 +16,9 @@
 //!    starts of a grant of 5 cost six rounds, not 500;
 //! 2. the file each counted start delivers comes from the version the decrement returned
 //!    (a version's files never change, so they are remembered after the first read);
-//! 3. one `download_events` row logs each counted start; then one commit.
+//! 3. one `download_events` row logs each counted start; then one commit. The decrement
+//!    also makes that event the head of the grant's list of events and returns the old head
+//!    for its `prev_id` ([`super::events`]), so logging a start writes no index of its own.
 //!
 //! Statements on the pool take a round's rows as one JSON parameter (`json_each` on SQLite,
 //! `json_to_recordset` on PostgreSQL), so a batch of any size is the same prepared statement.
@@ -269,8 +271,8 @@ struct Plan<'a> {
     queue: HashMap<&'a str, VecDeque<usize>>,
     dead: HashSet<(&'a str, &'a str, Option<&'a str>)>,
     outcomes: Vec<Option<Settled>>,
-    /// Counted starts and the version each delivers.
-    counted: Vec<(usize, String)>,
+    /// Counted starts: the version each delivers and the grant's event before it.
+    counted: Vec<(usize, Counted)>,
     at: i64,
 }
 
@@ -315,31 +317,26 @@ impl<'a> Plan<'a> {
         Some(round)
     }
 
-    /// A round's rows as the JSON parameter of [`decrement_sql`]; with `events`, also what
-    /// [`PG_ROUND`] needs to log each counted start (an event id, the agent, the time).
-    fn round_json(&self, round: &[usize], events: bool) -> String {
+    /// A round's rows as the JSON parameter of [`decrement_sql`] and [`PG_ROUND`] (which
+    /// also logs each counted start: its agent and time).
+    fn round_json(&self, round: &[usize]) -> String {
         let rows: Vec<serde_json::Value> = round
             .iter()
             .map(|i| {
                 let s = &self.starts[*i];
-                let mut row = serde_json::json!({ "gid": s.grant_id, "prefix": s.prefix, "ip": s.ip, "name": s.file_name.as_deref().unwrap_or("") });
-                if events {
-                    row["eid"] = s.event_id.as_str().into();
-                    row["ua"] = s.user_agent.as_str().into();
-                    row["at"] = s.at.into();
-                }
-                row
+                serde_json::json!({ "gid": s.grant_id, "prefix": s.prefix, "ip": s.ip,
+                    "name": s.file_name.as_deref().unwrap_or(""), "eid": s.event_id, "ua": s.user_agent, "at": s.at })
             })
             .collect();
         serde_json::Value::Array(rows).to_string()
     }
 
-    /// Records a round's result: the grants counted, each with the version it delivers.
-    fn record(&mut self, round: Vec<usize>, mut got: HashMap<String, String>) {
+    /// Records a round's result: the grants counted, each with what its decrement returned.
+    fn record(&mut self, round: Vec<usize>, mut got: HashMap<String, Counted>) {
         for i in round {
             let s = &self.starts[i];
             match got.remove(s.grant_id.as_str()) {
-                Some(version) => self.counted.push((i, version)),
+                Some(counted) => self.counted.push((i, counted)),
                 None => {
                     self.dead.insert(Self::key(s));
                     self.outcomes[i] = Some(Settled::Refused);
@@ -349,7 +346,7 @@ impl<'a> Plan<'a> {
     }
 
     fn counted_versions(&self) -> Vec<&str> {
-        self.counted.iter().map(|(_, v)| v.as_str()).collect()
+        self.counted.iter().map(|(_, c)| c.version.as_str()).collect()
     }
 
     /// The event of each counted start and every start's outcome. The decrement only counts
@@ -358,8 +355,9 @@ impl<'a> Plan<'a> {
     /// cannot be delivered.
     fn finish(mut self, versions: &VersionFiles) -> Result<(Vec<Event<'a>>, Vec<Settled>), String> {
         let mut events = Vec::with_capacity(self.counted.len());
-        for (i, version) in &self.counted {
+        for (i, counted) in &self.counted {
             let s = &self.starts[*i];
+            let version = &counted.version;
             let file = versions
                 .pick(version, s.file_name.as_deref())
                 .ok_or_else(|| format!("grant {} counted without a file in version {version}", s.grant_id))?;
@@ -367,6 +365,7 @@ impl<'a> Plan<'a> {
                 start: s,
                 file_id: file.id.clone(),
                 bytes: file.size,
+                prev: counted.prev.clone(),
             });
             self.outcomes[*i] = Some(Settled::Counted(file.clone()));
         }
@@ -380,11 +379,35 @@ impl<'a> Plan<'a> {
     }
 }
 
+/// What a round's decrement returned for a grant it counted.
+struct Counted {
+    /// The product's current version: the file delivered comes from it.
+    version: String,
+    /// The grant's event before this start's (its list's old head), if any.
+    prev: Option<String>,
+}
+
+impl Counted {
+    /// A decrement's row (grant, version, old head) as the grant and what it counted; a row
+    /// without a version (a product with none) counts nothing.
+    fn from_row((grant, version, prev): (String, Option<String>, Option<String>)) -> Option<(String, Counted)> {
+        Some((
+            grant,
+            Counted {
+                version: version?,
+                prev,
+            },
+        ))
+    }
+}
+
 /// A `download_events` row for a counted start.
 struct Event<'a> {
     start: &'a Start,
     file_id: String,
     bytes: i64,
+    /// The grant's event before it.
+    prev: Option<String>,
 }
 
 impl Event<'_> {
@@ -396,7 +419,7 @@ impl Event<'_> {
                 let s = e.start;
                 serde_json::json!({
                     "id": s.event_id, "g": s.grant_id, "f": e.file_id, "at": s.at, "ip": s.ip, "p": s.prefix,
-                    "ua": s.user_agent, "b": e.bytes,
+                    "ua": s.user_agent, "b": e.bytes, "prev": e.prev,
                 })
             })
             .collect();
@@ -466,12 +489,16 @@ fn json_rows(backend: Backend, param: &str, cols: &[(&str, &str)]) -> String {
     }
 }
 
-/// The new state of a grant a start counts on: one download fewer, and with `bind_first` the
-/// first network it is used from. `at` is the time, `prefix` the request's network.
-fn counted_set(at: &str, prefix: &str) -> String {
+/// The new state of a grant a start counts on: one download fewer, with `bind_first` the
+/// first network it is used from, and the start's event `eid` the head of its list of events
+/// (the statement returns the old head as `prior_event_id`). `at` is the time, `prefix` the
+/// request's network.
+fn counted_set(at: &str, prefix: &str, eid: &str) -> String {
     format!(
         "SET remaining = remaining - 1, updated_at = {at},
-             ip_bound = CASE WHEN ip_policy = 'bind_first' AND ip_bound IS NULL THEN {prefix} ELSE ip_bound END"
+             ip_bound = CASE WHEN ip_policy = 'bind_first' AND ip_bound IS NULL THEN {prefix} ELSE ip_bound END,
+             {}",
+        super::events::push(eid)
     )
 }
 
@@ -488,11 +515,28 @@ fn live(at: &str, prefix: &str, ip: &str) -> String {
     )
 }
 
-/// The decrement of one start on SQLite (a row source in `from`, or none for parameters):
-/// `gid`, `prefix`, `ip` and `name` are the request's values, `at` the time. It counts only
-/// for a grant [`live`] for that request whose product's current version has the file asked
-/// for, and returns that version.
-fn decrement(from: &str, at: &str, gid: &str, prefix: &str, ip: &str, name: &str) -> String {
+/// The request's values a decrement reads, as SQL expressions.
+struct StartSql<'a> {
+    gid: &'a str,
+    prefix: &'a str,
+    ip: &'a str,
+    name: &'a str,
+    /// The id of the event it logs if counted.
+    eid: &'a str,
+}
+
+/// The decrement of one start on SQLite (a row source in `from`, or none for parameters),
+/// `at` the time. It counts only for a grant [`live`] for that request whose product's
+/// current version has the file asked for, and returns the grant, that version and the
+/// grant's previous event.
+fn decrement(from: &str, at: &str, s: &StartSql<'_>) -> String {
+    let StartSql {
+        gid,
+        prefix,
+        ip,
+        name,
+        eid,
+    } = s;
     format!(
         "UPDATE download_grants {}
          {from}
@@ -500,8 +544,9 @@ fn decrement(from: &str, at: &str, gid: &str, prefix: &str, ip: &str, name: &str
            AND EXISTS (SELECT 1 FROM products p JOIN files f ON f.version_id = p.current_version_id
                        WHERE p.id = download_grants.product_id AND ({name} = '' OR f.name = {name}))
          RETURNING download_grants.id,
-             (SELECT p.current_version_id FROM products p WHERE p.id = download_grants.product_id) AS version_id",
-        counted_set(at, prefix),
+             (SELECT p.current_version_id FROM products p WHERE p.id = download_grants.product_id) AS version_id,
+             download_grants.prior_event_id",
+        counted_set(at, prefix, eid),
         live(at, prefix, ip)
     )
 }
@@ -513,9 +558,25 @@ fn decrement_sql(backend: Backend) -> String {
         json_rows(
             backend,
             "$2",
-            &[("gid", "text"), ("prefix", "text"), ("ip", "text"), ("name", "text")]
+            &[
+                ("gid", "text"),
+                ("prefix", "text"),
+                ("ip", "text"),
+                ("name", "text"),
+                ("eid", "text")
+            ]
         ),
-        decrement("FROM r", "$1", "r.gid", "r.prefix", "r.ip", "r.name")
+        decrement(
+            "FROM r",
+            "$1",
+            &StartSql {
+                gid: "r.gid",
+                prefix: "r.prefix",
+                ip: "r.ip",
+                name: "r.name",
+                eid: "r.eid"
+            }
+        )
     )
 }
 
@@ -531,8 +592,8 @@ fn files_sql(backend: Backend) -> String {
 /// One event row per counted start (`$1`).
 fn events_sql(backend: Backend) -> String {
     format!(
-        "INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes)
-         SELECT id, g, f, at, ip, p, ua, 'started', b FROM ({}) AS j",
+        "INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes, prev_id)
+         SELECT id, g, f, at, ip, p, ua, 'started', b, prev FROM ({}) AS j",
         json_rows(
             backend,
             "$1",
@@ -545,6 +606,7 @@ fn events_sql(backend: Backend) -> String {
                 ("p", "text"),
                 ("ua", "text"),
                 ("b", "bigint"),
+                ("prev", "text"),
             ],
         )
     )
@@ -571,11 +633,11 @@ static PG_ROUND: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                              ORDER BY f.name LIMIT 1) f
                WHERE download_grants.id = r.gid AND p.id = download_grants.product_id AND {}
                RETURNING download_grants.id, p.current_version_id AS version_id, f.id AS file_id, f.size,
-                         r.eid, r.ua, r.at, r.ip, r.prefix),
-         e AS (INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes)
-               SELECT u.eid, u.id, u.file_id, u.at, u.ip, u.prefix, u.ua, 'started', u.size FROM u)
-         SELECT u.id, u.version_id FROM u",
-        counted_set("$1", "r.prefix"),
+                         r.eid, r.ua, r.at, r.ip, r.prefix, download_grants.prior_event_id AS prev),
+         e AS (INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes, prev_id)
+               SELECT u.eid, u.id, u.file_id, u.at, u.ip, u.prefix, u.ua, 'started', u.size, u.prev FROM u)
+         SELECT u.id, u.version_id, u.prev FROM u",
+        counted_set("$1", "r.prefix", "r.eid"),
         live("$1", "r.prefix", "r.ip")
     )
 });
@@ -595,9 +657,9 @@ async fn settle_pg(
 ) -> Result<Vec<Settled>, DbError> {
     let mut plan = Plan::new(starts);
     while let Some(round) = plan.next_round() {
-        let rows = plan.round_json(&round, true);
+        let rows = plan.round_json(&round);
         let mut attempt = 0;
-        let got: Vec<(String, Option<String>)> = loop {
+        let got: Vec<(String, Option<String>, Option<String>)> = loop {
             match db
                 .fetch_all(Query::new(PG_ROUND.as_str()).bind(plan.at).bind(rows.clone()))
                 .await
@@ -606,7 +668,7 @@ async fn settle_pg(
                 r => break r?,
             }
         };
-        plan.record(round, got.into_iter().filter_map(|(g, v)| Some((g, v?))).collect());
+        plan.record(round, got.into_iter().filter_map(Counted::from_row).collect());
     }
     let missing = versions.borrow_mut().missing(&plan.counted_versions());
     if let Some(ids) = missing {
@@ -631,11 +693,11 @@ async fn settle_pool(
     let backend = tx.backend();
     let mut plan = Plan::new(starts);
     while let Some(round) = plan.next_round() {
-        let rows = plan.round_json(&round, false);
-        let got: Vec<(String, Option<String>)> = tx
+        let rows = plan.round_json(&round);
+        let got: Vec<(String, Option<String>, Option<String>)> = tx
             .fetch_all(Query::new(decrement_sql(backend)).bind(plan.at).bind(rows))
             .await?;
-        plan.record(round, got.into_iter().filter_map(|(g, v)| Some((g, v?))).collect());
+        plan.record(round, got.into_iter().filter_map(Counted::from_row).collect());
     }
     let missing = versions.borrow_mut().missing(&plan.counted_versions());
     if let Some(ids) = missing {
@@ -808,10 +870,20 @@ impl SqliteWriter {
             conn,
             checkpoint,
             pause: writer_pause,
-            decrement: decrement("", "?1", "?2", "?3", "?4", "?5"),
+            decrement: decrement(
+                "",
+                "?1",
+                &StartSql {
+                    gid: "?2",
+                    prefix: "?3",
+                    ip: "?4",
+                    name: "?5",
+                    eid: "?6",
+                },
+            ),
             files: files_sql(Backend::Sqlite),
-            event: "INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes)
-                    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'started', ?8)",
+            event: "INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes, prev_id)
+                    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'started', ?8, ?9)",
         })
     }
 
@@ -845,14 +917,15 @@ impl SqliteWriter {
                             s.grant_id,
                             s.prefix,
                             s.ip,
-                            s.file_name.as_deref().unwrap_or("")
+                            s.file_name.as_deref().unwrap_or(""),
+                            s.event_id
                         ],
-                        |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )
                     .optional()
                     .map_err(e)?;
-                if let Some((g, Some(v))) = counted {
-                    got.insert(g, v);
+                if let Some((g, counted)) = counted.and_then(Counted::from_row) {
+                    got.insert(g, counted);
                 }
             }
             plan.record(round, got);
@@ -891,7 +964,8 @@ impl SqliteWriter {
                     s.ip,
                     s.prefix,
                     s.user_agent,
-                    ev.bytes
+                    ev.bytes,
+                    ev.prev
                 ])
                 .map_err(e)?;
             }
