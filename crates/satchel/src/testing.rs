@@ -603,18 +603,7 @@ impl TestApp {
     /// (the same PostgreSQL schema), storage and address — what a restart or a crash and
     /// restart of the process looks like to clients. In-flight requests are cut.
     pub async fn restart(&mut self) {
-        let schema: Option<String> = if self.backend == Backend::Postgres {
-            use crate::db::Exec;
-            let (s,): (String,) = self
-                .app
-                .db
-                .fetch_one(crate::sql!("SELECT CAST(current_schema() AS TEXT)"))
-                .await
-                .expect("current schema");
-            Some(s)
-        } else {
-            None
-        };
+        let schema = self.pg_schema().await;
         self.stop.cancel();
         // The old server drops its listener once it stops accepting; then the port is ours.
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -634,6 +623,35 @@ impl TestApp {
         tokio::spawn(crate::http::serve(app.clone(), listener, stop.clone()));
         self.app = app;
         self.stop = stop;
+    }
+
+    /// This store's PostgreSQL schema (`None` on SQLite).
+    async fn pg_schema(&self) -> Option<String> {
+        use crate::db::Exec;
+        if self.backend != Backend::Postgres {
+            return None;
+        }
+        let (s,): (String,) = self
+            .app
+            .db
+            .fetch_one(crate::sql!("SELECT CAST(current_schema() AS TEXT)"))
+            .await
+            .expect("current schema");
+        Some(s)
+    }
+
+    /// A second instance of this store, as a scaled-out deployment runs one: a new [`App`]
+    /// (its own pools, download-start batcher and caches) on the same database, data dir and
+    /// keys, serving on an address of its own until this one stops. Returns its base URL.
+    pub async fn second_instance(&self) -> String {
+        let schema = self.pg_schema().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = App::open_with_schema(self.app.cfg.clone(), schema.as_deref())
+            .await
+            .expect("open a second instance");
+        tokio::spawn(crate::http::serve(app, listener, self.stop.clone()));
+        format!("http://{addr}")
     }
 
     /// A new seller account with an API key: returns (seller id, key).

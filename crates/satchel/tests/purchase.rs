@@ -257,6 +257,60 @@ async fn concurrent_redemptions_of_a_grant_of_5_yield_exactly_5() {
     }
 }
 
+/// Two instances on one database (the scaled-out shape) settle starts of one grant at once,
+/// each with its own batcher: exactly the grant's limit counts, and its events stay one
+/// list with each of them on it once (no fork where both moved the head together).
+#[tokio::test]
+async fn two_instances_racing_on_one_grant_keep_its_count_and_its_list() {
+    for backend in backends().await {
+        // One client hammering one grant is what velocity detection is for: off here, so
+        // only the count refuses.
+        let t = TestApp::start_demo_with(backend, |c| {
+            c.abuse.soft_starts_per_hour = 0;
+            c.abuse.suspend_starts_per_hour = 0;
+        })
+        .await;
+        let other = t.second_instance().await;
+        let order = buy_paid(&t, "demo-templates").await;
+        let gid = t.grant_of(order["order_id"].as_str().unwrap()).await;
+        t.app
+            .db
+            .execute(sql!(
+                "UPDATE download_grants SET max_downloads = 40, remaining = 40 WHERE id = $1",
+                &gid
+            ))
+            .await
+            .unwrap();
+        let link = order["items"][0]["download_url"].as_str().unwrap().to_string();
+        let path = link.strip_prefix(&t.base_url).unwrap().to_string();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let base = if i % 2 == 0 { t.base_url.clone() } else { other.clone() };
+            let (c, url) = (t.client.clone(), format!("{base}{path}"));
+            tasks.push(tokio::spawn(async move {
+                let r = c.get(&url).send().await.unwrap();
+                let status = r.status().as_u16();
+                let body: Value = if status == 302 {
+                    Value::Null
+                } else {
+                    r.json().await.unwrap()
+                };
+                (status, body["error"]["code"].as_str().unwrap_or_default().to_string())
+            }));
+        }
+        let mut ok = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                (302, _) => ok += 1,
+                (403, code) if code == "download_limit_reached" => {}
+                other => panic!("{backend:?}: unexpected answer {other:?}"),
+            }
+        }
+        assert_eq!(ok, 40, "{backend:?}: exactly the limit, across both instances");
+        assert_eq!(t.event_list(&gid).await.len(), 40, "{backend:?}");
+    }
+}
+
 #[tokio::test]
 async fn free_products_bad_input_and_order_access() {
     for backend in backends().await {

@@ -1,9 +1,9 @@
 -- Each grant's download events form a list, newest first, instead of a (grant_id, at) index.
 --
 -- Every download start appends an event. With the index, that append also rewrote the
--- index leaf of its grant: one more random B-tree page per start, written to the log at
--- every commit (on SQLite ~6 µs of the writer's ~13 µs per start, measured; on PostgreSQL
--- one more index insertion per row). Now the grant row, which a start updates anyway,
+-- index leaf of its grant: one more B-tree page per start, written to the log at every
+-- commit (SQLite's writer spent 17-18 µs per start with it, 11-13 µs without, measured in
+-- the bench; see docs/operations.md). Now the grant row, which a start updates anyway,
 -- holds the head of its list:
 --   download_grants.last_event_id   the grant's newest event;
 --   download_grants.prior_event_id  the event before it (the head's prev_id): the statement
