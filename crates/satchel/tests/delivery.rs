@@ -80,16 +80,21 @@ async fn events(t: &TestApp) -> i64 {
         .unwrap()
 }
 
-/// The outcomes on the one grant's list of events, newest first (the list checked whole).
-async fn outcomes(t: &TestApp) -> Vec<String> {
+/// The id of the store's one download grant.
+async fn only_grant(t: &TestApp) -> String {
     let (gid,): (String,) = t
         .app
         .db
         .fetch_one(sql!("SELECT id FROM download_grants"))
         .await
         .unwrap();
+    gid
+}
+
+/// The outcomes on the one grant's list of events, newest first (the list checked whole).
+async fn outcomes(t: &TestApp) -> Vec<String> {
     let mut out = Vec::new();
-    for id in t.event_list(&gid).await {
+    for id in t.event_list(&only_grant(t).await).await {
         let (o,): (String,) = t
             .app
             .db
@@ -413,12 +418,7 @@ async fn upgrading_links_each_grants_existing_events_into_its_list() {
             t.app.db.execute(sql!(stmt)).await.unwrap();
         }
         t.app.db.migrate().await.unwrap();
-        let (gid,): (String,) = t
-            .app
-            .db
-            .fetch_one(sql!("SELECT id FROM download_grants"))
-            .await
-            .unwrap();
+        let gid = only_grant(&t).await;
         assert_eq!(t.event_list(&gid).await, newest_first, "{backend:?}");
         // The next start goes on the head of that list.
         assert_eq!(get(None).await.unwrap().status(), 302);

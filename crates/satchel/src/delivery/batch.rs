@@ -982,6 +982,46 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
 
+    /// The pool's batches (PostgreSQL's rounds; SQLite when the writer cannot open its file)
+    /// count like the writer does and put each counted start's event on the grant's list:
+    /// two batches of three on a grant of five count five, newest event first.
+    #[tokio::test]
+    async fn pool_batches_count_and_list_their_events() {
+        for backend in crate::testing::backends().await {
+            let t = crate::testing::TestApp::start_demo(backend).await;
+            let order = t.buy_paid("demo-templates", "pool@example.com").await;
+            let gid = t.grant_of(order["order_id"].as_str().unwrap()).await;
+            let db = t.app.db.dedicated(1);
+            let versions = std::cell::RefCell::new(VersionFiles::default());
+            let mut ids = Vec::new();
+            let mut counted = 0;
+            for _ in 0..2 {
+                let starts: Vec<Start> = (0..3)
+                    .map(|_| Start {
+                        grant_id: gid.clone(),
+                        file_name: None,
+                        ip: "192.0.2.7".into(),
+                        prefix: "192.0.2.0/24".into(),
+                        user_agent: "test".into(),
+                        event_id: crate::ids::new_id("dle"),
+                        at: crate::ids::now(),
+                    })
+                    .collect();
+                for (s, outcome) in starts.iter().zip(settle_pool(&db, &starts, &versions).await.unwrap()) {
+                    if let Settled::Counted(file) = outcome {
+                        assert!(!file.name.is_empty());
+                        ids.push(s.event_id.clone());
+                        counted += 1;
+                    }
+                }
+            }
+            assert_eq!(counted, 5, "{backend:?}: the grant's five, no more");
+            ids.reverse();
+            assert_eq!(t.event_list(&gid).await, ids, "{backend:?}: newest first");
+            db.close().await;
+        }
+    }
+
     /// Catch-up passes run while the log is long and each finds much appended since the one
     /// before; they stop at a short log, at a small increment, at an error, or at the cap.
     #[test]
