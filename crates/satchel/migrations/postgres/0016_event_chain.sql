@@ -17,20 +17,15 @@ ALTER TABLE download_events ADD COLUMN prev_id TEXT;
 ALTER TABLE download_grants ADD COLUMN last_event_id TEXT;
 ALTER TABLE download_grants ADD COLUMN prior_event_id TEXT;
 
--- The lists of events logged before this migration, in (at, id) order, built while the
--- index still answers "the event before this one".
-UPDATE download_events SET prev_id = (
-    SELECT p.id FROM download_events p
-    WHERE p.grant_id = download_events.grant_id
-      AND (p.at < download_events.at OR (p.at = download_events.at AND p.id < download_events.id))
-    ORDER BY p.at DESC, p.id DESC
-    LIMIT 1
-);
-UPDATE download_grants SET last_event_id = (
-    SELECT e.id FROM download_events e WHERE e.grant_id = download_grants.id ORDER BY e.at DESC, e.id DESC LIMIT 1
-);
-UPDATE download_grants SET prior_event_id = (
-    SELECT e.prev_id FROM download_events e WHERE e.id = download_grants.last_event_id
-);
+-- The lists of events logged before this migration, in (at, id) order: one pass over the
+-- table with window functions (a correlated look-up per event took ~1 ms each on a busy
+-- grant's events).
+UPDATE download_events AS e SET prev_id = o.prev
+FROM (SELECT id, LAG(id) OVER (PARTITION BY grant_id ORDER BY at, id) AS prev FROM download_events) AS o
+WHERE o.id = e.id AND o.prev IS NOT NULL;
+UPDATE download_grants AS g SET last_event_id = h.id, prior_event_id = h.prev_id
+FROM (SELECT grant_id, id, prev_id, ROW_NUMBER() OVER (PARTITION BY grant_id ORDER BY at DESC, id DESC) AS n
+      FROM download_events) AS h
+WHERE h.grant_id = g.id AND h.n = 1;
 
 DROP INDEX download_events_grant;
