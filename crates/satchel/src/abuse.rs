@@ -22,9 +22,9 @@
 //! this grant in the last [`RECHECK_SECS`], or a local start rate of at least half the
 //! lowest velocity threshold. Only then is the evaluation (an aggregate over the grant's
 //! events in the window, read by walking its list of events from the newest,
-//! [`crate::delivery::events`], and writes only on a transition) spawned off the request. Scaled out, each instance sees its
-//! share of the starts, so velocity is caught once one instance sees half the threshold;
-//! distinct networks are always checked on first sight.
+//! [`crate::delivery::events`], and writes only on a transition) spawned off the request.
+//! Scaled out, each instance sees its share of the starts, so velocity is caught once one
+//! instance sees half the threshold; distinct networks are always checked on first sight.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
