@@ -371,6 +371,55 @@ async fn continuation_needs_a_range_past_zero_the_same_prefix_and_the_window() {
     }
 }
 
+/// Starts (settled by the batcher) and continuations (logged on the pool) of one grant at
+/// once, from many networks: both move the head of the grant's list of events, and the list
+/// ends up holding every one of them once.
+#[tokio::test]
+async fn starts_and_continuations_racing_on_one_grant_keep_its_list_whole() {
+    for backend in backends().await {
+        let t = TestApp::start_with(backend, |c| {
+            c.server.trust_forwarded_for = true;
+            // Sixty networks on one grant is what detection is for: off, so nothing refuses.
+            c.abuse.soft_prefixes = 0;
+            c.abuse.suspend_prefixes = 0;
+            c.abuse.soft_starts_per_hour = 0;
+            c.abuse.suspend_starts_per_hour = 0;
+        })
+        .await;
+        let body = bytes_of(10_000, 9);
+        let link = sell(&t, "race", "r.bin", &body, 1000).await;
+        let get = |ip: String, range: Option<&'static str>| {
+            let mut r = t.client.get(&link).header("x-forwarded-for", ip);
+            if let Some(range) = range {
+                r = r.header("range", range);
+            }
+            r.send()
+        };
+        // Thirty downloads started, one per network...
+        for i in 0..30 {
+            assert_eq!(get(format!("10.1.{i}.1"), None).await.unwrap().status(), 302);
+        }
+        // ...then, all at once, each of them resumed and thirty new ones started elsewhere.
+        let mut tasks = Vec::new();
+        for i in 0..30 {
+            tasks.push(get(format!("10.1.{i}.2"), Some("bytes=100-")));
+            tasks.push(get(format!("10.2.{i}.1"), None));
+        }
+        for r in futures::future::join_all(tasks).await {
+            assert_eq!(r.unwrap().status(), 302, "{backend:?}");
+        }
+        assert_eq!(
+            remaining(&t).await,
+            1000 - 60,
+            "{backend:?}: continuations count nothing"
+        );
+        assert_eq!(resumed(&t).await.0, 30, "{backend:?}: one line per network");
+        let list = outcomes(&t).await;
+        assert_eq!(list.len(), 90, "{backend:?}: every event on the list once");
+        assert_eq!(list.iter().filter(|o| *o == "resumed").count(), 30, "{backend:?}");
+    }
+}
+
 /// A store upgraded from before migration 0016 (events indexed by grant, no lists): the
 /// migration links each grant's existing events newest first, and downloads after the
 /// upgrade go on from the head it set.
