@@ -593,11 +593,18 @@ async fn bench_backend(
             None => None,
         });
     }
+    // The goal, against each reference: at least half of nginx's rate.
     let versus = |i: usize| match &measured[i] {
-        Some((load, cpu)) => (
-            format!("nginx secure_link {} {}, {cpu}", references[i].0, fmt_load(load)),
-            format!("{:.2}x", ours.rps / load.rps.max(1.0)),
-        ),
+        Some((load, cpu)) => {
+            let ratio = ours.rps / load.rps.max(1.0);
+            (
+                format!("nginx secure_link {} {}, {cpu}", references[i].0, fmt_load(load)),
+                format!(
+                    "{ratio:.2}x (goal 0.5x {})",
+                    if ratio >= 0.5 { "met" } else { "not met" }
+                ),
+            )
+        }
         None => ("nginx not installed".into(), "-".into()),
     };
     let (reference, ratio) = versus(0);
