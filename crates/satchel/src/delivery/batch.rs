@@ -355,19 +355,18 @@ impl<'a> Plan<'a> {
     /// cannot be delivered.
     fn finish(mut self, versions: &VersionFiles) -> Result<(Vec<Event<'a>>, Vec<Settled>), String> {
         let mut events = Vec::with_capacity(self.counted.len());
-        for (i, counted) in &self.counted {
-            let s = &self.starts[*i];
-            let version = &counted.version;
+        for (i, Counted { version, prev }) in std::mem::take(&mut self.counted) {
+            let s = &self.starts[i];
             let file = versions
-                .pick(version, s.file_name.as_deref())
+                .pick(&version, s.file_name.as_deref())
                 .ok_or_else(|| format!("grant {} counted without a file in version {version}", s.grant_id))?;
             events.push(Event {
                 start: s,
                 file_id: file.id.clone(),
                 bytes: file.size,
-                prev: counted.prev.clone(),
+                prev,
             });
-            self.outcomes[*i] = Some(Settled::Counted(file.clone()));
+            self.outcomes[i] = Some(Settled::Counted(file.clone()));
         }
         Ok((
             events,
@@ -636,7 +635,7 @@ static PG_ROUND: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                          r.eid, r.ua, r.at, r.ip, r.prefix, download_grants.prior_event_id AS prev),
          e AS (INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes, prev_id)
                SELECT u.eid, u.id, u.file_id, u.at, u.ip, u.prefix, u.ua, 'started', u.size, u.prev FROM u)
-         SELECT u.id, u.version_id, u.prev FROM u",
+         SELECT u.id, u.version_id FROM u",
         counted_set("$1", "r.prefix", "r.eid"),
         live("$1", "r.prefix", "r.ip")
     )
@@ -659,7 +658,7 @@ async fn settle_pg(
     while let Some(round) = plan.next_round() {
         let rows = plan.round_json(&round);
         let mut attempt = 0;
-        let got: Vec<(String, Option<String>, Option<String>)> = loop {
+        let got: Vec<(String, Option<String>)> = loop {
             match db
                 .fetch_all(Query::new(PG_ROUND.as_str()).bind(plan.at).bind(rows.clone()))
                 .await
@@ -668,7 +667,13 @@ async fn settle_pg(
                 r => break r?,
             }
         };
-        plan.record(round, got.into_iter().filter_map(Counted::from_row).collect());
+        // The round wrote each event with its `prev_id` already: no old head comes back.
+        plan.record(
+            round,
+            got.into_iter()
+                .filter_map(|(g, v)| Counted::from_row((g, v, None)))
+                .collect(),
+        );
     }
     let missing = versions.borrow_mut().missing(&plan.counted_versions());
     if let Some(ids) = missing {
