@@ -239,7 +239,7 @@ impl TestApp {
     /// A grant's download events, newest first, by walking its list from the head
     /// ([`crate::delivery::events`]), checked against the table: every event of the grant
     /// is on the list exactly once, nothing else is, and the grant's `prior_event_id` is
-    /// the head's `prev_id`.
+    /// the head's `prev_id`; and no event in the database names a missing grant.
     pub async fn event_list(&self, grant_id: &str) -> Vec<String> {
         use crate::db::Exec;
         let db = &self.app.db;
@@ -289,6 +289,16 @@ impl TestApp {
             all.into_iter().map(|(id,)| id).collect::<Vec<_>>(),
             "grant {grant_id}: its list holds each of its events exactly once"
         );
+        // PostgreSQL has no foreign key on `download_events.grant_id` (migration 0017): the
+        // writers themselves keep every event on a grant that exists.
+        let orphans = db
+            .fetch_i64(crate::sql!(
+                "SELECT COUNT(*) FROM download_events e
+                 WHERE NOT EXISTS (SELECT 1 FROM download_grants g WHERE g.id = e.grant_id)"
+            ))
+            .await
+            .expect("orphan count");
+        assert_eq!(orphans, 0, "every download event names a grant that exists");
         list
     }
 
