@@ -58,6 +58,47 @@ pub fn children(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// CPU so far of every process named `comm` (PostgreSQL's server processes: its backends,
+/// WAL writer, checkpointer), in ns. A process that exits takes its time with it, so read it
+/// around a load whose connections stay open.
+pub fn comm(comm: &str) -> u64 {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    procs
+        .filter_map(Result::ok)
+        .filter(|p| p.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|p| std::fs::read_to_string(p.path().join("comm")).is_ok_and(|c| c.trim() == comm))
+        .map(|p| process(&p.file_name().to_string_lossy()))
+        .sum()
+}
+
+/// The machine's (idle, total) CPU time so far over all cores, in clock ticks, from the
+/// first line of `/proc/stat` (idle counts `iowait` too).
+pub fn machine() -> (u64, u64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return (0, 0);
+    };
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user already).
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (idle, ticks.iter().take(8).sum())
+}
+
+/// The share of all cores idle between two [`machine`] readings, in percent.
+#[allow(clippy::cast_precision_loss)]
+pub fn idle_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.1.saturating_sub(before.1);
+    after.0.saturating_sub(before.0) as f64 * 100.0 / total.max(1) as f64
+}
+
 /// Microseconds of CPU per request, from two readings in ns around `requests`.
 #[allow(clippy::cast_precision_loss)]
 pub fn per_request_us(before: u64, after: u64, requests: f64) -> f64 {

@@ -550,6 +550,8 @@ async fn bench_backend(
         cpu::process("self"),
         cpu::named("self", "satchel-download-batcher"),
         cpu::waited_children(),
+        cpu::comm("postgres"),
+        cpu::machine(),
     );
     let ours = if use_wrk {
         let paths: Vec<String> = links.iter().map(|l| path_of(l)).collect();
@@ -561,6 +563,8 @@ async fn bench_backend(
         cpu::process("self"),
         cpu::named("self", "satchel-download-batcher"),
         cpu::waited_children(),
+        cpu::comm("postgres"),
+        cpu::machine(),
     );
     let counted = t
         .app
@@ -575,6 +579,17 @@ async fn bench_backend(
         cpu::per_request_us(cpu0.0, cpu1.0, starts),
         cpu::per_request_us(cpu0.1, cpu1.1, starts),
         cpu::per_request_us(cpu0.2, cpu1.2, starts),
+    );
+    // PostgreSQL's own processes (a server beside us on the same cores) and what the cores
+    // left unused: where a start's time goes beyond Satchel and wrk.
+    let cpu_more = format!(
+        "{}; cores idle {:.0} %",
+        if backend == Backend::Postgres {
+            format!(", PostgreSQL {:.1}", cpu::per_request_us(cpu0.3, cpu1.3, starts))
+        } else {
+            String::new()
+        },
+        cpu::idle_percent(cpu0.4, cpu1.4)
     );
     // nginx references, each checking a secure_link MAC and expiry: a bare 302 (the same
     // answer a start gives, with no count behind it); the secured file itself (1 KiB, as
@@ -625,7 +640,9 @@ async fn bench_backend(
             // makes it start over); its file is capped at 64 MiB once it does.
             std::fs::metadata(t.data_dir.join("satchel.db-wal"))
                 .map_or(String::new(), |m| format!(", log {} MiB", m.len() >> 20))
-        ) + &format!(", CPU {cpu_all:.1} µs/start of which the writer {cpu_writer:.1} (wrk {cpu_wrk:.1})"),
+        ) + &format!(
+            ", CPU {cpu_all:.1} µs/start of which the writer {cpu_writer:.1} (wrk {cpu_wrk:.1}{cpu_more})"
+        ),
         reference,
         ratio,
     });
