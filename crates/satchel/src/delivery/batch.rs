@@ -224,8 +224,8 @@ fn reply_all(counters: &Counters, replies: Vec<Reply>, result: Result<Vec<Settle
 /// and commits make the next batch, so under load batches grow (up to [`MAX_BATCH`]) and
 /// PostgreSQL pays its per-statement and per-commit work once for more starts. Measured in
 /// the bench (2 cores shared with PostgreSQL and wrk, alternating runs): 1 in flight
-/// 16.6k–21.3k starts/s at ~28 per commit, 2 in flight 13.2k–16.6k at ~16, 4 in flight
-/// 12.2k–15.5k at ~11 (docs/operations.md, "One round in flight"). Exactness does not
+/// 12.4k–21.3k starts/s (mostly 16–21k) at ~28 per commit, 2 in flight 12.9k–16.6k at ~16,
+/// 4 in flight 12.2k–15.5k at ~11 (docs/operations.md, "One round in flight"). Exactness does not
 /// depend on it: a round is one statement, and two statements decrementing one grant (from
 /// two instances) queue on its row lock, the second re-checking the row it finds.
 pub const PG_IN_FLIGHT: usize = 1;
