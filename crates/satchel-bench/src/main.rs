@@ -304,7 +304,6 @@ async fn round_alone_row(t: &TestApp, ours: &Load, dur: Duration, rows: &mut Vec
         .download_starts
         .mean_batch()
         .map_or(16, |m| m.round().max(1.0) as usize);
-    let clients = satchel::delivery::batch::PG_IN_FLIGHT;
     let Some(rounds) = pg_counter::round_alone(&satchel::testing::pg_admin_url(), &schema, &grants, per_round, dur)?
     else {
         return Ok(());
@@ -327,7 +326,7 @@ async fn round_alone_row(t: &TestApp, ours: &Load, dur: Duration, rows: &mut Vec
             ours.rps
         ),
         reference: format!(
-            "pgbench running Satchel's round statement alone, {per_round} starts per round, {clients} clients: {alone:.0} starts/s ({counted} counted, {rounds:.0} rounds/s)"
+            "pgbench running Satchel's round statement alone, {per_round} starts per round, one client: {alone:.0} starts/s ({counted} counted, {rounds:.0} rounds/s)"
         ),
         ratio: format!("{:.2}x", ours.rps / alone.max(1.0)),
     });

@@ -123,9 +123,7 @@ fn pgbench_run(
 /// PostgreSQL's own ceiling for download starts: Satchel's round statement
 /// ([`satchel::delivery::batch::pg_round_sql`]) run by pgbench alone — no HTTP, no Satchel —
 /// on the store's own schema and grants, in rounds of `per_round` starts (the size Satchel's
-/// rounds had), [`PG_IN_FLIGHT`](satchel::delivery::batch::PG_IN_FLIGHT) clients as Satchel
-/// keeps in flight, each on grants of its own (no two rounds wait on one row). Each round's
-/// rows are built in SQL from the grant ids (a JSON aggregate: a little more PostgreSQL work
+/// rounds had), by one client, as Satchel runs one round at a time. Each round's rows are built in SQL from the grant ids (a JSON aggregate: a little more PostgreSQL work
 /// than binding Satchel's JSON). Its events carry the user agent `pgbench`, so the caller
 /// counts what was really counted. Returns rounds per second; `None` without pgbench or with
 /// fewer grants than one round per client.
@@ -136,7 +134,7 @@ pub fn round_alone(
     per_round: usize,
     dur: Duration,
 ) -> anyhow::Result<Option<f64>> {
-    let clients = satchel::delivery::batch::PG_IN_FLIGHT;
+    let clients = 1;
     let Some(bin) = pgbench() else {
         return Ok(None);
     };

@@ -365,6 +365,77 @@ impl Exec for Tx {
     }
 }
 
+/// One connection taken from a pool and kept by its holder (the download-start batcher):
+/// statements on it skip the pool's acquire and release. Each of those costs a round trip to
+/// the database: sqlx pings a connection when it is taken (`test_before_acquire`) and again,
+/// always, when it is given back — on PostgreSQL two exchanges with the server around every
+/// statement. Dropped, the connection goes back to its pool.
+pub struct Held {
+    backend: Backend,
+    inner: Mutex<HeldInner>,
+}
+
+enum HeldInner {
+    Sqlite(sqlx::pool::PoolConnection<Sqlite>),
+    Postgres(sqlx::pool::PoolConnection<Postgres>),
+}
+
+impl Held {
+    /// Whether the connection still answers (one round trip): a connection idle for a while
+    /// may have been closed by the server (a restart) since its last statement.
+    pub async fn alive(&self) -> bool {
+        use sqlx::Connection;
+        let mut g = self.inner.lock().await;
+        match &mut *g {
+            HeldInner::Sqlite(c) => c.ping().await.is_ok(),
+            HeldInner::Postgres(c) => c.ping().await.is_ok(),
+        }
+    }
+}
+
+#[async_trait]
+impl Exec for Held {
+    fn backend(&self) -> Backend {
+        self.backend
+    }
+    async fn execute(&self, q: Query) -> Result<u64, DbError> {
+        let watched = q.writes_cached_table();
+        let mut g = self.inner.lock().await;
+        let r = match &mut *g {
+            HeldInner::Sqlite(c) => run_on!(sqlite, &mut **c, q, execute),
+            HeldInner::Postgres(c) => run_on!(pg, &mut **c, q, execute),
+        };
+        if watched {
+            bump_cached_writes();
+        }
+        r
+    }
+    async fn fetch_all<T: FromDbRow>(&self, q: Query) -> Result<Vec<T>, DbError> {
+        let watched = q.writes_cached_table();
+        let mut g = self.inner.lock().await;
+        let r = match &mut *g {
+            HeldInner::Sqlite(c) => run_on!(sqlite, &mut **c, q, fetch_all),
+            HeldInner::Postgres(c) => run_on!(pg, &mut **c, q, fetch_all),
+        };
+        if watched {
+            bump_cached_writes();
+        }
+        r
+    }
+    async fn fetch_optional<T: FromDbRow>(&self, q: Query) -> Result<Option<T>, DbError> {
+        let watched = q.writes_cached_table();
+        let mut g = self.inner.lock().await;
+        let r = match &mut *g {
+            HeldInner::Sqlite(c) => run_on!(sqlite, &mut **c, q, fetch_optional),
+            HeldInner::Postgres(c) => run_on!(pg, &mut **c, q, fetch_optional),
+        };
+        if watched {
+            bump_cached_writes();
+        }
+        r
+    }
+}
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -393,7 +464,17 @@ impl Db {
                 Ok(Db::Sqlite(pool))
             }
             DbUrl::Postgres(u) => {
+                // Named in `pg_stat_activity` (the URL's `application_name` wins when it has one).
                 let mut opts = PgConnectOptions::from_str(&u)?;
+                if opts.get_application_name().is_none() {
+                    opts = opts.application_name(
+                        match pg_schema {
+                            Some(schema) => format!("satchel:{schema}"),
+                            None => "satchel".to_string(),
+                        }
+                        .as_str(),
+                    );
+                }
                 if let Some(schema) = pg_schema {
                     opts = opts.options([("search_path", schema)]);
                 }
@@ -428,10 +509,23 @@ impl Db {
         })
     }
 
+    /// Takes one connection from the pool to keep ([`Held`]).
+    pub async fn hold(&self) -> Result<Held, DbError> {
+        let inner = match self {
+            Db::Sqlite(p) => HeldInner::Sqlite(p.acquire().await?),
+            Db::Postgres(p) => HeldInner::Postgres(p.acquire().await?),
+        };
+        Ok(Held {
+            backend: self.backend(),
+            inner: Mutex::new(inner),
+        })
+    }
+
     /// A pool of its own (at most `max` connections, opened lazily) to the same database, for
     /// a task that keeps a writer busy — download-start batches: its connection's page cache
     /// stays warm, and it never queues behind the shared pool (nor the pool behind it).
-    pub fn dedicated(&self, max: u32) -> Db {
+    /// On PostgreSQL its connections are named after `task` in `pg_stat_activity`.
+    pub fn dedicated(&self, max: u32, task: &str) -> Db {
         match self {
             Db::Sqlite(p) => Db::Sqlite(
                 SqlitePoolOptions::new()
@@ -439,12 +533,16 @@ impl Db {
                     .acquire_timeout(Duration::from_secs(60))
                     .connect_lazy_with((*p.connect_options()).clone()),
             ),
-            Db::Postgres(p) => Db::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(max)
-                    .acquire_timeout(Duration::from_secs(60))
-                    .connect_lazy_with((*p.connect_options()).clone()),
-            ),
+            Db::Postgres(p) => {
+                let opts = (*p.connect_options()).clone();
+                let name = format!("{} ({task})", opts.get_application_name().unwrap_or("satchel"));
+                Db::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(max)
+                        .acquire_timeout(Duration::from_secs(60))
+                        .connect_lazy_with(opts.application_name(&name)),
+                )
+            }
         }
     }
 

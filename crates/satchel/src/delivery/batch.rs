@@ -158,11 +158,7 @@ fn spawn_thread(db: &Db, rx: mpsc::Receiver<(Start, Reply)>, counters: Arc<Count
             .filter(|f| !f.as_os_str().is_empty() && f.as_os_str() != ":memory:"),
         Db::Postgres(_) => None,
     };
-    let db = db.dedicated(if db.backend() == Backend::Postgres {
-        PG_IN_FLIGHT as u32
-    } else {
-        1
-    });
+    let db = db.dedicated(1, "download batcher");
     std::thread::Builder::new()
         .name("satchel-download-batcher".into())
         .spawn(move || {
@@ -220,45 +216,57 @@ fn reply_all(counters: &Counters, replies: Vec<Reply>, result: Result<Vec<Settle
     }
 }
 
-/// Batches settled at once on PostgreSQL. One: the starts that arrive while a batch runs
-/// and commits make the next batch, so under load batches grow (up to [`MAX_BATCH`]) and
-/// PostgreSQL pays its per-statement and per-commit work once for more starts. Measured in
-/// the bench (2 cores shared with PostgreSQL and wrk, alternating runs): 1 in flight
-/// 12.4k–21.3k starts/s (mostly 16–21k) at ~28 per commit, 2 in flight 12.9k–16.6k at ~16,
-/// 4 in flight 12.2k–15.5k at ~11 (docs/operations.md, "One round in flight"). Exactness does not
-/// depend on it: a round is one statement, and two statements decrementing one grant (from
-/// two instances) queue on its row lock, the second re-checking the row it finds.
-pub const PG_IN_FLIGHT: usize = 1;
-
+/// Settles batches one at a time on one connection held for as long as it works: the starts
+/// that arrive while a batch runs and commits make the next batch, so under load batches grow
+/// (up to [`MAX_BATCH`]) and the database pays its per-statement and per-commit work once for
+/// more starts. Measured on PostgreSQL in the bench (2 cores shared with PostgreSQL and wrk,
+/// alternating runs): one batch in flight 12.4k–21.3k starts/s at ~28 per commit, two
+/// 12.9k–16.6k at ~16, four 12.2k–15.5k at ~11 (docs/operations.md, "One round in flight").
+/// Exactness does not depend on it: a round is one statement, and two statements decrementing
+/// one grant (from two instances) queue on its row lock, the second re-checking the row it
+/// finds.
+///
+/// On PostgreSQL the connection is held rather than taken from the pool per batch: taking and
+/// giving back each cost a round trip (sqlx pings the connection both ways), two exchanges
+/// with the server in every round's critical path ([`Held`](crate::db::Held)); holding it
+/// made 19 % more starts per second in the bench (docs/operations.md, "The held connection").
+/// After [`IDLE_CHECK`] without a batch it is pinged before the next one (the server may have
+/// restarted meanwhile), and a batch that fails drops it: the next batch takes a fresh one.
 async fn run_pool(db: &Db, mut rx: mpsc::Receiver<(Start, Reply)>, counters: &Counters) {
-    use futures::stream::{FuturesUnordered, StreamExt};
-    // SQLite has one writer at a time: a second batch in flight would only wait for it.
-    let most = if db.backend() == Backend::Postgres {
-        PG_IN_FLIGHT
-    } else {
-        1
-    };
     let versions = std::cell::RefCell::new(VersionFiles::default());
-    let mut running = FuturesUnordered::new();
-    let mut open = true;
-    loop {
-        tokio::select! {
-            Some(()) = running.next(), if !running.is_empty() => {}
-            next = rx.recv(), if open && running.len() < most => match next {
-                Some(first) => {
-                    let (starts, replies) = take_batch(first, &mut rx);
-                    let versions = &versions;
-                    running.push(async move {
-                        let result = settle_pool(db, &starts, versions).await;
-                        reply_all(counters, replies, result.map_err(|e| e.to_string()), starts.len());
-                    });
+    let mut held: Option<(crate::db::Held, std::time::Instant)> = None;
+    while let Some(first) = rx.recv().await {
+        let (starts, replies) = take_batch(first, &mut rx);
+        let result = if db.backend() == Backend::Sqlite {
+            settle_pool(db, &starts, &versions).await
+        } else {
+            if let Some((conn, used)) = &held {
+                if used.elapsed() > IDLE_CHECK && !conn.alive().await {
+                    held = None;
                 }
-                None => open = false,
-            },
-            else => break,
-        }
+            }
+            let conn = match held.take() {
+                Some((conn, _)) => Ok(conn),
+                None => db.hold().await,
+            };
+            match conn {
+                Ok(conn) => {
+                    let r = settle_pg(&conn, &starts, &versions).await;
+                    // A failed batch drops the connection with it (it may be broken).
+                    if r.is_ok() {
+                        held = Some((conn, std::time::Instant::now()));
+                    }
+                    r
+                }
+                Err(e) => Err(e),
+            }
+        };
+        reply_all(counters, replies, result.map_err(|e| e.to_string()), starts.len());
     }
 }
+
+/// Idle time after which the batcher's held PostgreSQL connection is pinged before use.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// Deadlocks (40P01) and serialization failures (40001) between instances: the statement is
 /// retried. SQLite's busy errors are waited out by its busy timeout already.
@@ -665,7 +673,7 @@ pub fn pg_round_sql() -> &'static str {
 /// A batch on PostgreSQL: a statement per round ([`PG_ROUND`]), each retried alone on a
 /// deadlock or serialization failure (it changed nothing then).
 async fn settle_pg(
-    db: &Db,
+    db: &impl Exec,
     starts: &[Start],
     versions: &std::cell::RefCell<VersionFiles>,
 ) -> Result<Vec<Settled>, DbError> {
@@ -1011,7 +1019,7 @@ mod tests {
             let t = crate::testing::TestApp::start_demo(backend).await;
             let order = t.buy_paid("demo-templates", "pool@example.com").await;
             let gid = t.grant_of(order["order_id"].as_str().unwrap()).await;
-            let db = t.app.db.dedicated(1);
+            let db = t.app.db.dedicated(1, "test");
             let versions = std::cell::RefCell::new(VersionFiles::default());
             let mut ids = Vec::new();
             let mut counted = 0;
@@ -1040,6 +1048,78 @@ mod tests {
             assert_eq!(t.event_list(&gid).await, ids, "{backend:?}: newest first");
             db.close().await;
         }
+    }
+
+    /// The batcher's held PostgreSQL connection, closed by the server (a restart, an
+    /// administrator's `pg_terminate_backend`): a start after the store sat idle is counted
+    /// as usual on a fresh connection, and a start right after the loss is refused as
+    /// `unavailable` with nothing counted, and the next one is counted again.
+    #[tokio::test]
+    async fn a_lost_held_connection_is_replaced() {
+        if !crate::testing::backends().await.contains(&Backend::Postgres) {
+            return;
+        }
+        let t = crate::testing::TestApp::start_demo(Backend::Postgres).await;
+        let order = t.buy_paid("demo-templates", "held@example.com").await;
+        let link = order["items"][0]["download_url"].as_str().unwrap().to_string();
+        let gid = t.grant_of(order["order_id"].as_str().unwrap()).await;
+        let remaining = || async {
+            t.app
+                .db
+                .fetch_i64(crate::sql!(
+                    "SELECT remaining FROM download_grants WHERE id = $1",
+                    gid.clone()
+                ))
+                .await
+                .unwrap()
+        };
+        let get = || async { t.client.get(&link).send().await.unwrap() };
+        // Ends the batcher's connection from the server's side; returns how many it ended.
+        let kill = || async {
+            let (schema,): (String,) = t
+                .app
+                .db
+                .fetch_one(crate::sql!("SELECT CAST(current_schema() AS TEXT)"))
+                .await
+                .unwrap();
+            t.app
+                .db
+                .fetch_i64(crate::sql!(
+                    "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE application_name = $1) AS k",
+                    format!("satchel:{schema} (download batcher)")
+                ))
+                .await
+                .unwrap()
+        };
+        assert_eq!(get().await.status(), 302);
+        let served = std::time::Instant::now();
+        let before = remaining().await;
+        assert_eq!(
+            kill().await,
+            1,
+            "the batcher holds one connection, named in pg_stat_activity"
+        );
+
+        // Right after the loss (well within IDLE_CHECK, unless this machine stalled): that
+        // batch fails whole with nothing counted, and the next is served.
+        if served.elapsed() < IDLE_CHECK / 2 {
+            let r = get().await;
+            assert_eq!(r.status(), 503, "a start on the lost connection");
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "unavailable");
+            assert_eq!(remaining().await, before, "the refused start counted nothing");
+        } else {
+            eprintln!("skipped the start on the lost connection: the test ran too slowly");
+        }
+        assert_eq!(get().await.status(), 302, "the next start takes a fresh connection");
+        assert_eq!(remaining().await, before - 1);
+
+        // Lost while idle: noticed before use, so no start fails at all.
+        assert_eq!(kill().await, 1);
+        tokio::time::sleep(IDLE_CHECK + Duration::from_millis(100)).await;
+        assert_eq!(get().await.status(), 302, "the idle connection is checked and replaced");
+        assert_eq!(remaining().await, before - 2);
     }
 
     /// Catch-up passes run while the log is long and each finds much appended since the one
