@@ -436,6 +436,28 @@ impl Exec for Held {
     }
 }
 
+/// A PostgreSQL connection back from its last statement less than this ago is used without
+/// a ping first (see [`pg_pool_options`]).
+pub const TRUST_IDLE: Duration = Duration::from_secs(1);
+
+/// PostgreSQL pools: sqlx by default pings every connection it hands out
+/// (`test_before_acquire`), a round trip to the server before every statement on top of the
+/// one it always makes when a connection is given back. A connection given back less than
+/// [`TRUST_IDLE`] ago has just answered that ping, so only connections idle for longer — when
+/// a server restart or a dropped network could have ended them — are pinged; one that does
+/// not answer is closed and another opened in its place, so the caller never sees it.
+fn pg_pool_options() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(60))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                use sqlx::Connection;
+                Ok(meta.idle_for < TRUST_IDLE || conn.ping().await.is_ok())
+            })
+        })
+}
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -459,6 +481,9 @@ impl Db {
                 let pool = SqlitePoolOptions::new()
                     .max_connections(max_connections.clamp(1, 8))
                     .acquire_timeout(Duration::from_secs(60))
+                    // A file on this machine: there is no server whose end could have gone,
+                    // and sqlx's ping is a round trip to the connection's worker thread.
+                    .test_before_acquire(false)
                     .connect_with(opts)
                     .await?;
                 Ok(Db::Sqlite(pool))
@@ -478,9 +503,8 @@ impl Db {
                 if let Some(schema) = pg_schema {
                     opts = opts.options([("search_path", schema)]);
                 }
-                let pool = PgPoolOptions::new()
+                let pool = pg_pool_options()
                     .max_connections(max_connections.max(2))
-                    .acquire_timeout(Duration::from_secs(60))
                     .connect_with(opts)
                     .await?;
                 Ok(Db::Postgres(pool))
@@ -537,9 +561,8 @@ impl Db {
                 let opts = (*p.connect_options()).clone();
                 let name = format!("{} ({task})", opts.get_application_name().unwrap_or("satchel"));
                 Db::Postgres(
-                    PgPoolOptions::new()
+                    pg_pool_options()
                         .max_connections(max)
-                        .acquire_timeout(Duration::from_secs(60))
                         .connect_lazy_with(opts.application_name(&name)),
                 )
             }
@@ -575,4 +598,54 @@ pub fn next_page<T>(rows: &mut Vec<T>, limit: i64, key: impl Fn(&T) -> &str) -> 
     }
     rows.truncate(limit);
     rows.last().map(|r| key(r).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pooled PostgreSQL connection the server ended while it sat idle (a restart, an
+    /// administrator's `pg_terminate_backend`) is noticed when handed out and replaced: the
+    /// statement that gets it does not fail.
+    #[tokio::test]
+    async fn a_connection_ended_while_idle_is_replaced_unseen() {
+        if !crate::testing::backends().await.contains(&Backend::Postgres) {
+            return;
+        }
+        let t = crate::testing::TestApp::start(Backend::Postgres).await;
+        // A pool of one connection, so the next statement gets the one that was ended.
+        let pool = t.app.db.dedicated(1, "idle test");
+        let one = crate::sql!("SELECT CAST(1 AS BIGINT)");
+        assert_eq!(pool.fetch_i64(one.clone()).await.unwrap(), 1);
+        let Db::Postgres(p) = &pool else { unreachable!() };
+        // Given back (sqlx pings it on the way back to the pool).
+        while p.num_idle() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let (schema,): (String,) = t
+            .app
+            .db
+            .fetch_one(crate::sql!("SELECT CAST(current_schema() AS TEXT)"))
+            .await
+            .unwrap();
+        let ended = t
+            .app
+            .db
+            .fetch_i64(crate::sql!(
+                "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = $1) AS k",
+                format!("satchel:{schema} (idle test)")
+            ))
+            .await
+            .unwrap();
+        assert_eq!(ended, 1, "the pool's one connection was ended");
+        tokio::time::sleep(TRUST_IDLE + Duration::from_millis(100)).await;
+        assert_eq!(
+            pool.fetch_i64(one)
+                .await
+                .expect("the ended connection is noticed and replaced"),
+            1
+        );
+        assert_eq!(p.size(), 1);
+    }
 }

@@ -265,8 +265,9 @@ async fn run_pool(db: &Db, mut rx: mpsc::Receiver<(Start, Reply)>, counters: &Co
     }
 }
 
-/// Idle time after which the batcher's held PostgreSQL connection is pinged before use.
-const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// Idle time after which the batcher's held PostgreSQL connection is pinged before use (as
+/// the pools do with theirs).
+const IDLE_CHECK: Duration = crate::db::TRUST_IDLE;
 
 /// Deadlocks (40P01) and serialization failures (40001) between instances: the statement is
 /// retried. SQLite's busy errors are waited out by its busy timeout already.
