@@ -635,6 +635,23 @@ impl TestApp {
         self.stop = stop;
     }
 
+    /// Ends, from the server's side (`pg_terminate_backend`), this store's PostgreSQL
+    /// connections opened for `task` (a dedicated pool's name, see `Db::dedicated`), as a
+    /// server restart or an administrator would; returns how many it ended.
+    pub async fn end_pg_connections(&self, task: &str) -> i64 {
+        use crate::db::Exec;
+        let schema = self.pg_schema().await.expect("a PostgreSQL store");
+        self.app
+            .db
+            .fetch_i64(crate::sql!(
+                "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = $1) AS k",
+                format!("satchel:{schema} ({task})")
+            ))
+            .await
+            .expect("end connections")
+    }
+
     /// This store's PostgreSQL schema (`None` on SQLite).
     async fn pg_schema(&self) -> Option<String> {
         use crate::db::Exec;

@@ -393,46 +393,35 @@ impl Held {
     }
 }
 
+/// One statement on a [`Held`] connection (the same steps for every kind of statement).
+macro_rules! on_held {
+    ($held:expr, $q:expr, $op:ident) => {{
+        let watched = $q.writes_cached_table();
+        let mut g = $held.inner.lock().await;
+        let r = match &mut *g {
+            HeldInner::Sqlite(c) => run_on!(sqlite, &mut **c, $q, $op),
+            HeldInner::Postgres(c) => run_on!(pg, &mut **c, $q, $op),
+        };
+        if watched {
+            bump_cached_writes();
+        }
+        r
+    }};
+}
+
 #[async_trait]
 impl Exec for Held {
     fn backend(&self) -> Backend {
         self.backend
     }
     async fn execute(&self, q: Query) -> Result<u64, DbError> {
-        let watched = q.writes_cached_table();
-        let mut g = self.inner.lock().await;
-        let r = match &mut *g {
-            HeldInner::Sqlite(c) => run_on!(sqlite, &mut **c, q, execute),
-            HeldInner::Postgres(c) => run_on!(pg, &mut **c, q, execute),
-        };
-        if watched {
-            bump_cached_writes();
-        }
-        r
+        on_held!(self, q, execute)
     }
     async fn fetch_all<T: FromDbRow>(&self, q: Query) -> Result<Vec<T>, DbError> {
-        let watched = q.writes_cached_table();
-        let mut g = self.inner.lock().await;
-        let r = match &mut *g {
-            HeldInner::Sqlite(c) => run_on!(sqlite, &mut **c, q, fetch_all),
-            HeldInner::Postgres(c) => run_on!(pg, &mut **c, q, fetch_all),
-        };
-        if watched {
-            bump_cached_writes();
-        }
-        r
+        on_held!(self, q, fetch_all)
     }
     async fn fetch_optional<T: FromDbRow>(&self, q: Query) -> Result<Option<T>, DbError> {
-        let watched = q.writes_cached_table();
-        let mut g = self.inner.lock().await;
-        let r = match &mut *g {
-            HeldInner::Sqlite(c) => run_on!(sqlite, &mut **c, q, fetch_optional),
-            HeldInner::Postgres(c) => run_on!(pg, &mut **c, q, fetch_optional),
-        };
-        if watched {
-            bump_cached_writes();
-        }
-        r
+        on_held!(self, q, fetch_optional)
     }
 }
 
@@ -622,23 +611,11 @@ mod tests {
         while p.num_idle() < 1 {
             tokio::task::yield_now().await;
         }
-        let (schema,): (String,) = t
-            .app
-            .db
-            .fetch_one(crate::sql!("SELECT CAST(current_schema() AS TEXT)"))
-            .await
-            .unwrap();
-        let ended = t
-            .app
-            .db
-            .fetch_i64(crate::sql!(
-                "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE application_name = $1) AS k",
-                format!("satchel:{schema} (idle test)")
-            ))
-            .await
-            .unwrap();
-        assert_eq!(ended, 1, "the pool's one connection was ended");
+        assert_eq!(
+            t.end_pg_connections("idle test").await,
+            1,
+            "the pool's one connection was ended"
+        );
         tokio::time::sleep(TRUST_IDLE + Duration::from_millis(100)).await;
         assert_eq!(
             pool.fetch_i64(one)

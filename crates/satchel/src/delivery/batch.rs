@@ -1075,29 +1075,11 @@ mod tests {
                 .unwrap()
         };
         let get = || async { t.client.get(&link).send().await.unwrap() };
-        // Ends the batcher's connection from the server's side; returns how many it ended.
-        let kill = || async {
-            let (schema,): (String,) = t
-                .app
-                .db
-                .fetch_one(crate::sql!("SELECT CAST(current_schema() AS TEXT)"))
-                .await
-                .unwrap();
-            t.app
-                .db
-                .fetch_i64(crate::sql!(
-                    "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                     WHERE application_name = $1) AS k",
-                    format!("satchel:{schema} (download batcher)")
-                ))
-                .await
-                .unwrap()
-        };
         assert_eq!(get().await.status(), 302);
         let served = std::time::Instant::now();
         let before = remaining().await;
         assert_eq!(
-            kill().await,
+            t.end_pg_connections("download batcher").await,
             1,
             "the batcher holds one connection, named in pg_stat_activity"
         );
@@ -1117,7 +1099,7 @@ mod tests {
         assert_eq!(remaining().await, before - 1);
 
         // Lost while idle: noticed before use, so no start fails at all.
-        assert_eq!(kill().await, 1);
+        assert_eq!(t.end_pg_connections("download batcher").await, 1);
         tokio::time::sleep(IDLE_CHECK + Duration::from_millis(100)).await;
         assert_eq!(get().await.status(), 302, "the idle connection is checked and replaced");
         assert_eq!(remaining().await, before - 2);
