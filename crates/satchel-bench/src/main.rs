@@ -815,13 +815,7 @@ async fn bench_backend(
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.serve_logging {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("SATCHEL_LOG")
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn")),
-            )
-            .with_writer(std::io::stderr)
-            .init();
+        satchel::config::init_logging(satchel::config::LogFormat::Human);
     }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.workers.max(1))

@@ -123,10 +123,11 @@ fn pgbench_run(
 /// PostgreSQL's own ceiling for download starts: Satchel's round statement
 /// ([`satchel::delivery::batch::pg_round_sql`]) run by pgbench alone — no HTTP, no Satchel —
 /// on the store's own schema and grants, in rounds of `per_round` starts (the size Satchel's
-/// rounds had), by one client, as Satchel runs one round at a time. Each round's rows are built in SQL from the grant ids (a JSON aggregate: a little more PostgreSQL work
-/// than binding Satchel's JSON). Its events carry the user agent `pgbench`, so the caller
-/// counts what was really counted. Returns rounds per second; `None` without pgbench or with
-/// fewer grants than one round per client.
+/// rounds had), by one client, as Satchel runs one round at a time. Each round's rows are
+/// built in SQL from the grant ids (a JSON aggregate: a little more PostgreSQL work than
+/// binding Satchel's JSON). Its events carry the user agent `pgbench`, so the caller counts
+/// what was really counted. Returns rounds per second; `None` without pgbench or with fewer
+/// grants than one round.
 pub fn round_alone(
     url: &str,
     schema: &str,
@@ -134,12 +135,11 @@ pub fn round_alone(
     per_round: usize,
     dur: Duration,
 ) -> anyhow::Result<Option<f64>> {
-    let clients = 1;
     let Some(bin) = pgbench() else {
         return Ok(None);
     };
     let per_round = per_round.max(1);
-    if grants.len() < per_round * clients {
+    if grants.len() < per_round {
         return Ok(None);
     }
     let ids = grants
@@ -151,15 +151,12 @@ pub fn round_alone(
     let rows = format!(
         "(SELECT json_agg(json_build_object('gid', g, 'prefix', '10.99.0.0/24', 'ip', '10.99.0.1', 'name', '',
                  'eid', 'dle_pgbench_' || gen_random_uuid(), 'ua', 'pgbench', 'at', {at}))
-          FROM unnest((ARRAY[{ids}])[(:c * {per_round} + 1):((:c + 1) * {per_round})]) AS g)"
+          FROM unnest((ARRAY[{ids}])[1:{per_round}]) AS g)"
     );
     let sql = satchel::delivery::batch::pg_round_sql()
         .replace("$2::json", &rows)
         .replace("$1", &at.to_string());
-    let script = format!(
-        "\\set c :client_id % {clients}\n{};\n",
-        sql.split_whitespace().collect::<Vec<_>>().join(" ")
-    );
-    let (tps, _) = pgbench_run(&bin, url, Some(schema), &script, clients, dur)?;
+    let script = format!("{};\n", sql.split_whitespace().collect::<Vec<_>>().join(" "));
+    let (tps, _) = pgbench_run(&bin, url, Some(schema), &script, 1, dur)?;
     Ok(Some(tps))
 }

@@ -214,6 +214,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// Installs the process's log subscriber: `SATCHEL_LOG` (an `EnvFilter`, default info with
+/// sqlx and tower-http at warn) to stderr, one JSON object per line or human-readable.
+/// `satchel serve` and the bench's `--serve-logging` use it.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SATCHEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {

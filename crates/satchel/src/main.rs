@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use satchel::app::App;
-use satchel::config::{Config, LogFormat};
+use satchel::config::Config;
 use satchel::db::Exec;
 
 /// mimalloc rather than glibc's allocator: a request makes many small allocations that are
@@ -101,18 +101,6 @@ enum Admin {
     Reconcile,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SATCHEL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
-    }
-}
-
 fn load_config(global: &Global) -> anyhow::Result<Config> {
     let mut cfg = Config::load(global.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration error: {e}"))?;
     if let Some(d) = &global.data_dir {
@@ -147,7 +135,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli, cfg: anyhow::Result<Config>) -> anyhow::Result<()> {
     let mut cfg = cfg?;
-    init_logging(cfg.server.log_format);
+    satchel::config::init_logging(cfg.server.log_format);
     match cli.command {
         Command::Serve { bind, demo } => {
             if let Some(b) = bind {
