@@ -482,6 +482,116 @@ async fn upgrading_links_each_grants_existing_events_into_its_list() {
     }
 }
 
+/// A start counts only while the grant's order is paid or partially refunded, whatever code
+/// changes the order (a refund, a dispute and its outcome, an operator's SQL): the decrement
+/// reads the grant's `order_paid`, which the database's triggers keep equal to the order's
+/// state. Checked through every order status and back, for a grant inserted while its order
+/// is not paid, and for grants that existed before the column (the migration's backfill).
+#[tokio::test]
+async fn every_start_rechecks_the_orders_state_whatever_changed_it() {
+    for backend in backends().await {
+        // Eleven starts within the hour from one address: past the velocity thresholds.
+        let t = TestApp::start_with(backend, |c| {
+            c.abuse.soft_starts_per_hour = 0;
+            c.abuse.suspend_starts_per_hour = 0;
+        })
+        .await;
+        let link = sell(&t, "paid-check", "p.bin", &bytes_of(1000, 9), 100).await;
+        redeem(&t, &link).await;
+        let set = |status: &'static str| {
+            let db = t.app.db.clone();
+            async move {
+                db.execute(sql!("UPDATE orders SET status = $1", status)).await.unwrap();
+            }
+        };
+        let code = |link: String| {
+            let c = t.client.clone();
+            async move {
+                let r = c.get(&link).header("accept", "application/json").send().await.unwrap();
+                let status = r.status().as_u16();
+                let body: Value = r.json().await.unwrap_or(Value::Null);
+                (status, body["error"]["code"].as_str().unwrap_or("").to_string())
+            }
+        };
+        let mut counted = 1;
+        for status in ["disputed", "refunded", "pending", "failed", "expired"] {
+            set(status).await;
+            assert_eq!(
+                code(link.clone()).await,
+                (403, "access_revoked".to_string()),
+                "{backend:?}: order {status}"
+            );
+            assert_eq!(events(&t).await, counted, "{backend:?}: nothing counted while {status}");
+            for live in ["paid", "partially_refunded"] {
+                set(live).await;
+                assert_eq!(code(link.clone()).await.0, 302, "{backend:?}: {status} → {live}");
+                counted += 1;
+                assert_eq!(events(&t).await, counted, "{backend:?}");
+            }
+        }
+
+        // A grant written while its order is not paid takes the order's state.
+        set("disputed").await;
+        let gid = only_grant(&t).await;
+        t.app
+            .db
+            .execute(sql!(
+                "INSERT INTO download_grants (id, order_id, order_item_id, product_id, email, token_hash, max_downloads, remaining, expires_at, ip_policy, ip_allow, status, created_at, updated_at)
+                 SELECT 'dlg_copy', order_id, order_item_id, product_id, email, 'copy-hash', max_downloads, remaining, expires_at, ip_policy, ip_allow, status, created_at, updated_at
+                 FROM download_grants WHERE id = $1",
+                &gid
+            ))
+            .await
+            .unwrap();
+        let flags = |db: satchel::db::Db| async move {
+            let rows: Vec<(String, i64)> = db
+                .fetch_all(sql!(
+                    "SELECT id, CAST(CASE WHEN order_paid THEN 1 ELSE 0 END AS BIGINT) FROM download_grants ORDER BY id"
+                ))
+                .await
+                .unwrap();
+            rows.into_iter().map(|(_, f)| f).collect::<Vec<_>>()
+        };
+        assert_eq!(flags(t.app.db.clone()).await, [0, 0], "{backend:?}");
+        set("paid").await;
+        assert_eq!(flags(t.app.db.clone()).await, [1, 1], "{backend:?}");
+        t.app
+            .db
+            .execute(sql!("DELETE FROM download_grants WHERE id = 'dlg_copy'"))
+            .await
+            .unwrap();
+
+        // Grants from before the column: the migration reads each one's order.
+        set("disputed").await;
+        let undo: &[&str] = match backend {
+            satchel::db::Backend::Postgres => &[
+                "DROP TRIGGER orders_paid_changed ON orders",
+                "DROP TRIGGER download_grants_order_paid ON download_grants",
+                "DROP FUNCTION satchel_order_paid_changed()",
+                "DROP FUNCTION satchel_grant_order_paid()",
+                "ALTER TABLE download_grants DROP COLUMN order_paid",
+            ],
+            satchel::db::Backend::Sqlite => &[
+                "DROP TRIGGER orders_paid_changed",
+                "DROP TRIGGER download_grants_order_paid",
+                "DROP TRIGGER download_grants_order_moved",
+                "ALTER TABLE download_grants DROP COLUMN order_paid",
+            ],
+        };
+        for stmt in undo.iter().chain(&["DELETE FROM _sqlx_migrations WHERE version = 18"]) {
+            t.app.db.execute(sql!(*stmt)).await.unwrap();
+        }
+        t.app.db.migrate().await.unwrap();
+        assert_eq!(
+            code(link.clone()).await.0,
+            403,
+            "{backend:?}: backfilled from a disputed order"
+        );
+        set("paid").await;
+        assert_eq!(code(link.clone()).await.0, 302, "{backend:?}: the triggers are back");
+    }
+}
+
 /// HEAD on a download link (mail scanners, link checkers) counts nothing, logs nothing,
 /// mails nothing and hands out no delivery URL; it answers what a GET would meet.
 #[tokio::test]
