@@ -12,7 +12,8 @@
 -- and a start decrementing one of those grants concurrently waits on the row lock and then
 -- re-checks the new row), and a new grant takes its order's state when inserted.
 ALTER TABLE download_grants ADD COLUMN order_paid BOOLEAN NOT NULL DEFAULT TRUE;
-UPDATE download_grants AS g SET order_paid = EXISTS (
+-- Only the grants of orders not paid are rewritten (few: refunded, disputed), not every row.
+UPDATE download_grants AS g SET order_paid = FALSE WHERE NOT EXISTS (
     SELECT 1 FROM orders o WHERE o.id = g.order_id AND o.status IN ('paid', 'partially_refunded'));
 
 -- Both functions resolve table names in the schema they were created in, whatever the

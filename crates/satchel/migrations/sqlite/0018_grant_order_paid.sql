@@ -3,7 +3,7 @@
 -- while orders.status of its order is 'paid' or 'partially_refunded'; the triggers keep it so
 -- on every write, in the writing transaction.
 ALTER TABLE download_grants ADD COLUMN order_paid INTEGER NOT NULL DEFAULT 1;
-UPDATE download_grants SET order_paid = EXISTS (
+UPDATE download_grants SET order_paid = 0 WHERE NOT EXISTS (
     SELECT 1 FROM orders o WHERE o.id = download_grants.order_id AND o.status IN ('paid', 'partially_refunded'));
 
 CREATE TRIGGER orders_paid_changed AFTER UPDATE OF status ON orders
