@@ -256,12 +256,16 @@ pub async fn evaluate(app: &App, grant_id: &str) -> anyhow::Result<Outcome> {
 
 async fn suspend(app: &App, g: &GrantInfo, detail: &Value, t: i64) -> anyhow::Result<bool> {
     let tx = app.db.begin().await?;
+    // Only while the grant's detection window is still the one this decision read: a seller's
+    // reset or clear in the meantime starts a new window (`abuse_since`), and a decision drawn
+    // from the events before it must not suspend the grant the seller just restored.
     let n = tx
         .execute(sql!(
             "UPDATE download_grants SET status = 'suspended', reconfirm_nonce = NULL, updated_at = $2
-             WHERE id = $1 AND status IN ('active', 'reconfirm')",
+             WHERE id = $1 AND status IN ('active', 'reconfirm') AND abuse_since = $3",
             &g.id,
-            t
+            t,
+            g.abuse_since
         ))
         .await?;
     if n == 0 {
@@ -360,11 +364,12 @@ async fn ask_reconfirm(app: &App, g: &GrantInfo, _detail: &Value, t: i64) -> any
     let n = tx
         .execute(sql!(
             "UPDATE download_grants SET status = 'reconfirm', reconfirm_nonce = $2, reconfirm_sent_at = $3, updated_at = $3
-             WHERE id = $1 AND status = 'active' AND (reconfirmed_at IS NULL OR reconfirmed_at <= $4)",
+             WHERE id = $1 AND status = 'active' AND (reconfirmed_at IS NULL OR reconfirmed_at <= $4) AND abuse_since = $5",
             &g.id,
             &nonce,
             t,
-            t - window
+            t - window,
+            g.abuse_since
         ))
         .await?;
     if n == 0 {
@@ -778,5 +783,44 @@ mod tests {
         assert!(!tr.should_check(&off, "g3", "1.1.1.0/24", 1));
         tr.forget("g2");
         assert!(tr.should_check(&cfg, "g2", "9.9.9.0/24", 5010));
+    }
+
+    /// An evaluation reads the grant, counts its events, then acts. A seller's reset landing
+    /// in between (seen in CI: the evaluation of a grant's first start still running when the
+    /// second start's had suspended it and the seller reset it) starts a new detection window;
+    /// the decision drawn from the old one must change nothing, neither suspend nor ask for
+    /// re-confirmation, while one drawn from the current window still acts.
+    #[tokio::test]
+    async fn a_decision_from_before_a_reset_changes_nothing() {
+        for backend in crate::testing::backends().await {
+            let t = crate::testing::TestApp::start_demo(backend).await;
+            let order = t.buy_paid("demo-templates", "stale@example.com").await;
+            let gid = t.grant_of(order["order_id"].as_str().unwrap()).await;
+            let stale = grant_info(&t.app.db, &gid).await.unwrap().unwrap();
+            let seller = t.demo_seller().await;
+            crate::grants::seller_action(&t.app, &seller, "test", &gid, "reset", b"")
+                .await
+                .unwrap();
+            let status = || async {
+                let (s,): (String,) = t
+                    .app
+                    .db
+                    .fetch_one(sql!("SELECT status FROM download_grants WHERE id = $1", &gid))
+                    .await
+                    .unwrap();
+                s
+            };
+            let detail = json!({"trigger": "prefixes"});
+            let at = now();
+            assert!(!suspend(&t.app, &stale, &detail, at).await.unwrap(), "{backend:?}");
+            assert!(
+                !ask_reconfirm(&t.app, &stale, &detail, at).await.unwrap(),
+                "{backend:?}"
+            );
+            assert_eq!(status().await, "active", "{backend:?}");
+            let current = grant_info(&t.app.db, &gid).await.unwrap().unwrap();
+            assert!(suspend(&t.app, &current, &detail, at).await.unwrap(), "{backend:?}");
+            assert_eq!(status().await, "suspended", "{backend:?}");
+        }
     }
 }
