@@ -524,7 +524,7 @@ async fn nginx_load(
 /// secured 1 KiB file).
 const GOAL_REFERENCE: usize = 1;
 
-/// Two measurements of one reference as one: mean rate and median, the worse p99.
+/// Two measurements of one reference as one: the mean rate and p50, the worse p99.
 fn averaged(a: &Load, b: &Load) -> Load {
     Load {
         rps: (a.rps + b.rps) / 2.0,

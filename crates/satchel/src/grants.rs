@@ -178,18 +178,21 @@ impl Action {
     }
 }
 
-/// Applies `action` to a grant inside the caller's transaction.
-///
-/// A reset or clear starts a new abuse-detection window: `abuse_since` moves to now, and
-/// always forward (one second past the old one if that is not before now), because an
-/// evaluation running meanwhile acts only while the window it read is still current
+/// The `abuse_since` a reset or clear sets (`$2` the time): a new abuse-detection window from
+/// now, and always forward (one second past the old one if that is not before now), because
+/// an evaluation running meanwhile acts only while the window it read is still current
 /// (`abuse::suspend`): two resets within one second must still be told apart.
+const NEW_WINDOW: &str = "CASE WHEN abuse_since >= $2 THEN abuse_since + 1 ELSE $2 END";
+
+/// Applies `action` to a grant inside the caller's transaction.
 pub async fn apply(e: &impl Exec, grant_id: &str, action: Action, t: i64) -> ApiResult<()> {
     match action {
         Action::Reset => {
             e.execute(sql!(
-                "UPDATE download_grants SET remaining = max_downloads, ip_bound = NULL, status = 'active',
-                    reconfirm_nonce = NULL, reconfirmed_at = NULL, abuse_since = CASE WHEN abuse_since >= $2 THEN abuse_since + 1 ELSE $2 END, updated_at = $2 WHERE id = $1",
+                format!(
+                    "UPDATE download_grants SET remaining = max_downloads, ip_bound = NULL, status = 'active',
+                        reconfirm_nonce = NULL, reconfirmed_at = NULL, abuse_since = {NEW_WINDOW}, updated_at = $2 WHERE id = $1"
+                ),
                 grant_id,
                 t
             ))
@@ -224,8 +227,10 @@ pub async fn apply(e: &impl Exec, grant_id: &str, action: Action, t: i64) -> Api
         }
         Action::Clear => {
             e.execute(sql!(
-                "UPDATE download_grants SET status = 'active', reconfirm_nonce = NULL, reconfirmed_at = NULL,
-                    abuse_since = CASE WHEN abuse_since >= $2 THEN abuse_since + 1 ELSE $2 END, updated_at = $2 WHERE id = $1 AND status IN ('suspended', 'reconfirm')",
+                format!(
+                    "UPDATE download_grants SET status = 'active', reconfirm_nonce = NULL, reconfirmed_at = NULL,
+                        abuse_since = {NEW_WINDOW}, updated_at = $2 WHERE id = $1 AND status IN ('suspended', 'reconfirm')"
+                ),
                 grant_id,
                 t
             ))
