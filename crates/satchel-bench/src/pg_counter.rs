@@ -124,8 +124,8 @@ fn pgbench_run(
 /// ([`satchel::delivery::batch::pg_round_sql`]) run by pgbench alone — no HTTP, no Satchel —
 /// on the store's own schema and grants, in rounds of `per_round` starts (the size Satchel's
 /// rounds had), by one client, as Satchel runs one round at a time. Each round's rows are
-/// built in SQL from the grant ids (a JSON aggregate: a little more PostgreSQL work than
-/// binding Satchel's JSON). Its events carry the user agent `pgbench`, so the caller counts
+/// built in SQL from the grant ids (array aggregates: a little more PostgreSQL work than
+/// binding Satchel's arrays). Its events carry the user agent `pgbench`, so the caller counts
 /// what was really counted. Returns rounds per second; `None` without pgbench or with fewer
 /// grants than one round.
 pub fn round_alone(
@@ -148,13 +148,17 @@ pub fn round_alone(
         .collect::<Vec<_>>()
         .join(",");
     let at = satchel::ids::now();
-    let rows = format!(
-        "(SELECT json_agg(json_build_object('gid', g, 'prefix', '10.99.0.0/24', 'ip', '10.99.0.1', 'name', '',
-                 'eid', 'dle_pgbench_' || gen_random_uuid(), 'ua', 'pgbench', 'at', {at}))
-          FROM unnest((ARRAY[{ids}])[1:{per_round}]) AS g)"
-    );
+    // Each of the round's column arrays, built in SQL per round from the same grants.
+    let column =
+        |element: &str| format!("(SELECT array_agg({element}) FROM unnest((ARRAY[{ids}])[1:{per_round}]) AS g)");
     let sql = satchel::delivery::batch::pg_round_sql()
-        .replace("$2::json", &rows)
+        .replace("$2::text[]", &column("g"))
+        .replace("$3::text[]", &column("'10.99.0.0/24'::text"))
+        .replace("$4::text[]", &column("'10.99.0.1'::text"))
+        .replace("$5::text[]", &column("''::text"))
+        .replace("$6::text[]", &column("'dle_pgbench_' || gen_random_uuid()"))
+        .replace("$7::text[]", &column("'pgbench'::text"))
+        .replace("$8::bigint[]", &column(&format!("{at}::bigint")))
         .replace("$1", &at.to_string());
     let script = format!("{};\n", sql.split_whitespace().collect::<Vec<_>>().join(" "));
     let (tps, _) = pgbench_run(&bin, url, Some(schema), &script, 1, dur)?;

@@ -555,6 +555,52 @@ async fn every_start_rechecks_the_orders_state_whatever_changed_it() {
         assert_eq!(flags(t.app.db.clone()).await, [0, 0], "{backend:?}");
         set("paid").await;
         assert_eq!(flags(t.app.db.clone()).await, [1, 1], "{backend:?}");
+
+        // A grant moved to another order takes that order's state, and back.
+        set("disputed").await;
+        let other = t.buy_paid("paid-check", "other@example.com").await;
+        let other_id = other["order_id"].as_str().unwrap().to_string();
+        let moved = |order: String| {
+            let db = t.app.db.clone();
+            async move {
+                db.execute(sql!(
+                    "UPDATE download_grants SET order_id = $1 WHERE id = 'dlg_copy'",
+                    order
+                ))
+                .await
+                .unwrap();
+                let (flag,): (i64,) = db
+                    .fetch_one(sql!(
+                        "SELECT CAST(CASE WHEN order_paid THEN 1 ELSE 0 END AS BIGINT) FROM download_grants WHERE id = 'dlg_copy'"
+                    ))
+                    .await
+                    .unwrap();
+                flag
+            }
+        };
+        assert_eq!(moved(other_id.clone()).await, 1, "{backend:?}: moved to a paid order");
+        let first: (String,) = t
+            .app
+            .db
+            .fetch_one(sql!("SELECT order_id FROM download_grants WHERE id = $1", &gid))
+            .await
+            .unwrap();
+        assert_eq!(moved(first.0).await, 0, "{backend:?}: moved back to the disputed order");
+        // Updates that leave the order alone (every download start's) keep the flag.
+        let (copy_expires,): (i64,) = t
+            .app
+            .db
+            .fetch_one(sql!("SELECT expires_at FROM download_grants WHERE id = 'dlg_copy'"))
+            .await
+            .unwrap();
+        let copy_token = satchel::delivery::sign(&t.app.keys, "d1", &["dlg_copy", &copy_expires.to_string()]);
+        let copy_link = format!("{}/api/v1/downloads/{copy_token}", t.base_url);
+        assert_eq!(
+            code(copy_link).await,
+            (403, "access_revoked".to_string()),
+            "{backend:?}"
+        );
+        set("paid").await;
         t.app
             .db
             .execute(sql!("DELETE FROM download_grants WHERE id = 'dlg_copy'"))
@@ -567,8 +613,10 @@ async fn every_start_rechecks_the_orders_state_whatever_changed_it() {
             satchel::db::Backend::Postgres => &[
                 "DROP TRIGGER orders_paid_changed ON orders",
                 "DROP TRIGGER download_grants_order_paid ON download_grants",
+                "DROP TRIGGER download_grants_order_moved ON download_grants",
                 "DROP FUNCTION satchel_order_paid_changed()",
                 "DROP FUNCTION satchel_grant_order_paid()",
+                "DROP FUNCTION satchel_grant_order_moved()",
                 "ALTER TABLE download_grants DROP COLUMN order_paid",
             ],
             satchel::db::Backend::Sqlite => &[
@@ -578,7 +626,7 @@ async fn every_start_rechecks_the_orders_state_whatever_changed_it() {
                 "ALTER TABLE download_grants DROP COLUMN order_paid",
             ],
         };
-        for stmt in undo.iter().chain(&["DELETE FROM _sqlx_migrations WHERE version = 18"]) {
+        for stmt in undo.iter().chain(&["DELETE FROM _sqlx_migrations WHERE version >= 18"]) {
             t.app.db.execute(sql!(*stmt)).await.unwrap();
         }
         t.app.db.migrate().await.unwrap();

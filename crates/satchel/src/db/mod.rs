@@ -85,6 +85,11 @@ pub enum Arg {
     Text(Option<String>),
     Bool(Option<bool>),
     Bytes(Option<Vec<u8>>),
+    /// A PostgreSQL `text[]`, sent in binary (no text to parse on the server). SQLite has no
+    /// arrays: there it is bound as a JSON array (`json_each` reads it).
+    TextArray(Vec<String>),
+    /// A PostgreSQL `bigint[]`, sent in binary; a JSON array on SQLite.
+    I64Array(Vec<i64>),
 }
 
 macro_rules! arg_from {
@@ -109,6 +114,28 @@ arg_from!(String, Text, |v| v);
 arg_from!(&str, Text, |v: &str| v.to_string());
 arg_from!(&String, Text, |v: &String| v.clone());
 arg_from!(Vec<u8>, Bytes, |v| v);
+
+impl From<Vec<String>> for Arg {
+    fn from(v: Vec<String>) -> Self {
+        Arg::TextArray(v)
+    }
+}
+impl From<Vec<i64>> for Arg {
+    fn from(v: Vec<i64>) -> Self {
+        Arg::I64Array(v)
+    }
+}
+
+impl Arg {
+    /// An array argument as the JSON text SQLite binds instead.
+    fn json_array(&self) -> Option<String> {
+        match self {
+            Arg::TextArray(v) => serde_json::to_string(v).ok(),
+            Arg::I64Array(v) => serde_json::to_string(v).ok(),
+            _ => None,
+        }
+    }
+}
 
 /// SQL text plus its arguments, runnable on either backend.
 #[derive(Debug, Clone)]
@@ -156,6 +183,7 @@ impl Query {
                 Arg::Text(v) => q.bind(v.as_deref()),
                 Arg::Bool(v) => q.bind(*v),
                 Arg::Bytes(v) => q.bind(v.as_deref()),
+                Arg::TextArray(_) | Arg::I64Array(_) => q.bind(a.json_array()),
             };
         }
         q
@@ -168,6 +196,8 @@ impl Query {
                 Arg::Text(v) => q.bind(v.as_deref()),
                 Arg::Bool(v) => q.bind(*v),
                 Arg::Bytes(v) => q.bind(v.as_deref()),
+                Arg::TextArray(v) => q.bind(v.as_slice()),
+                Arg::I64Array(v) => q.bind(v.as_slice()),
             };
         }
         q

@@ -368,6 +368,25 @@ impl<'a> Plan<'a> {
         serde_json::to_string(&rows).unwrap_or_default()
     }
 
+    /// A round as [`PG_ROUND`] with its arguments: the time, then one array per column
+    /// (element `i` of each is the round's `i`-th start). Bound in PostgreSQL's binary array
+    /// format, they reach the executor without a parse: the JSON text the round took before
+    /// cost PostgreSQL's JSON lexer ~9 % of its time in the round (docs/operations.md,
+    /// "Columns, not JSON").
+    fn pg_round(&self, round: &[usize]) -> Query {
+        let column =
+            |f: fn(&Start) -> &str| -> Vec<String> { round.iter().map(|i| f(&self.starts[*i]).to_string()).collect() };
+        Query::new(PG_ROUND.as_str())
+            .bind(self.at)
+            .bind(column(|s| &s.grant_id))
+            .bind(column(|s| &s.prefix))
+            .bind(column(|s| &s.ip))
+            .bind(column(|s| s.file_name.as_deref().unwrap_or("")))
+            .bind(column(|s| &s.event_id))
+            .bind(column(|s| &s.user_agent))
+            .bind(round.iter().map(|i| self.starts[*i].at).collect::<Vec<i64>>())
+    }
+
     /// Records a round's result: the grants counted, each with what its decrement returned.
     fn record(&mut self, round: Vec<usize>, mut got: HashMap<String, Counted>) {
         for i in round {
@@ -386,32 +405,40 @@ impl<'a> Plan<'a> {
         self.counted.iter().map(|(_, c)| c.version.as_str()).collect()
     }
 
-    /// The event of each counted start and every start's outcome. The decrement only counts
-    /// a start whose file exists in that version, so a miss here is a broken invariant: the
-    /// error rolls the whole batch back (nothing counted) rather than count a download that
-    /// cannot be delivered.
-    fn finish(mut self, versions: &VersionFiles) -> Result<(Vec<Event<'a>>, Vec<Settled>), String> {
-        let mut events = Vec::with_capacity(self.counted.len());
+    /// Every start's outcome, handing `event` the event of each counted start. The decrement
+    /// only counts a start whose file exists in that version, so a miss here is a broken
+    /// invariant: the error rolls the whole batch back (nothing counted) rather than count a
+    /// download that cannot be delivered.
+    fn resolve(mut self, versions: &VersionFiles, mut event: impl FnMut(Event<'a>)) -> Result<Vec<Settled>, String> {
         for (i, Counted { version, prev }) in std::mem::take(&mut self.counted) {
             let s = &self.starts[i];
             let file = versions
                 .pick(&version, s.file_name.as_deref())
                 .ok_or_else(|| format!("grant {} counted without a file in version {version}", s.grant_id))?;
-            events.push(Event {
+            self.outcomes[i] = Some(Settled::Counted(Arc::clone(file)));
+            event(Event {
                 start: s,
-                file_id: file.id.clone(),
-                bytes: file.size,
+                file: Arc::clone(file),
                 prev,
             });
-            self.outcomes[i] = Some(Settled::Counted(Arc::clone(file)));
         }
-        Ok((
-            events,
-            self.outcomes
-                .into_iter()
-                .map(|o| o.unwrap_or(Settled::Refused))
-                .collect(),
-        ))
+        Ok(self
+            .outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Settled::Refused))
+            .collect())
+    }
+
+    /// The event of each counted start (for the caller to write) and every start's outcome.
+    fn finish(self, versions: &VersionFiles) -> Result<(Vec<Event<'a>>, Vec<Settled>), String> {
+        let mut events = Vec::with_capacity(self.counted.len());
+        let outcomes = self.resolve(versions, |e| events.push(e))?;
+        Ok((events, outcomes))
+    }
+
+    /// Every start's outcome, when its round wrote the events itself (PostgreSQL).
+    fn outcomes(self, versions: &VersionFiles) -> Result<Vec<Settled>, String> {
+        self.resolve(versions, |_| ())
     }
 }
 
@@ -440,8 +467,8 @@ impl Counted {
 /// A `download_events` row for a counted start.
 struct Event<'a> {
     start: &'a Start,
-    file_id: String,
-    bytes: i64,
+    /// The file it delivers.
+    file: Arc<FileRow>,
     /// The grant's event before it.
     prev: Option<String>,
 }
@@ -454,8 +481,8 @@ impl Event<'_> {
             .map(|e| {
                 let s = e.start;
                 serde_json::json!({
-                    "id": s.event_id, "g": s.grant_id, "f": e.file_id, "at": s.at, "ip": s.ip, "p": s.prefix,
-                    "ua": s.user_agent, "b": e.bytes, "prev": e.prev,
+                    "id": s.event_id, "g": s.grant_id, "f": e.file.id, "at": s.at, "ip": s.ip, "p": s.prefix,
+                    "ua": s.user_agent, "b": e.file.size, "prev": e.prev,
                 })
             })
             .collect();
@@ -662,8 +689,8 @@ fn events_sql(backend: Backend) -> String {
 /// (see docs/operations.md): 25–35 % more starts per second of PostgreSQL CPU.
 static PG_ROUND: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "WITH r AS (SELECT * FROM json_to_recordset($2::json)
-                    AS x(gid text, prefix text, ip text, name text, eid text, ua text, at bigint)),
+        "WITH r AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[])
+                    AS x(gid, prefix, ip, name, eid, ua, at)),
          u AS (UPDATE download_grants {}
                FROM r, products p,
                     LATERAL (SELECT f.id, f.size FROM files f
@@ -680,8 +707,9 @@ static PG_ROUND: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
-/// The PostgreSQL round statement, `$1` the time and `$2` the round's rows as JSON (what the
-/// bench runs alone under `pgbench`, as PostgreSQL's own ceiling for download starts).
+/// The PostgreSQL round statement, `$1` the time and `$2`…`$8` the round's columns as arrays
+/// ([`round_columns`]: what the bench runs alone under `pgbench`, as PostgreSQL's own ceiling
+/// for download starts).
 pub fn pg_round_sql() -> &'static str {
     PG_ROUND.as_str()
 }
@@ -695,13 +723,9 @@ async fn settle_pg(
 ) -> Result<Vec<Settled>, DbError> {
     let mut plan = Plan::new(starts);
     while let Some(round) = plan.next_round() {
-        let rows = plan.round_json(&round);
         let mut attempt = 0;
         let got: Vec<(String, Option<String>)> = loop {
-            match db
-                .fetch_all(Query::new(PG_ROUND.as_str()).bind(plan.at).bind(rows.clone()))
-                .await
-            {
+            match db.fetch_all(plan.pg_round(&round)).await {
                 Err(e) if retryable(&e) && attempt < 4 => attempt += 1,
                 r => break r?,
             }
@@ -719,9 +743,8 @@ async fn settle_pg(
         let rows: Vec<FileRow> = db.fetch_all(Query::new(files_sql(Backend::Postgres)).bind(ids)).await?;
         versions.borrow_mut().add(rows);
     }
-    // The events are written; `finish` only picks each counted start's file.
-    let (_, outcomes) = plan.finish(&versions.borrow()).map_err(DbError::Protocol)?;
-    Ok(outcomes)
+    // The round wrote the events; only each counted start's file is left to pick.
+    plan.outcomes(&versions.borrow()).map_err(DbError::Protocol)
 }
 
 /// A batch in one transaction on the dedicated pool (SQLite databases that are not a file).
@@ -1003,12 +1026,12 @@ impl SqliteWriter {
                 stmt.execute(rusqlite::params![
                     s.event_id,
                     s.grant_id,
-                    ev.file_id,
+                    ev.file.id,
                     s.at,
                     s.ip,
                     s.prefix,
                     s.user_agent,
-                    ev.bytes,
+                    ev.file.size,
                     ev.prev
                 ])
                 .map_err(e)?;
