@@ -20,8 +20,9 @@
 //!    also makes that event the head of the grant's list of events and returns the old head
 //!    for its `prev_id` ([`super::events`]), so logging a start writes no index of its own.
 //!
-//! Statements on the pool take a round's rows as one JSON parameter (`json_each` on SQLite,
-//! `json_to_recordset` on PostgreSQL), so a batch of any size is the same prepared statement.
+//! Statements on the pool take a round's rows as a fixed set of parameters whatever its size
+//! (one JSON text read by `json_each` on SQLite; one binary array per column, `unnest`ed, on
+//! PostgreSQL), so a batch of any size is the same prepared statement.
 //!
 //! The batcher runs on a thread of its own, so a batch never waits in the HTTP runtime's
 //! queue:
@@ -332,8 +333,8 @@ impl<'a> Plan<'a> {
         Some(round)
     }
 
-    /// A round's rows as the JSON parameter of [`decrement_sql`] and [`PG_ROUND`] (which
-    /// also logs each counted start: its agent and time).
+    /// A round's rows as the JSON parameter of [`decrement_sql`] (SQLite databases that are
+    /// not a file; PostgreSQL takes arrays: [`Plan::pg_round`]).
     ///
     /// Written straight from the starts' fields into one string: building a `serde_json::Value`
     /// per row first cost a map and a copy of every key and value, allocations the batcher's
@@ -346,8 +347,6 @@ impl<'a> Plan<'a> {
             ip: &'s str,
             name: &'s str,
             eid: &'s str,
-            ua: &'s str,
-            at: i64,
         }
         let rows: Vec<Row<'_>> = round
             .iter()
@@ -359,12 +358,10 @@ impl<'a> Plan<'a> {
                     ip: &s.ip,
                     name: s.file_name.as_deref().unwrap_or(""),
                     eid: &s.event_id,
-                    ua: &s.user_agent,
-                    at: s.at,
                 }
             })
             .collect();
-        // Strings and integers always serialize.
+        // Strings always serialize.
         serde_json::to_string(&rows).unwrap_or_default()
     }
 
@@ -708,8 +705,8 @@ static PG_ROUND: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 /// The PostgreSQL round statement, `$1` the time and `$2`…`$8` the round's columns as arrays
-/// ([`round_columns`]: what the bench runs alone under `pgbench`, as PostgreSQL's own ceiling
-/// for download starts).
+/// (bound by `Plan::pg_round`; what the bench runs alone under `pgbench`, as PostgreSQL's own
+/// ceiling for download starts).
 pub fn pg_round_sql() -> &'static str {
     PG_ROUND.as_str()
 }
