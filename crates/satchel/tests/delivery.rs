@@ -586,7 +586,7 @@ async fn every_start_rechecks_the_orders_state_whatever_changed_it() {
             .await
             .unwrap();
         assert_eq!(moved(first.0).await, 0, "{backend:?}: moved back to the disputed order");
-        // Updates that leave the order alone (every download start's) keep the flag.
+        // Moved back, its link is refused like the disputed order's others.
         let (copy_expires,): (i64,) = t
             .app
             .db
