@@ -569,6 +569,22 @@ impl Db {
     /// stays warm, and it never queues behind the shared pool (nor the pool behind it).
     /// On PostgreSQL its connections are named after `task` in `pg_stat_activity`.
     pub fn dedicated(&self, max: u32, task: &str) -> Db {
+        self.dedicated_with(max, task, &[])
+    }
+
+    /// [`Db::dedicated`] for a task whose every statement finds its rows by key (the download
+    /// batcher: a round's grants by primary key, their products and files by key). On
+    /// PostgreSQL its connections plan with sequential scans off: on a small store whose
+    /// statistics are missing (new, or autovacuum off) the planner otherwise takes a round
+    /// as a scan of every grant re-run for each of the round's rows — a cost per round of
+    /// grants × starts, which at 256 clients made PostgreSQL spend 95 µs per start instead of
+    /// 15 (docs/operations.md, "A round's plan without statistics"). With sequential scans
+    /// off it looks each grant up by key whatever the statistics say.
+    pub fn dedicated_keyed(&self, max: u32, task: &str) -> Db {
+        self.dedicated_with(max, task, &[("enable_seqscan", "off")])
+    }
+
+    fn dedicated_with(&self, max: u32, task: &str, pg_settings: &[(&str, &str)]) -> Db {
         match self {
             Db::Sqlite(p) => Db::Sqlite(
                 SqlitePoolOptions::new()
@@ -582,7 +598,7 @@ impl Db {
                 Db::Postgres(
                     pg_pool_options()
                         .max_connections(max)
-                        .connect_lazy_with(opts.application_name(&name)),
+                        .connect_lazy_with(opts.application_name(&name).options(pg_settings.iter().copied())),
                 )
             }
         }

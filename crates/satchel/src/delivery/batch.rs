@@ -160,7 +160,7 @@ fn spawn_thread(db: &Db, rx: mpsc::Receiver<(Start, Reply)>, counters: Arc<Count
             .filter(|f| !f.as_os_str().is_empty() && f.as_os_str() != ":memory:"),
         Db::Postgres(_) => None,
     };
-    let db = db.dedicated(1, "download batcher");
+    let db = db.dedicated_keyed(1, "download batcher");
     std::thread::Builder::new()
         .name("satchel-download-batcher".into())
         .spawn(move || {
@@ -199,8 +199,29 @@ fn take_batch(first: (Start, Reply), rx: &mut mpsc::Receiver<(Start, Reply)>) ->
     batch.into_iter().unzip()
 }
 
+/// A batch that failed, and what it had settled before it failed.
+#[derive(Debug)]
+struct Failure {
+    error: String,
+    /// Each start's outcome where a round that committed before the failure settled it — on
+    /// PostgreSQL every round commits by itself, so its counts stand and its starts are
+    /// answered as counted (or refused), not as failed; `None` for the rest, which counted
+    /// nothing. Empty when nothing was settled (a SQLite batch rolls back whole).
+    settled: Vec<Option<Settled>>,
+}
+
+impl Failure {
+    /// A failure before anything was settled.
+    fn whole(error: impl ToString) -> Self {
+        Failure {
+            error: error.to_string(),
+            settled: Vec::new(),
+        }
+    }
+}
+
 /// Answers every waiting request of a batch.
-fn reply_all(counters: &Counters, replies: Vec<Reply>, result: Result<Vec<Settled>, String>, n: usize) {
+fn reply_all(counters: &Counters, replies: Vec<Reply>, result: Result<Vec<Settled>, Failure>) {
     match result {
         Ok(outcomes) => {
             counters.batches.fetch_add(1, Ordering::Relaxed);
@@ -209,11 +230,21 @@ fn reply_all(counters: &Counters, replies: Vec<Reply>, result: Result<Vec<Settle
                 let _ = reply.send(Ok(outcome));
             }
         }
-        Err(e) => {
-            tracing::error!(error = %e, starts = n, "download start batch failed; nothing counted");
+        Err(Failure { error, settled }) => {
+            let n = replies.len();
+            let mut settled = settled.into_iter();
+            let mut answered = 0;
             for reply in replies {
-                let _ = reply.send(Err(e.clone()));
+                let _ = reply.send(match settled.next().flatten() {
+                    Some(outcome) => {
+                        answered += 1;
+                        Ok(outcome)
+                    }
+                    None => Err(error.clone()),
+                });
             }
+            tracing::error!(%error, starts = n, settled_before = answered,
+                "download start batch failed; its starts not settled before the failure counted nothing");
         }
     }
 }
@@ -260,10 +291,10 @@ async fn run_pool(db: &Db, mut rx: mpsc::Receiver<(Start, Reply)>, counters: &Co
                     }
                     r
                 }
-                Err(e) => Err(e),
+                Err(e) => Err(Failure::whole(e)),
             }
         };
-        reply_all(counters, replies, result.map_err(|e| e.to_string()), starts.len());
+        reply_all(counters, replies, result);
     }
 }
 
@@ -433,9 +464,23 @@ impl<'a> Plan<'a> {
         Ok((events, outcomes))
     }
 
-    /// Every start's outcome, when its round wrote the events itself (PostgreSQL).
-    fn outcomes(self, versions: &VersionFiles) -> Result<Vec<Settled>, String> {
-        self.resolve(versions, |_| ())
+    /// Every start's outcome so far, when its round wrote the events itself (PostgreSQL):
+    /// `None` for a start no round settled (the batch failed before it), and for a counted
+    /// start whose version lacks its file — a broken invariant, described in the second
+    /// value.
+    fn settled(mut self, versions: &VersionFiles) -> (Vec<Option<Settled>>, Option<String>) {
+        let mut broken = None;
+        for (i, Counted { version, .. }) in std::mem::take(&mut self.counted) {
+            let s = &self.starts[i];
+            self.outcomes[i] = versions
+                .pick(&version, s.file_name.as_deref())
+                .map(|file| Settled::Counted(Arc::clone(file)));
+            if self.outcomes[i].is_none() {
+                broken
+                    .get_or_insert_with(|| format!("grant {} counted without a file in version {version}", s.grant_id));
+            }
+        }
+        (self.outcomes, broken)
     }
 }
 
@@ -713,35 +758,55 @@ pub fn pg_round_sql() -> &'static str {
 
 /// A batch on PostgreSQL: a statement per round ([`PG_ROUND`]), each retried alone on a
 /// deadlock or serialization failure (it changed nothing then).
+///
+/// Each round commits by itself, so when a round fails (the connection lost, the server
+/// shutting down) the rounds before it stand: their starts are answered as they were settled
+/// — a counted start gets its link, since its download is spent — and only the rest fail,
+/// having counted nothing.
 async fn settle_pg(
     db: &impl Exec,
     starts: &[Start],
     versions: &std::cell::RefCell<VersionFiles>,
-) -> Result<Vec<Settled>, DbError> {
+) -> Result<Vec<Settled>, Failure> {
     let mut plan = Plan::new(starts);
+    let mut failed: Option<DbError> = None;
     while let Some(round) = plan.next_round() {
         let mut attempt = 0;
-        let got: Vec<(String, Option<String>)> = loop {
+        let got: Result<Vec<(String, Option<String>)>, DbError> = loop {
             match db.fetch_all(plan.pg_round(&round)).await {
                 Err(e) if retryable(&e) && attempt < 4 => attempt += 1,
-                r => break r?,
+                r => break r,
             }
         };
-        // The round wrote each event with its `prev_id` already: no old head comes back.
-        plan.record(
-            round,
-            got.into_iter()
-                .filter_map(|(g, v)| Counted::from_row((g, v, None)))
-                .collect(),
-        );
+        match got {
+            // The round wrote each event with its `prev_id` already: no old head comes back.
+            Ok(got) => plan.record(
+                round,
+                got.into_iter()
+                    .filter_map(|(g, v)| Counted::from_row((g, v, None)))
+                    .collect(),
+            ),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
     }
+    // The rounds wrote the events; only each counted start's file is left to pick.
     let missing = versions.borrow_mut().missing(&plan.counted_versions());
     if let Some(ids) = missing {
-        let rows: Vec<FileRow> = db.fetch_all(Query::new(files_sql(Backend::Postgres)).bind(ids)).await?;
-        versions.borrow_mut().add(rows);
+        match db.fetch_all(Query::new(files_sql(Backend::Postgres)).bind(ids)).await {
+            Ok(rows) => versions.borrow_mut().add(rows),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
     }
-    // The round wrote the events; only each counted start's file is left to pick.
-    plan.outcomes(&versions.borrow()).map_err(DbError::Protocol)
+    let (settled, broken) = plan.settled(&versions.borrow());
+    match failed.map(|e| e.to_string()).or(broken) {
+        None => Ok(settled.into_iter().map(|o| o.unwrap_or(Settled::Refused)).collect()),
+        Some(error) => Err(Failure { error, settled }),
+    }
 }
 
 /// A batch in one transaction on the dedicated pool (SQLite databases that are not a file).
@@ -749,10 +814,19 @@ async fn settle_pool(
     db: &Db,
     starts: &[Start],
     versions: &std::cell::RefCell<VersionFiles>,
-) -> Result<Vec<Settled>, DbError> {
+) -> Result<Vec<Settled>, Failure> {
     if db.backend() == Backend::Postgres {
         return settle_pg(db, starts, versions).await;
     }
+    settle_sqlite_pool(db, starts, versions).await.map_err(Failure::whole)
+}
+
+/// [`settle_pool`] on SQLite: all in one transaction, so a failure rolls it all back.
+async fn settle_sqlite_pool(
+    db: &Db,
+    starts: &[Start],
+    versions: &std::cell::RefCell<VersionFiles>,
+) -> Result<Vec<Settled>, DbError> {
     let tx: Tx = db.begin().await?;
     let backend = tx.backend();
     let mut plan = Plan::new(starts);
@@ -957,7 +1031,7 @@ impl SqliteWriter {
             let (starts, replies) = take_batch(first, &mut rx);
             self.pause.yield_if_asked();
             let result = self.settle(&starts, &mut versions);
-            reply_all(counters, replies, result, starts.len());
+            reply_all(counters, replies, result.map_err(Failure::whole));
         }
     }
 
@@ -1084,6 +1158,130 @@ mod tests {
             assert_eq!(t.event_list(&gid).await, ids, "{backend:?}: newest first");
             db.close().await;
         }
+    }
+
+    /// A PostgreSQL batch whose second round fails (here a trigger refuses the grant's second
+    /// event; in life a lost connection) keeps its first round: that start was counted and
+    /// committed, so its request gets the link it paid a download for, and only the start of
+    /// the failed round is answered with the error, having counted nothing.
+    #[tokio::test]
+    async fn a_failed_round_keeps_the_rounds_committed_before_it() {
+        if !crate::testing::backends().await.contains(&Backend::Postgres) {
+            return;
+        }
+        let t = crate::testing::TestApp::start_demo(Backend::Postgres).await;
+        let order = t.buy_paid("demo-templates", "rounds@example.com").await;
+        let gid = t.grant_of(order["order_id"].as_str().unwrap()).await;
+        t.app
+            .db
+            .execute(Query::new(
+                "CREATE FUNCTION refuse_second_event() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN IF NEW.prev_id IS NOT NULL THEN RAISE EXCEPTION 'second event refused'; END IF; RETURN NEW; END $$",
+            ))
+            .await
+            .unwrap();
+        t.app
+            .db
+            .execute(Query::new(
+                "CREATE TRIGGER refuse_second_event BEFORE INSERT ON download_events
+                 FOR EACH ROW EXECUTE FUNCTION refuse_second_event()",
+            ))
+            .await
+            .unwrap();
+        let remaining = || async {
+            t.app
+                .db
+                .fetch_i64(crate::sql!(
+                    "SELECT remaining FROM download_grants WHERE id = $1",
+                    gid.clone()
+                ))
+                .await
+                .unwrap()
+        };
+        let before = remaining().await;
+        // Two starts of one grant: two rounds, the second refused by the trigger.
+        let starts: Vec<Start> = (0..2)
+            .map(|_| Start {
+                grant_id: gid.clone(),
+                file_name: None,
+                ip: "192.0.2.7".into(),
+                prefix: "192.0.2.0/24".into(),
+                user_agent: "test".into(),
+                event_id: crate::ids::new_id("dle"),
+                at: crate::ids::now(),
+            })
+            .collect();
+        let db = t.app.db.dedicated_keyed(1, "test");
+        let versions = std::cell::RefCell::new(VersionFiles::default());
+        let failure = settle_pool(&db, &starts, &versions).await.unwrap_err();
+        assert!(failure.error.contains("second event refused"), "{}", failure.error);
+        assert!(
+            matches!(failure.settled[0], Some(Settled::Counted(_))),
+            "{:?}",
+            failure.settled
+        );
+        assert!(failure.settled[1].is_none(), "{:?}", failure.settled);
+        assert_eq!(
+            remaining().await,
+            before - 1,
+            "the first round's count stands, the second counted nothing"
+        );
+        assert_eq!(t.event_list(&gid).await, vec![starts[0].event_id.clone()]);
+
+        // Each waiting request learns its own: the counted start its file, the other the error.
+        let (replies, answers): (Vec<_>, Vec<_>) = (0..2).map(|_| oneshot::channel()).unzip();
+        reply_all(&Counters::default(), replies, Err(failure));
+        let answers: Vec<_> = answers.into_iter().map(|mut a| a.try_recv().unwrap()).collect();
+        assert!(matches!(answers[0], Ok(Settled::Counted(_))), "{answers:?}");
+        assert!(
+            matches!(&answers[1], Err(e) if e.contains("second event refused")),
+            "{answers:?}"
+        );
+        db.close().await;
+    }
+
+    /// The batcher's connections find a round's grants by key even where the planner, on a
+    /// small store without statistics (new, or autovacuum off), would scan every grant once
+    /// per row of the round: the same generic plan on a plain dedicated connection scans.
+    #[tokio::test]
+    async fn the_batchers_round_looks_grants_up_by_key_without_statistics() {
+        if !crate::testing::backends().await.contains(&Backend::Postgres) {
+            return;
+        }
+        let t = crate::testing::TestApp::start_demo(Backend::Postgres).await;
+        t.buy_paid("demo-templates", "plan@example.com").await;
+        let plan = |db: Db| async move {
+            let conn = db.hold().await.unwrap();
+            conn.execute(Query::new("SET plan_cache_mode = force_generic_plan"))
+                .await
+                .unwrap();
+            conn.execute(Query::new(format!(
+                "PREPARE round_plan(bigint, text[], text[], text[], text[], text[], text[], bigint[]) AS {}",
+                pg_round_sql()
+            )))
+            .await
+            .unwrap();
+            let rows: Vec<(String,)> = conn
+                .fetch_all(Query::new(
+                    "EXPLAIN EXECUTE round_plan(1, '{g}', '{p}', '{i}', '{\"\"}', '{e}', '{u}', '{1}')",
+                ))
+                .await
+                .unwrap();
+            drop(conn);
+            db.close().await;
+            rows.into_iter().map(|(l,)| l).collect::<Vec<_>>().join("\n")
+        };
+        let plain = plan(t.app.db.dedicated(1, "plain")).await;
+        assert!(
+            plain.contains("Seq Scan on download_grants"),
+            "this store is small enough to tempt the planner into a scan (else the check below proves nothing):\n{plain}"
+        );
+        let keyed = plan(t.app.db.dedicated_keyed(1, "keyed")).await;
+        assert!(
+            keyed.contains("Index Scan using download_grants_pkey on download_grants")
+                && !keyed.contains("Seq Scan on download_grants"),
+            "the batcher's round finds each grant by key:\n{keyed}"
+        );
     }
 
     /// The batcher's held PostgreSQL connection, closed by the server (a restart, an
