@@ -33,7 +33,13 @@
 //! - on PostgreSQL it has its own pool on a current-thread runtime, and a round is one
 //!   statement (decrement, events and answer in data-modifying CTEs): one round trip, atomic
 //!   by itself. A deadlock or serialization failure (several instances) retries that round,
-//!   which changed nothing.
+//!   which changed nothing; any other failure ends the batch, but the rounds before it
+//!   stand, so their starts are answered as settled, and so are those of a round that
+//!   committed though its answer was lost with the connection (found by their events, which
+//!   exist exactly when their counts do); only the rest fail, having counted nothing. Its
+//!   connections plan with sequential scans off
+//!   ([`Db::dedicated_keyed`](crate::db::Db::dedicated_keyed)): a round finds its grants by
+//!   key even on a small store without statistics.
 //!
 //! Each waiting request learns its own result after the commit, so a 302 is only ever sent
 //! for a start that is durable. When the store is idle a batch holds one start and costs what
@@ -283,19 +289,92 @@ async fn run_pool(db: &Db, mut rx: mpsc::Receiver<(Start, Reply)>, counters: &Co
                 None => db.hold().await,
             };
             match conn {
-                Ok(conn) => {
-                    let r = settle_pg(&conn, &starts, &versions).await;
-                    // A failed batch drops the connection with it (it may be broken).
-                    if r.is_ok() {
+                Ok(conn) => match settle_pg(&conn, &starts, &versions).await {
+                    Ok(outcomes) => {
                         held = Some((conn, std::time::Instant::now()));
+                        Ok(outcomes)
                     }
-                    r
-                }
+                    // A failed batch drops the connection with it (it may be broken), and
+                    // asks a fresh one which of its rounds committed after all.
+                    Err(mut failure) => {
+                        drop(conn);
+                        recover(db, &starts, &mut failure).await;
+                        Err(failure)
+                    }
+                },
                 Err(e) => Err(Failure::whole(e)),
             }
         };
         reply_all(counters, replies, result);
     }
+}
+
+/// After a failed PostgreSQL batch: finds the starts whose round committed though its answer
+/// never came back (the connection dropped between the commit and the reply) and answers
+/// them as counted — their download is spent, so their request gets the link. A round writes
+/// its starts' events in the same statement as their decrements, so a start's event exists
+/// exactly when its count does. Starts without one counted nothing and keep the error; if
+/// the database cannot be asked either, every unsettled start keeps it, as before.
+async fn recover(db: &impl Exec, starts: &[Start], failure: &mut Failure) {
+    failure.settled.resize_with(starts.len(), || None);
+    let unsettled: Vec<String> = starts
+        .iter()
+        .zip(&failure.settled)
+        .filter(|(_, o)| o.is_none())
+        .map(|(s, _)| s.event_id.clone())
+        .collect();
+    if unsettled.is_empty() {
+        return;
+    }
+    let events: Vec<(String, String)> = match db
+        .fetch_all(
+            Query::new("SELECT id, file_id FROM download_events WHERE id = ANY($1) AND file_id IS NOT NULL")
+                .bind(unsettled),
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "download batcher: could not ask which starts of a failed batch committed");
+            return;
+        }
+    };
+    if events.is_empty() {
+        return;
+    }
+    let ids: Vec<String> = events.iter().map(|(_, f)| f.clone()).collect();
+    let files: Vec<FileRow> = match db
+        .fetch_all(
+            Query::new(
+                "SELECT id, product_id, version_id, name, object_key, size, sha256, content_type, created_at
+                 FROM files WHERE id = ANY($1)",
+            )
+            .bind(ids),
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "download batcher: could not read the files of a failed batch's committed starts");
+            return;
+        }
+    };
+    let files: HashMap<String, Arc<FileRow>> = files.into_iter().map(|f| (f.id.clone(), Arc::new(f))).collect();
+    let counted: HashMap<String, Arc<FileRow>> = events
+        .into_iter()
+        .filter_map(|(event, file)| files.get(&file).map(|f| (event, Arc::clone(f))))
+        .collect();
+    for (s, outcome) in starts.iter().zip(failure.settled.iter_mut()) {
+        if outcome.is_none() {
+            if let Some(file) = counted.get(&s.event_id) {
+                *outcome = Some(Settled::Counted(Arc::clone(file)));
+            }
+        }
+    }
+    tracing::warn!(
+        recovered = counted.len(),
+        "download batcher: starts of a failed batch had committed before the failure; answered as counted"
+    );
 }
 
 /// Idle time after which the batcher's held PostgreSQL connection is pinged before use (as
@@ -1237,6 +1316,61 @@ mod tests {
             matches!(&answers[1], Err(e) if e.contains("second event refused")),
             "{answers:?}"
         );
+        db.close().await;
+    }
+
+    /// A round that committed but whose answer was lost (the connection dropped between the
+    /// commit and the reply): asked afterwards, the database shows its start's event, so that
+    /// start is answered as counted with its file; a start whose round never ran has no event
+    /// and keeps the error. Asking counts nothing.
+    #[tokio::test]
+    async fn a_lost_answer_is_recovered_from_the_events() {
+        if !crate::testing::backends().await.contains(&Backend::Postgres) {
+            return;
+        }
+        let t = crate::testing::TestApp::start_demo(Backend::Postgres).await;
+        let order = t.buy_paid("demo-templates", "lost@example.com").await;
+        let gid = t.grant_of(order["order_id"].as_str().unwrap()).await;
+        let start = || Start {
+            grant_id: gid.clone(),
+            file_name: None,
+            ip: "192.0.2.7".into(),
+            prefix: "192.0.2.0/24".into(),
+            user_agent: "test".into(),
+            event_id: crate::ids::new_id("dle"),
+            at: crate::ids::now(),
+        };
+        let (committed, never_ran) = (start(), start());
+        let db = t.app.db.dedicated_keyed(1, "test");
+        let versions = std::cell::RefCell::new(VersionFiles::default());
+        let done = settle_pool(&db, std::slice::from_ref(&committed), &versions)
+            .await
+            .unwrap();
+        let Settled::Counted(file) = &done[0] else {
+            panic!("{done:?}")
+        };
+        let remaining = || async {
+            t.app
+                .db
+                .fetch_i64(crate::sql!(
+                    "SELECT remaining FROM download_grants WHERE id = $1",
+                    gid.clone()
+                ))
+                .await
+                .unwrap()
+        };
+        let before = remaining().await;
+
+        // The batch of both, as if its answer had been lost.
+        let starts = [committed, never_ran];
+        let mut failure = Failure::whole("connection lost");
+        recover(&t.app.db, &starts, &mut failure).await;
+        match &failure.settled[0] {
+            Some(Settled::Counted(f)) => assert_eq!(f.id, file.id, "the file its event names"),
+            other => panic!("the committed start is answered as counted: {other:?}"),
+        }
+        assert!(failure.settled[1].is_none(), "{:?}", failure.settled);
+        assert_eq!(remaining().await, before, "asking counts nothing");
         db.close().await;
     }
 
