@@ -326,44 +326,14 @@ async fn recover(db: &impl Exec, starts: &[Start], failure: &mut Failure) {
     if unsettled.is_empty() {
         return;
     }
-    let events: Vec<(String, String)> = match db
-        .fetch_all(
-            Query::new("SELECT id, file_id FROM download_events WHERE id = ANY($1) AND file_id IS NOT NULL")
-                .bind(unsettled),
-        )
-        .await
-    {
-        Ok(rows) => rows,
+    let counted = match committed_events(db, unsettled).await {
+        Ok(counted) if counted.is_empty() => return,
+        Ok(counted) => counted,
         Err(e) => {
             tracing::warn!(error = %e, "download batcher: could not ask which starts of a failed batch committed");
             return;
         }
     };
-    if events.is_empty() {
-        return;
-    }
-    let ids: Vec<String> = events.iter().map(|(_, f)| f.clone()).collect();
-    let files: Vec<FileRow> = match db
-        .fetch_all(
-            Query::new(
-                "SELECT id, product_id, version_id, name, object_key, size, sha256, content_type, created_at
-                 FROM files WHERE id = ANY($1)",
-            )
-            .bind(ids),
-        )
-        .await
-    {
-        Ok(rows) => rows,
-        Err(e) => {
-            tracing::warn!(error = %e, "download batcher: could not read the files of a failed batch's committed starts");
-            return;
-        }
-    };
-    let files: HashMap<String, Arc<FileRow>> = files.into_iter().map(|f| (f.id.clone(), Arc::new(f))).collect();
-    let counted: HashMap<String, Arc<FileRow>> = events
-        .into_iter()
-        .filter_map(|(event, file)| files.get(&file).map(|f| (event, Arc::clone(f))))
-        .collect();
     for (s, outcome) in starts.iter().zip(failure.settled.iter_mut()) {
         if outcome.is_none() {
             if let Some(file) = counted.get(&s.event_id) {
@@ -375,6 +345,34 @@ async fn recover(db: &impl Exec, starts: &[Start], failure: &mut Failure) {
         recovered = counted.len(),
         "download batcher: starts of a failed batch had committed before the failure; answered as counted"
     );
+}
+
+/// Which of `event_ids` were written, each with the file its event names.
+async fn committed_events(db: &impl Exec, event_ids: Vec<String>) -> Result<HashMap<String, Arc<FileRow>>, DbError> {
+    let events: Vec<(String, String)> = db
+        .fetch_all(
+            Query::new("SELECT id, file_id FROM download_events WHERE id = ANY($1) AND file_id IS NOT NULL")
+                .bind(event_ids),
+        )
+        .await?;
+    if events.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let ids: Vec<String> = events.iter().map(|(_, f)| f.clone()).collect();
+    let files: Vec<FileRow> = db
+        .fetch_all(
+            Query::new(
+                "SELECT id, product_id, version_id, name, object_key, size, sha256, content_type, created_at
+                 FROM files WHERE id = ANY($1)",
+            )
+            .bind(ids),
+        )
+        .await?;
+    let files: HashMap<String, Arc<FileRow>> = files.into_iter().map(|f| (f.id.clone(), Arc::new(f))).collect();
+    Ok(events
+        .into_iter()
+        .filter_map(|(event, file)| files.get(&file).map(|f| (event, Arc::clone(f))))
+        .collect())
 }
 
 /// Idle time after which the batcher's held PostgreSQL connection is pinged before use (as
@@ -1199,6 +1197,41 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
 
+    /// A start of `gid` from one address, with an event id of its own.
+    fn start_of(gid: &str) -> Start {
+        Start {
+            grant_id: gid.to_string(),
+            file_name: None,
+            ip: "192.0.2.7".into(),
+            prefix: "192.0.2.0/24".into(),
+            user_agent: "test".into(),
+            event_id: crate::ids::new_id("dle"),
+            at: crate::ids::now(),
+        }
+    }
+
+    /// A PostgreSQL demo store with one paid order (`None` without PostgreSQL) and its grant.
+    async fn pg_store_with_grant(email: &str) -> Option<(crate::testing::TestApp, String)> {
+        if !crate::testing::backends().await.contains(&Backend::Postgres) {
+            return None;
+        }
+        let t = crate::testing::TestApp::start_demo(Backend::Postgres).await;
+        let order = t.buy_paid("demo-templates", email).await;
+        let gid = t.grant_of(order["order_id"].as_str().unwrap()).await;
+        Some((t, gid))
+    }
+
+    async fn remaining(t: &crate::testing::TestApp, gid: &str) -> i64 {
+        t.app
+            .db
+            .fetch_i64(crate::sql!(
+                "SELECT remaining FROM download_grants WHERE id = $1",
+                gid.to_string()
+            ))
+            .await
+            .unwrap()
+    }
+
     /// The pool's batches (PostgreSQL's rounds; SQLite when the writer cannot open its file)
     /// count like the writer does and put each counted start's event on the grant's list:
     /// two batches of three on a grant of five count five, newest event first.
@@ -1213,17 +1246,7 @@ mod tests {
             let mut ids = Vec::new();
             let mut counted = 0;
             for _ in 0..2 {
-                let starts: Vec<Start> = (0..3)
-                    .map(|_| Start {
-                        grant_id: gid.clone(),
-                        file_name: None,
-                        ip: "192.0.2.7".into(),
-                        prefix: "192.0.2.0/24".into(),
-                        user_agent: "test".into(),
-                        event_id: crate::ids::new_id("dle"),
-                        at: crate::ids::now(),
-                    })
-                    .collect();
+                let starts: Vec<Start> = (0..3).map(|_| start_of(&gid)).collect();
                 for (s, outcome) in starts.iter().zip(settle_pool(&db, &starts, &versions).await.unwrap()) {
                     if let Settled::Counted(file) = outcome {
                         assert!(!file.name.is_empty());
@@ -1245,12 +1268,9 @@ mod tests {
     /// the failed round is answered with the error, having counted nothing.
     #[tokio::test]
     async fn a_failed_round_keeps_the_rounds_committed_before_it() {
-        if !crate::testing::backends().await.contains(&Backend::Postgres) {
+        let Some((t, gid)) = pg_store_with_grant("rounds@example.com").await else {
             return;
-        }
-        let t = crate::testing::TestApp::start_demo(Backend::Postgres).await;
-        let order = t.buy_paid("demo-templates", "rounds@example.com").await;
-        let gid = t.grant_of(order["order_id"].as_str().unwrap()).await;
+        };
         t.app
             .db
             .execute(Query::new(
@@ -1267,29 +1287,9 @@ mod tests {
             ))
             .await
             .unwrap();
-        let remaining = || async {
-            t.app
-                .db
-                .fetch_i64(crate::sql!(
-                    "SELECT remaining FROM download_grants WHERE id = $1",
-                    gid.clone()
-                ))
-                .await
-                .unwrap()
-        };
-        let before = remaining().await;
+        let before = remaining(&t, &gid).await;
         // Two starts of one grant: two rounds, the second refused by the trigger.
-        let starts: Vec<Start> = (0..2)
-            .map(|_| Start {
-                grant_id: gid.clone(),
-                file_name: None,
-                ip: "192.0.2.7".into(),
-                prefix: "192.0.2.0/24".into(),
-                user_agent: "test".into(),
-                event_id: crate::ids::new_id("dle"),
-                at: crate::ids::now(),
-            })
-            .collect();
+        let starts: Vec<Start> = (0..2).map(|_| start_of(&gid)).collect();
         let db = t.app.db.dedicated_keyed(1, "test");
         let versions = std::cell::RefCell::new(VersionFiles::default());
         let failure = settle_pool(&db, &starts, &versions).await.unwrap_err();
@@ -1301,7 +1301,7 @@ mod tests {
         );
         assert!(failure.settled[1].is_none(), "{:?}", failure.settled);
         assert_eq!(
-            remaining().await,
+            remaining(&t, &gid).await,
             before - 1,
             "the first round's count stands, the second counted nothing"
         );
@@ -1325,22 +1325,10 @@ mod tests {
     /// and keeps the error. Asking counts nothing.
     #[tokio::test]
     async fn a_lost_answer_is_recovered_from_the_events() {
-        if !crate::testing::backends().await.contains(&Backend::Postgres) {
+        let Some((t, gid)) = pg_store_with_grant("lost@example.com").await else {
             return;
-        }
-        let t = crate::testing::TestApp::start_demo(Backend::Postgres).await;
-        let order = t.buy_paid("demo-templates", "lost@example.com").await;
-        let gid = t.grant_of(order["order_id"].as_str().unwrap()).await;
-        let start = || Start {
-            grant_id: gid.clone(),
-            file_name: None,
-            ip: "192.0.2.7".into(),
-            prefix: "192.0.2.0/24".into(),
-            user_agent: "test".into(),
-            event_id: crate::ids::new_id("dle"),
-            at: crate::ids::now(),
         };
-        let (committed, never_ran) = (start(), start());
+        let (committed, never_ran) = (start_of(&gid), start_of(&gid));
         let db = t.app.db.dedicated_keyed(1, "test");
         let versions = std::cell::RefCell::new(VersionFiles::default());
         let done = settle_pool(&db, std::slice::from_ref(&committed), &versions)
@@ -1349,17 +1337,7 @@ mod tests {
         let Settled::Counted(file) = &done[0] else {
             panic!("{done:?}")
         };
-        let remaining = || async {
-            t.app
-                .db
-                .fetch_i64(crate::sql!(
-                    "SELECT remaining FROM download_grants WHERE id = $1",
-                    gid.clone()
-                ))
-                .await
-                .unwrap()
-        };
-        let before = remaining().await;
+        let before = remaining(&t, &gid).await;
 
         // The batch of both, as if its answer had been lost.
         let starts = [committed, never_ran];
@@ -1370,7 +1348,7 @@ mod tests {
             other => panic!("the committed start is answered as counted: {other:?}"),
         }
         assert!(failure.settled[1].is_none(), "{:?}", failure.settled);
-        assert_eq!(remaining().await, before, "asking counts nothing");
+        assert_eq!(remaining(&t, &gid).await, before, "asking counts nothing");
         db.close().await;
     }
 
@@ -1379,11 +1357,9 @@ mod tests {
     /// per row of the round: the same generic plan on a plain dedicated connection scans.
     #[tokio::test]
     async fn the_batchers_round_looks_grants_up_by_key_without_statistics() {
-        if !crate::testing::backends().await.contains(&Backend::Postgres) {
+        let Some((t, _)) = pg_store_with_grant("plan@example.com").await else {
             return;
-        }
-        let t = crate::testing::TestApp::start_demo(Backend::Postgres).await;
-        t.buy_paid("demo-templates", "plan@example.com").await;
+        };
         let plan = |db: Db| async move {
             let conn = db.hold().await.unwrap();
             conn.execute(Query::new("SET plan_cache_mode = force_generic_plan"))
@@ -1431,20 +1407,10 @@ mod tests {
         let order = t.buy_paid("demo-templates", "held@example.com").await;
         let link = order["items"][0]["download_url"].as_str().unwrap().to_string();
         let gid = t.grant_of(order["order_id"].as_str().unwrap()).await;
-        let remaining = || async {
-            t.app
-                .db
-                .fetch_i64(crate::sql!(
-                    "SELECT remaining FROM download_grants WHERE id = $1",
-                    gid.clone()
-                ))
-                .await
-                .unwrap()
-        };
         let get = || async { t.client.get(&link).send().await.unwrap() };
         assert_eq!(get().await.status(), 302);
         let served = std::time::Instant::now();
-        let before = remaining().await;
+        let before = remaining(&t, &gid).await;
         assert_eq!(
             t.end_pg_connections("download batcher").await,
             1,
@@ -1458,18 +1424,18 @@ mod tests {
             assert_eq!(r.status(), 503, "a start on the lost connection");
             let body: serde_json::Value = r.json().await.unwrap();
             assert_eq!(body["error"]["code"], "unavailable");
-            assert_eq!(remaining().await, before, "the refused start counted nothing");
+            assert_eq!(remaining(&t, &gid).await, before, "the refused start counted nothing");
         } else {
             eprintln!("skipped the start on the lost connection: the test ran too slowly");
         }
         assert_eq!(get().await.status(), 302, "the next start takes a fresh connection");
-        assert_eq!(remaining().await, before - 1);
+        assert_eq!(remaining(&t, &gid).await, before - 1);
 
         // Lost while idle: noticed before use, so no start fails at all.
         assert_eq!(t.end_pg_connections("download batcher").await, 1);
         tokio::time::sleep(IDLE_CHECK + Duration::from_millis(100)).await;
         assert_eq!(get().await.status(), 302, "the idle connection is checked and replaced");
-        assert_eq!(remaining().await, before - 2);
+        assert_eq!(remaining(&t, &gid).await, before - 2);
     }
 
     /// Catch-up passes run while the log is long and each finds much appended since the one
