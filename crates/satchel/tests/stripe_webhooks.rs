@@ -155,14 +155,19 @@ async fn bad_signatures_change_nothing() {
         let o = pending_order(&t, "demo-ebook").await;
         let paid = event("evt_sig", "checkout.session.completed", now, session(&o, "paid", None));
         let url = t.url("/api/v1/webhooks/stripe");
-        for header in [
-            Some(stripe_header(&paid, now - 301)),                   // stale (replayed)
-            Some(stripe_header(&paid, now + 301)),                   // from the future
-            Some(stripe_header(&paid, now).replace("v1=", "v1=00")), // wrong
-            Some(stripe_header(&format!("{paid} "), now)),           // signed a different body
-            Some("t=abc".to_string()),                               // malformed
-            None,                                                    // missing
-        ] {
+        // Timestamps 10 s past the 5-minute tolerance, read from the clock as each request is
+        // made: a second passing between `now` above and a request must not bring one back
+        // within it (it did, once, on a loaded machine).
+        let beyond = satchel::payments::stripe_webhook::TOLERANCE_SECS + 10;
+        let headers: [&dyn Fn() -> Option<String>; 6] = [
+            &|| Some(stripe_header(&paid, satchel::ids::now() - beyond)), // stale (replayed)
+            &|| Some(stripe_header(&paid, satchel::ids::now() + beyond)), // from the future
+            &|| Some(stripe_header(&paid, satchel::ids::now()).replace("v1=", "v1=00")), // wrong
+            &|| Some(stripe_header(&format!("{paid} "), satchel::ids::now())), // signed a different body
+            &|| Some("t=abc".to_string()),                                // malformed
+            &|| None,                                                     // missing
+        ];
+        for header in headers.iter().map(|h| h()) {
             let mut req = t.client.post(&url).body(paid.clone());
             if let Some(h) = header {
                 req = req.header("stripe-signature", h);

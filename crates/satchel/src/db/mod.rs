@@ -578,7 +578,7 @@ impl Db {
     /// statistics are missing (new, or autovacuum off) the planner otherwise takes a round
     /// as a scan of every grant re-run for each of the round's rows — a cost per round of
     /// grants × starts, which at 256 clients made PostgreSQL spend 95 µs per start instead of
-    /// 15 (docs/operations.md, "A round's plan without statistics"). With sequential scans
+    /// 15 (docs/operations.md, "Where PostgreSQL's rate stands"). With sequential scans
     /// off it looks each grant up by key whatever the statistics say.
     pub fn dedicated_keyed(&self, max: u32, task: &str) -> Db {
         self.dedicated_with(max, task, &[("enable_seqscan", "off")])
