@@ -456,7 +456,7 @@ impl Exec for Held {
 }
 
 /// A PostgreSQL connection back from its last statement less than this ago is used without
-/// a ping first (see [`pg_pool_options`]).
+/// a ping first (see `pg_pool_options`).
 pub const TRUST_IDLE: Duration = Duration::from_secs(1);
 
 /// PostgreSQL pools: sqlx by default pings every connection it hands out

@@ -193,7 +193,7 @@ const CONN_BUF: usize = 64 * 1024;
 ///
 /// A plain accept loop rather than `axum::serve`: each connection starts in the HTTP/1
 /// [`front`] (delivery requests, `sendfile` for local files) and is handed to hyper, with
-/// the per-connection buffer bounded ([`CONN_BUF`]), for anything else. Each request gets
+/// the per-connection buffer bounded (`CONN_BUF`), for anything else. Each request gets
 /// `ConnectInfo` like `into_make_service_with_connect_info`.
 pub async fn serve(app: App, listener: tokio::net::TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
     use hyper_util::rt::TokioExecutor;

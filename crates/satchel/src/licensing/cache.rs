@@ -1,7 +1,7 @@
 //! In-process cache of what validations read, on both backends (a validation that reads the
 //! database costs several statements; one answered from memory costs its signature).
 //!
-//! An entry is the [`Snapshot`] one validation read — a license plus the device it named —
+//! An entry is the `Snapshot` one validation read — a license plus the device it named —
 //! kept for at most `licenses.validation_cache_secs`. What keeps it exact:
 //!
 //! - **Changes made by this process** (any module: seller actions, refunds, disputes,

@@ -11,8 +11,8 @@
 //! their fingerprint, never the raw value.
 //!
 //! Keys, certificates and signed answers are minted through the `satchel-license` crate that
-//! sellers embed ([`format`]), so there is one implementation of each wire format.
-//! A validation is one read ([`snapshot`]: the license and the named device together),
+//! sellers embed ([`format`](mod@format)), so there is one implementation of each wire format.
+//! A validation is one read (`snapshot`: the license and the named device together),
 //! usually answered from [`cache`] (both backends); the only write is a device's check-in,
 //! every few minutes at most. [`guessing`] flags and throttles networks that guess keys.
 
@@ -397,9 +397,9 @@ pub struct ValidateRequest {
 
 /// Validates a key (and a device): a signed `{valid, code, license, nonce, …}`.
 ///
-/// One read answers it ([`snapshot`]: the license and the named device's activation in one
+/// One read answers it (`snapshot`: the license and the named device's activation in one
 /// query); the only write is the device's check-in, at most once per
-/// [`CHECK_IN_WRITE_SECS`].
+/// `CHECK_IN_WRITE_SECS`.
 pub async fn validate(app: &App, key: &str, req: &ValidateRequest) -> ApiResult<Value> {
     let key = parse_key(key)?;
     if req.nonce.as_ref().is_some_and(|n| n.len() > 128) {
