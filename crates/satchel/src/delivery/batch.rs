@@ -304,9 +304,17 @@ async fn run_pool(db: &Db, mut rx: mpsc::Receiver<(Start, Reply)>, counters: &Co
                     // asks a fresh one which of its rounds committed after all.
                     Err(mut failure) => {
                         drop(conn);
-                        recover(db, &starts, &mut failure).await;
-                        if failure.connection_lost {
-                            retry_unsettled(db, &starts, &versions, &mut failure).await;
+                        // Bounded: with the server down, a fresh connection would be waited
+                        // for as long as the pool's acquire timeout; the requests get their
+                        // error sooner.
+                        let settle_what_can_be = async {
+                            recover(db, &starts, &mut failure).await;
+                            if failure.connection_lost {
+                                retry_unsettled(db, &starts, &versions, &mut failure).await;
+                            }
+                        };
+                        if tokio::time::timeout(RECOVER_WITHIN, settle_what_can_be).await.is_err() {
+                            tracing::warn!("download batcher: no fresh connection within {RECOVER_WITHIN:?} to recover a failed batch");
                         }
                         Err(failure)
                     }
@@ -428,6 +436,10 @@ async fn committed_events(db: &impl Exec, event_ids: Vec<String>) -> Result<Hash
         .filter_map(|(event, file)| files.get(&file).map(|f| (event, Arc::clone(f))))
         .collect())
 }
+
+/// Longest a failed batch's requests wait while the batcher asks a fresh connection what
+/// committed and retries the rest.
+const RECOVER_WITHIN: Duration = Duration::from_secs(5);
 
 /// Idle time after which the batcher's held PostgreSQL connection is pinged before use (as
 /// the pools do with theirs).
