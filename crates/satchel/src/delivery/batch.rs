@@ -422,13 +422,7 @@ async fn committed_events(db: &impl Exec, event_ids: Vec<String>) -> Result<Hash
     }
     let ids: Vec<String> = events.iter().map(|(_, f)| f.clone()).collect();
     let files: Vec<FileRow> = db
-        .fetch_all(
-            Query::new(
-                "SELECT id, product_id, version_id, name, object_key, size, sha256, content_type, created_at
-                 FROM files WHERE id = ANY($1)",
-            )
-            .bind(ids),
-        )
+        .fetch_all(Query::new(format!("SELECT {FILE_COLUMNS} FROM files WHERE id = ANY($1)")).bind(ids))
         .await?;
     let files: HashMap<String, Arc<FileRow>> = files.into_iter().map(|f| (f.id.clone(), Arc::new(f))).collect();
     Ok(events
@@ -843,10 +837,13 @@ fn decrement_sql(backend: Backend) -> String {
     )
 }
 
+/// A [`FileRow`]'s columns, as the batcher's file look-ups select them.
+const FILE_COLUMNS: &str = "id, product_id, version_id, name, object_key, size, sha256, content_type, created_at";
+
 /// The files of the listed versions (`$1`), by version and name.
 fn files_sql(backend: Backend) -> String {
     format!(
-        "SELECT id, product_id, version_id, name, object_key, size, sha256, content_type, created_at
+        "SELECT {FILE_COLUMNS}
          FROM files WHERE version_id IN (SELECT v FROM ({}) AS j) ORDER BY version_id, name",
         json_rows(backend, "$1", &[("v", "text")])
     )
