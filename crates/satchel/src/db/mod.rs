@@ -579,9 +579,12 @@ impl Db {
     /// as a scan of every grant re-run for each of the round's rows — a cost per round of
     /// grants × starts, which at 256 clients made PostgreSQL spend 95 µs per start instead of
     /// 15 (docs/operations.md, "Where PostgreSQL's rate stands"). With sequential scans
-    /// off it looks each grant up by key whatever the statistics say.
+    /// off it looks each grant up by key whatever the statistics say. Bitmap scans are off
+    /// too: without them a start's file is the first entry of the `(version_id, name)` index
+    /// in name order, where a bitmap scan collected the version's files and sorted them for
+    /// every start.
     pub fn dedicated_keyed(&self, max: u32, task: &str) -> Db {
-        self.dedicated_with(max, task, &[("enable_seqscan", "off")])
+        self.dedicated_with(max, task, &[("enable_seqscan", "off"), ("enable_bitmapscan", "off")])
     }
 
     fn dedicated_with(&self, max: u32, task: &str, pg_settings: &[(&str, &str)]) -> Db {

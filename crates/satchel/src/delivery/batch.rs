@@ -1435,7 +1435,8 @@ mod tests {
 
     /// The batcher's connections find a round's grants by key even where the planner, on a
     /// small store without statistics (new, or autovacuum off), would scan every grant once
-    /// per row of the round: the same generic plan on a plain dedicated connection scans.
+    /// per row of the round: the same generic plan on a plain dedicated connection scans. And
+    /// each start's file comes from the (version, name) index, unsorted.
     #[tokio::test]
     async fn the_batchers_round_looks_grants_up_by_key_without_statistics() {
         let Some((t, _)) = pg_store_with_grant("plan@example.com").await else {
@@ -1472,6 +1473,12 @@ mod tests {
             keyed.contains("Index Scan using download_grants_pkey on download_grants")
                 && !keyed.contains("Seq Scan on download_grants"),
             "the batcher's round finds each grant by key:\n{keyed}"
+        );
+        // The file a start delivers is the first index entry of its version in name order:
+        // no sort of the version's files per start (migration 0020).
+        assert!(
+            keyed.contains("Index Scan using files_version_name on files") && !keyed.contains("Sort"),
+            "the round reads its file from the (version, name) index without sorting:\n{keyed}"
         );
     }
 
