@@ -626,7 +626,11 @@ async fn every_start_rechecks_the_orders_state_whatever_changed_it() {
                 "ALTER TABLE download_grants DROP COLUMN order_paid",
             ],
         };
-        for stmt in undo.iter().chain(&["DELETE FROM _sqlx_migrations WHERE version >= 18"]) {
+        // Only the order-state migrations (18, and 19 on PostgreSQL) are undone and run again.
+        for stmt in undo
+            .iter()
+            .chain(&["DELETE FROM _sqlx_migrations WHERE version IN (18, 19)"])
+        {
             t.app.db.execute(sql!(*stmt)).await.unwrap();
         }
         t.app.db.migrate().await.unwrap();
