@@ -481,6 +481,23 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 impl Db {
+    /// The SQLite database's file, for the threads that open connections of their own beside
+    /// the pool (the download-start writer, the license cache's watcher); `None` on
+    /// PostgreSQL and for an in-memory database (`sqlite::memory:`, which sqlx names
+    /// `file:sqlx-in-memory-N`, or a `mode=memory` URI), which no other connection could open
+    /// by name.
+    pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        let Db::Sqlite(pool) = self else { return None };
+        let options = pool.connect_options();
+        let file = options.get_filename();
+        let name = file.to_string_lossy();
+        let in_memory = name.is_empty()
+            || name == ":memory:"
+            || name.starts_with("file:sqlx-in-memory-")
+            || name.contains("mode=memory");
+        (!in_memory).then(|| file.to_path_buf())
+    }
+
     /// Connects to `url`. `pg_schema` puts every connection's `search_path` on one schema
     /// (the test harness gives each test its own).
     pub async fn connect(url: &str, max_connections: u32, pg_schema: Option<&str>) -> anyhow::Result<Self> {

@@ -163,11 +163,7 @@ impl Batcher {
 /// Starts the batcher's thread: a synchronous SQLite writer, or a current-thread runtime with
 /// a dedicated pool (PostgreSQL, and SQLite databases that are not a file).
 fn spawn_thread(db: &Db, rx: mpsc::Receiver<(Start, Reply)>, counters: Arc<Counters>) -> std::io::Result<()> {
-    let file = match db {
-        Db::Sqlite(p) => Some(p.connect_options().get_filename().to_path_buf())
-            .filter(|f| !f.as_os_str().is_empty() && f.as_os_str() != ":memory:"),
-        Db::Postgres(_) => None,
-    };
+    let file = db.sqlite_file();
     let db = db.dedicated_keyed(1, "download batcher");
     std::thread::Builder::new()
         .name("satchel-download-batcher".into())

@@ -54,11 +54,11 @@ impl Runtime {
                 cache::spawn_listener(&c, pool.clone());
                 Some(c)
             }
-            crate::db::Db::Sqlite(pool) if cfg.validation_cache_secs > 0 => {
+            crate::db::Db::Sqlite(_) if cfg.validation_cache_secs > 0 => {
                 let c = Arc::new(cache::ValidationCache::new(Duration::from_secs(
                     cfg.validation_cache_secs,
                 )));
-                cache::spawn_sqlite_watcher(&c, (*pool.connect_options()).clone());
+                cache::spawn_sqlite_watcher(&c, db.sqlite_file());
                 Some(c)
             }
             _ => None,
