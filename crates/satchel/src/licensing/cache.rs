@@ -348,29 +348,9 @@ pub fn spawn_sqlite_watcher(cache: &Arc<ValidationCache>, file: Option<std::path
             let mut backoff = Duration::from_millis(50);
             loop {
                 match ChangeWatch::open(&file) {
-                    Ok(mut watch) => {
-                        let mut wait = SQLITE_POLL;
-                        loop {
-                        let Some(cache) = weak.upgrade() else { return };
-                        match watch.poll() {
-                            Ok(seen) => {
-                                if seen == Seen::LicenseChange {
-                                    cache.changed();
-                                }
-                                wait = next_wait(wait, seen);
-                                if !cache.is_live() {
-                                    cache.set_live(true);
-                                }
-                                backoff = Duration::from_millis(50);
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "license cache watcher: read failed; validations read the database until it is back");
-                                cache.set_live(false);
-                                break;
-                            }
-                        }
-                        drop(cache);
-                        std::thread::sleep(wait);
+                    Ok(watch) => {
+                        if watch_until_failure(watch, &weak, &mut backoff).is_none() {
+                            return;
                         }
                     }
                     Err(e) => {
@@ -387,6 +367,34 @@ pub fn spawn_sqlite_watcher(cache: &Arc<ValidationCache>, file: Option<std::path
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "license cache watcher thread did not start; validations read the database");
+    }
+}
+
+/// Looks through `watch` until a read fails (`Some`: open another connection) or the cache is
+/// gone (`None`: the watcher ends). A good read makes the cache live and resets `backoff`.
+fn watch_until_failure(mut watch: ChangeWatch, weak: &Weak<ValidationCache>, backoff: &mut Duration) -> Option<()> {
+    let mut wait = SQLITE_POLL;
+    loop {
+        let cache = weak.upgrade()?;
+        match watch.poll() {
+            Ok(seen) => {
+                if seen == Seen::LicenseChange {
+                    cache.changed();
+                }
+                if !cache.is_live() {
+                    cache.set_live(true);
+                }
+                wait = next_wait(wait, seen);
+                *backoff = Duration::from_millis(50);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "license cache watcher: read failed; validations read the database until it is back");
+                cache.set_live(false);
+                return Some(());
+            }
+        }
+        drop(cache);
+        std::thread::sleep(wait);
     }
 }
 
