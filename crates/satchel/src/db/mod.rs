@@ -484,17 +484,17 @@ impl Db {
     /// The SQLite database's file, for the threads that open connections of their own beside
     /// the pool (the download-start writer, the license cache's watcher); `None` on
     /// PostgreSQL and for an in-memory database (`sqlite::memory:`, which sqlx names
-    /// `file:sqlx-in-memory-N`, or a `mode=memory` URI), which no other connection could open
-    /// by name.
+    /// `file:sqlx-in-memory-N`, or a `?mode=memory` URL, whose name is no file), which no
+    /// other connection could open by name.
     pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
         let Db::Sqlite(pool) = self else { return None };
         let options = pool.connect_options();
         let file = options.get_filename();
-        let name = file.to_string_lossy();
-        let in_memory = name.is_empty()
-            || name == ":memory:"
-            || name.starts_with("file:sqlx-in-memory-")
-            || name.contains("mode=memory");
+        // sqlx keeps `mode=memory` in a field it does not expose but prints (the test below
+        // notices if that ever changes).
+        let in_memory = file.as_os_str().is_empty()
+            || file.as_os_str() == ":memory:"
+            || format!("{options:?}").contains("in_memory: true");
         (!in_memory).then(|| file.to_path_buf())
     }
 
@@ -658,6 +658,24 @@ pub fn next_page<T>(rows: &mut Vec<T>, limit: i64, key: impl Fn(&T) -> &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a database on disk has a file the writer and the license watcher may open.
+    #[tokio::test]
+    async fn only_a_database_on_disk_names_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let on_disk = Db::connect(&format!("sqlite://{}", path.display()), 1, None)
+            .await
+            .unwrap();
+        assert_eq!(on_disk.sqlite_file(), Some(path));
+        for url in ["sqlite::memory:", "sqlite://elsewhere.db?mode=memory"] {
+            let db = Db::connect(url, 1, None).await.unwrap();
+            assert_eq!(db.sqlite_file(), None, "{url}");
+            db.close().await;
+        }
+        assert!(!std::path::Path::new("elsewhere.db").exists(), "no file made for it");
+        on_disk.close().await;
+    }
 
     /// A pooled PostgreSQL connection the server ended while it sat idle (a restart, an
     /// administrator's `pg_terminate_backend`) is noticed when handed out and replaced: the
