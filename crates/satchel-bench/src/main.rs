@@ -77,6 +77,30 @@ struct Args {
     /// per request at info either way.
     #[arg(long)]
     serve_logging: bool,
+    /// Where Satchel's download batcher runs (its `server.batcher_cpu`): `auto` pins it to the
+    /// CPU taking the disks' interrupts, as docs/operations.md advises when the database
+    /// shares the machine; `none` leaves it to the kernel; or a CPU number.
+    #[arg(long, default_value = "auto")]
+    batcher_cpu: String,
+}
+
+impl Args {
+    /// The batcher's CPU for `server.batcher_cpu`, and how it was chosen (for the table).
+    fn batcher_cpu(&self) -> anyhow::Result<(Option<usize>, String)> {
+        Ok(match self.batcher_cpu.as_str() {
+            "none" => (None, "batcher on any CPU".into()),
+            "auto" => match cpu::disk_interrupt_cpu() {
+                Some(c) => (Some(c), format!("batcher on CPU {c}, the disks' interrupt CPU")),
+                None => (None, "batcher on any CPU (no disk interrupts found)".into()),
+            },
+            n => {
+                let c = n
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--batcher-cpu takes auto, none or a CPU number, not {n:?}"))?;
+                (Some(c), format!("batcher on CPU {c}"))
+            }
+        })
+    }
 }
 
 struct Row {
@@ -553,7 +577,9 @@ async fn bench_backend(
         None
     };
     let secret = "whsec_bench";
+    let (batcher_cpu, batcher_where) = args.batcher_cpu()?;
     let t = TestApp::start_demo_with(backend, |c| {
+        c.server.batcher_cpu = batcher_cpu;
         c.payments.stripe_webhook_secret = Some(satchel::config::Secret::new(secret));
         c.database.max_connections = 32;
         // Each client hammers one grant thousands of times an hour from one address: the
@@ -678,7 +704,7 @@ async fn bench_backend(
     let (reference, ratio) = versus(0);
     rows.push(Row {
         what: format!(
-            "download start ({db}, {} conns, {})",
+            "download start ({db}, {} conns, {}, {batcher_where})",
             args.concurrency,
             if use_wrk { "wrk" } else { "in-process client" }
         ),

@@ -76,6 +76,7 @@ impl App {
         let storage = crate::storage::from_config(&cfg)?;
         let keys = Keys::load_or_generate(&cfg.keys_dir())?;
         let licensing = crate::licensing::Runtime::new(&cfg.licenses, &db);
+        let download_starts = crate::delivery::batch::Batcher::on_cpu(cfg.server.batcher_cpu);
         Ok(App(Arc::new(AppInner {
             cfg,
             db,
@@ -83,7 +84,7 @@ impl App {
             keys,
             metrics: Metrics::default(),
             rate_limiter: crate::http::ratelimit::RateLimiter::default(),
-            download_starts: crate::delivery::batch::Batcher::default(),
+            download_starts,
             licensing,
             abuse: crate::abuse::Tracker::default(),
             job_wake: Arc::new(Notify::new()),

@@ -205,6 +205,12 @@ pub struct ServerConfig {
     /// has a thread of its own beside them, so on a small machine shared with other busy
     /// processes one fewer than the cores can serve more (docs/operations.md, Benchmarks).
     pub workers: usize,
+    /// Pins the download-start batcher's thread to this CPU (`SATCHEL_BATCHER_CPU`; Linux).
+    /// Off by default. With PostgreSQL on the same machine, the batcher and the database's
+    /// backend hand every round back and forth; on the CPU that takes the disk's interrupts
+    /// (where the backend wakes after each commit's flush) those hand-offs need no
+    /// cross-CPU wake-up (docs/operations.md, "The batcher's CPU").
+    pub batcher_cpu: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -347,6 +353,7 @@ impl Default for ServerConfig {
             trust_forwarded_for: false,
             rate_limits: true,
             workers: 0,
+            batcher_cpu: None,
         }
     }
 }
@@ -412,6 +419,7 @@ const ENV_KEYS: &[&str] = &[
     "SATCHEL_LOG_FORMAT",
     "SATCHEL_TRUST_FORWARDED_FOR",
     "SATCHEL_WORKERS",
+    "SATCHEL_BATCHER_CPU",
     "SATCHEL_DATABASE_URL",
     "SATCHEL_DATABASE_MAX_CONNECTIONS",
     "SATCHEL_STORAGE_URL",
@@ -500,6 +508,14 @@ impl Config {
             self.server.workers = v
                 .parse()
                 .map_err(|_| invalid("SATCHEL_WORKERS", "expected a number of threads (0 = one per core)"))?;
+        }
+        if let Some(v) = get("SATCHEL_BATCHER_CPU") {
+            self.server.batcher_cpu = Some(v.parse().map_err(|_| {
+                invalid(
+                    "SATCHEL_BATCHER_CPU",
+                    "expected a CPU number, as `taskset -c` takes it (0 is the first)",
+                )
+            })?);
         }
         if let Some(v) = get("SATCHEL_TRUST_FORWARDED_FOR") {
             self.server.trust_forwarded_for = parse_bool("SATCHEL_TRUST_FORWARDED_FOR", v)?;
@@ -624,6 +640,9 @@ impl Config {
             .map_err(|e| invalid("payments.stripe_api_base", e.to_string()))?;
         if self.delivery.default_max_downloads < 1 {
             return Err(invalid("delivery.default_max_downloads", "must be at least 1"));
+        }
+        if let Some(cpu) = self.server.batcher_cpu {
+            crate::delivery::batch::check_cpu(cpu).map_err(|m| invalid("server.batcher_cpu", m))?;
         }
         self.check_delivery()?;
         if self.uploads.max_size == 0 {

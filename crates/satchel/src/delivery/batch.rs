@@ -108,6 +108,8 @@ type Reply = oneshot::Sender<Result<Settled, String>>;
 pub struct Batcher {
     tx: OnceLock<mpsc::Sender<(Start, Reply)>>,
     counters: Arc<Counters>,
+    /// The CPU its thread is pinned to (`server.batcher_cpu`), if any.
+    cpu: Option<usize>,
 }
 
 /// Transactions committed and starts settled by them (their ratio is the mean batch size).
@@ -118,6 +120,15 @@ struct Counters {
 }
 
 impl Batcher {
+    /// A batcher whose thread, once started, runs only on `cpu` (`None`: wherever the
+    /// kernel puts it).
+    pub fn on_cpu(cpu: Option<usize>) -> Self {
+        Batcher {
+            cpu,
+            ..Batcher::default()
+        }
+    }
+
     /// Settles one start (batched with whatever else is waiting). `Err` carries a database
     /// failure's text: nothing was counted.
     pub async fn settle(&self, db: &Db, start: Start) -> Result<Settled, String> {
@@ -125,7 +136,7 @@ impl Batcher {
             let (tx, rx) = mpsc::channel(QUEUE);
             // The thread holds only its own connection: when the app (and with it the
             // sender) is dropped, `recv` ends and so does the thread.
-            if let Err(e) = spawn_thread(db, rx, self.counters.clone()) {
+            if let Err(e) = spawn_thread(db, rx, self.counters.clone(), self.cpu) {
                 tracing::error!(error = %e, "download batcher thread did not start");
             }
             tx
@@ -162,12 +173,23 @@ impl Batcher {
 
 /// Starts the batcher's thread: a synchronous SQLite writer, or a current-thread runtime with
 /// a dedicated pool (PostgreSQL, and SQLite databases that are not a file).
-fn spawn_thread(db: &Db, rx: mpsc::Receiver<(Start, Reply)>, counters: Arc<Counters>) -> std::io::Result<()> {
+fn spawn_thread(
+    db: &Db,
+    rx: mpsc::Receiver<(Start, Reply)>,
+    counters: Arc<Counters>,
+    cpu: Option<usize>,
+) -> std::io::Result<()> {
     let file = db.sqlite_file();
     let db = db.dedicated_keyed(1, "download batcher");
     std::thread::Builder::new()
         .name("satchel-download-batcher".into())
         .spawn(move || {
+            if let Some(cpu) = cpu {
+                match pin_this_thread(cpu) {
+                    Ok(()) => tracing::debug!(cpu, "download batcher pinned"),
+                    Err(e) => tracing::warn!(cpu, error = %e, "download batcher not pinned (server.batcher_cpu); it runs on any CPU"),
+                }
+            }
             if let Some(file) = file {
                 match SqliteWriter::open(&file) {
                     Ok(w) => return w.run(rx, &counters),
@@ -189,6 +211,45 @@ fn spawn_thread(db: &Db, rx: mpsc::Receiver<(Start, Reply)>, counters: Arc<Count
             });
         })
         .map(|_| ())
+}
+
+/// Whether this process may run on `cpu`, so that `server.batcher_cpu` can pin the batcher
+/// there; the message says what to choose instead.
+pub fn check_cpu(cpu: usize) -> Result<(), String> {
+    #[cfg(target_os = "linux")]
+    {
+        let allowed =
+            rustix::thread::sched_getaffinity(None).map_err(|e| format!("cannot read this process's CPUs: {e}"))?;
+        if cpu < rustix::thread::CpuSet::MAX_CPU && allowed.is_set(cpu) {
+            return Ok(());
+        }
+        let list: Vec<String> = (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|c| allowed.is_set(*c))
+            .map(|c| c.to_string())
+            .collect();
+        Err(format!(
+            "CPU {cpu} is not one this process may run on (it may use {}); pick one of those, or leave it unset",
+            list.join(", ")
+        ))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Err(format!(
+            "pinning the batcher (CPU {cpu}) is supported on Linux only; leave it unset"
+        ))
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_this_thread(cpu: usize) -> std::io::Result<()> {
+    check_cpu(cpu).map_err(std::io::Error::other)?;
+    #[cfg(target_os = "linux")]
+    {
+        let mut only = rustix::thread::CpuSet::new();
+        only.set(cpu);
+        rustix::thread::sched_setaffinity(None, &only)?;
+    }
+    Ok(())
 }
 
 /// Takes the next batch: waits for one start, then takes whatever else is already waiting.
