@@ -31,12 +31,39 @@ fn help_explains_every_command() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("create-api-key"));
 }
 
-async fn fresh_pg_database() -> String {
+/// Databases this test made that are older than this are dropped by the next run (one whose
+/// test failed before its own clean-up, or a run that was killed).
+const STALE_DATABASE_SECS: i64 = 3600;
+
+/// A new, empty PostgreSQL database for one run of the CLI (named `satchel_cli_<unix time>_…`),
+/// and its URL; first drops the ones earlier runs left behind.
+async fn fresh_pg_database() -> (String, String) {
+    let pool = sqlx::PgPool::connect(&pg_admin_url()).await.unwrap();
+    let existing: Vec<(String,)> =
+        sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'satchel\\_cli\\_%'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let now = satchel::ids::now();
+    for (name,) in existing {
+        // Names from before the time was part of them count as stale.
+        let made: i64 = name
+            .trim_start_matches("satchel_cli_")
+            .split('_')
+            .next()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        if now - made > STALE_DATABASE_SECS {
+            // Another run may be dropping it too: an error here changes nothing.
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&pool)
+                .await;
+        }
+    }
     let name = format!(
-        "satchel_cli_{}",
+        "satchel_cli_{now}_{}",
         satchel::ids::random_token(6).to_lowercase().replace(['-', '_'], "x")
     );
-    let pool = sqlx::PgPool::connect(&pg_admin_url()).await.unwrap();
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&pool)
         .await
@@ -44,7 +71,17 @@ async fn fresh_pg_database() -> String {
     pool.close().await;
     let mut url = url::Url::parse(&pg_admin_url()).unwrap();
     url.set_path(&name);
-    url.to_string()
+    (name, url.to_string())
+}
+
+/// Drops a database [`fresh_pg_database`] made.
+async fn drop_pg_database(name: &str) {
+    let pool = sqlx::PgPool::connect(&pg_admin_url()).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
 }
 
 #[tokio::test]
@@ -52,8 +89,11 @@ async fn admin_creates_sellers_and_api_keys_on_both_backends() {
     for backend in backends().await {
         let dir = tempfile::tempdir().unwrap();
         let mut env = vec![];
+        let mut database = None;
         if backend == Backend::Postgres {
-            env.push(("SATCHEL_DATABASE_URL", fresh_pg_database().await));
+            let (name, url) = fresh_pg_database().await;
+            env.push(("SATCHEL_DATABASE_URL", url));
+            database = Some(name);
         }
         let run = |args: &[&str]| {
             let mut c = satchel();
@@ -96,6 +136,9 @@ async fn admin_creates_sellers_and_api_keys_on_both_backends() {
         let out = run(&["admin", "create-api-key", "--seller-email", "nobody@example.com"]);
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+        if let Some(name) = database {
+            drop_pg_database(&name).await;
+        }
     }
 }
 
