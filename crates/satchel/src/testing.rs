@@ -75,6 +75,17 @@ pub async fn drop_schemas_made_here() -> usize {
     dropped
 }
 
+/// Test schemas and databases are named with the time they were made; the next run drops
+/// those older than this (their run ended, or was killed before its own clean-up).
+pub const STALE_AFTER_SECS: i64 = 3600;
+
+/// Whether a test schema or database whose name carries the time `stamp` (unix seconds) is
+/// stale: made more than [`STALE_AFTER_SECS`] ago, or named without a time at all.
+pub fn is_stale(stamp: Option<&str>) -> bool {
+    let made = stamp.and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+    crate::ids::now() - made > STALE_AFTER_SECS
+}
+
 async fn pg_available() -> Result<(), String> {
     PG_READY
         .get_or_init(|| async {
@@ -85,15 +96,13 @@ async fn pg_available() -> Result<(), String> {
                 .await
                 .map_err(|e| format!("PostgreSQL not reachable at {}: {e}", pg_admin_url()))?;
             // Drop schemas left by test runs more than an hour old (names carry their start time).
-            let cutoff = crate::ids::now() - 3600;
             let rows: Vec<(String,)> =
                 sqlx::query_as("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 't\\_%'")
                     .fetch_all(&pool)
                     .await
                     .map_err(|e| e.to_string())?;
             for (name,) in rows {
-                let ts = name.split('_').nth(1).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
-                if ts < cutoff {
+                if is_stale(name.split('_').nth(1)) {
                     let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
                         .execute(&pool)
                         .await;
@@ -955,5 +964,20 @@ impl Drop for NginxServer {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_stale_after_an_hour_or_without_a_time() {
+        let now = crate::ids::now();
+        assert!(!is_stale(Some(&now.to_string())));
+        assert!(!is_stale(Some(&(now - STALE_AFTER_SECS + 5).to_string())));
+        assert!(is_stale(Some(&(now - STALE_AFTER_SECS - 5).to_string())));
+        assert!(is_stale(None), "a name from before times were part of it");
+        assert!(is_stale(Some("x8f3k2")), "a name whose part is not a time");
     }
 }

@@ -31,12 +31,8 @@ fn help_explains_every_command() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("create-api-key"));
 }
 
-/// Databases this test made that are older than this are dropped by the next run (one whose
-/// test failed before its own clean-up, or a run that was killed).
-const STALE_DATABASE_SECS: i64 = 3600;
-
 /// A new, empty PostgreSQL database for one run of the CLI (named `satchel_cli_<unix time>_…`),
-/// and its URL; first drops the ones earlier runs left behind.
+/// and its URL; first drops the stale ones earlier runs left behind (`testing::is_stale`).
 async fn fresh_pg_database() -> (String, String) {
     let pool = sqlx::PgPool::connect(&pg_admin_url()).await.unwrap();
     let existing: Vec<(String,)> =
@@ -44,16 +40,9 @@ async fn fresh_pg_database() -> (String, String) {
             .fetch_all(&pool)
             .await
             .unwrap();
-    let now = satchel::ids::now();
     for (name,) in existing {
         // Names from before the time was part of them count as stale.
-        let made: i64 = name
-            .trim_start_matches("satchel_cli_")
-            .split('_')
-            .next()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(0);
-        if now - made > STALE_DATABASE_SECS {
+        if satchel::testing::is_stale(name.trim_start_matches("satchel_cli_").split('_').next()) {
             // Another run may be dropping it too: an error here changes nothing.
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                 .execute(&pool)
@@ -61,7 +50,8 @@ async fn fresh_pg_database() -> (String, String) {
         }
     }
     let name = format!(
-        "satchel_cli_{now}_{}",
+        "satchel_cli_{}_{}",
+        satchel::ids::now(),
         satchel::ids::random_token(6).to_lowercase().replace(['-', '_'], "x")
     );
     sqlx::query(&format!("CREATE DATABASE {name}"))
