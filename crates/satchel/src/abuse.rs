@@ -77,7 +77,11 @@ impl Tracker {
                 map.clear();
             }
         }
-        let seen = map.entry(grant_id.to_string()).or_default();
+        // A grant already seen is found without making a key (every download start asks).
+        let seen = match map.get_mut(grant_id) {
+            Some(seen) => seen,
+            None => map.entry(grant_id.to_string()).or_default(),
+        };
         let velocity = [cfg.soft_starts_per_hour, cfg.suspend_starts_per_hour]
             .into_iter()
             .filter(|&v| v > 0)

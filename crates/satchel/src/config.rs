@@ -702,12 +702,25 @@ impl Config {
 
     /// The public base URL without a trailing slash.
     pub fn public_url(&self) -> String {
-        self.server
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", self.server.bind))
-            .trim_end_matches('/')
-            .to_string()
+        let mut url = String::new();
+        self.push_public_url(&mut url);
+        url
+    }
+
+    /// Appends [`Config::public_url`] to `out` (no string of its own: every download start
+    /// puts it in its delivery URL).
+    pub fn push_public_url(&self, out: &mut String) {
+        let start = out.len();
+        match &self.server.public_url {
+            Some(url) => out.push_str(url),
+            None => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "http://{}", self.server.bind);
+            }
+        }
+        while out.len() > start && out.ends_with('/') {
+            out.pop();
+        }
     }
 
     pub fn keys_dir(&self) -> PathBuf {
