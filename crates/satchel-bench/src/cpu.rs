@@ -123,36 +123,3 @@ pub fn waited_children() -> u64 {
     };
     (ticks(13) + ticks(14)) * 10_000_000
 }
-
-/// The CPU that has taken the most interrupts from the machine's disks (their queues' rows
-/// in `/proc/interrupts`, named after each disk's device: `virtio1-req.0`, `nvme0q1`, …),
-/// or `None` where none is found. A local database's backend wakes there after each
-/// commit's flush, so the download batcher pinned to it hands rounds back and forth with
-/// the backend without a cross-CPU wake-up (`server.batcher_cpu`).
-pub fn disk_interrupt_cpu() -> Option<usize> {
-    let devices: Vec<String> = std::fs::read_dir("/sys/block")
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|d| std::fs::read_link(d.path().join("device")).ok())
-        .filter_map(|link| Some(link.file_name()?.to_string_lossy().to_string()))
-        .collect();
-    if devices.is_empty() {
-        return None;
-    }
-    let table = std::fs::read_to_string("/proc/interrupts").ok()?;
-    let mut lines = table.lines();
-    let cpus = lines.next()?.split_whitespace().count();
-    let mut totals = vec![0u64; cpus];
-    for line in lines {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let Some(name) = fields.last() else { continue };
-        if fields.len() < cpus + 2 || !devices.iter().any(|d| name.starts_with(d.as_str())) {
-            continue;
-        }
-        for (total, count) in totals.iter_mut().zip(&fields[1..=cpus]) {
-            *total += count.parse::<u64>().unwrap_or(0);
-        }
-    }
-    let (cpu, most) = totals.iter().enumerate().max_by_key(|(_, n)| **n)?;
-    (*most > 0).then_some(cpu)
-}

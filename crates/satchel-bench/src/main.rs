@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use satchel::config::BatcherCpu;
 use satchel::db::{Backend, Exec};
 use satchel::testing::TestApp;
 use serde_json::json;
@@ -88,19 +89,23 @@ struct Args {
 impl Args {
     /// The batcher's CPU for `server.batcher_cpu` on `backend`, and how it was chosen (for
     /// the table).
-    fn batcher_cpu(&self, backend: Backend) -> anyhow::Result<(Option<usize>, String)> {
+    fn batcher_cpu(&self, backend: Backend) -> anyhow::Result<(Option<BatcherCpu>, String)> {
         Ok(match self.batcher_cpu.as_str() {
             "none" => (None, "batcher on any CPU".into()),
-            "auto" if backend == Backend::Sqlite => (None, "batcher on any CPU".into()),
-            "auto" => match cpu::disk_interrupt_cpu() {
-                Some(c) => (Some(c), format!("batcher on CPU {c}, the disks' interrupt CPU")),
+            "auto" if backend == Backend::Sqlite => (Some(BatcherCpu::Auto), "batcher on any CPU".into()),
+            // The store's own `auto`, named in the table by the CPU it will find.
+            "auto" => match satchel::delivery::batch::disk_interrupt_cpu() {
+                Some(c) => (
+                    Some(BatcherCpu::Auto),
+                    format!("batcher on CPU {c}, the disks' interrupt CPU"),
+                ),
                 None => (None, "batcher on any CPU (no disk interrupts found)".into()),
             },
             n => {
                 let c = n
                     .parse()
                     .map_err(|_| anyhow::anyhow!("--batcher-cpu takes auto, none or a CPU number, not {n:?}"))?;
-                (Some(c), format!("batcher on CPU {c}"))
+                (Some(BatcherCpu::Cpu(c)), format!("batcher on CPU {c}"))
             }
         })
     }

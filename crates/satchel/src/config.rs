@@ -205,12 +205,54 @@ pub struct ServerConfig {
     /// has a thread of its own beside them, so on a small machine shared with other busy
     /// processes one fewer than the cores can serve more (docs/operations.md, Benchmarks).
     pub workers: usize,
-    /// Pins the download-start batcher's thread to this CPU (`SATCHEL_BATCHER_CPU`; Linux).
-    /// Off by default. With PostgreSQL on the same machine, the batcher and the database's
-    /// backend hand every round back and forth; on the CPU that takes the disk's interrupts
-    /// (where the backend wakes after each commit's flush) those hand-offs need no
-    /// cross-CPU wake-up (docs/operations.md, "The batcher's CPU").
-    pub batcher_cpu: Option<usize>,
+    /// Pins the download-start batcher's thread to a CPU (`SATCHEL_BATCHER_CPU`; Linux): a
+    /// CPU number, or `auto`. Off by default. With PostgreSQL on the same machine, the
+    /// batcher and the database's backend hand every round back and forth; on the CPU that
+    /// takes the disk's interrupts (where the backend wakes after each commit's flush) those
+    /// hand-offs need no cross-CPU wake-up (docs/operations.md, "The batcher's CPU").
+    pub batcher_cpu: Option<BatcherCpu>,
+}
+
+/// Where the download-start batcher's thread runs (`server.batcher_cpu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "BatcherCpuSetting")]
+pub enum BatcherCpu {
+    /// This CPU (as `taskset -c` numbers them).
+    Cpu(usize),
+    /// On PostgreSQL, the CPU that has taken the most interrupts from the machine's disks
+    /// when the batcher starts ([`crate::delivery::batch::disk_interrupt_cpu`]); unpinned if
+    /// none is found. SQLite's writer is left unpinned: pinning it gained nothing.
+    Auto,
+}
+
+/// `server.batcher_cpu` as written: a number or a word.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum BatcherCpuSetting {
+    Cpu(usize),
+    Word(String),
+}
+
+impl TryFrom<BatcherCpuSetting> for BatcherCpu {
+    type Error = String;
+    fn try_from(s: BatcherCpuSetting) -> Result<Self, String> {
+        match s {
+            BatcherCpuSetting::Cpu(cpu) => Ok(BatcherCpu::Cpu(cpu)),
+            BatcherCpuSetting::Word(w) => w.parse(),
+        }
+    }
+}
+
+impl std::str::FromStr for BatcherCpu {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(BatcherCpu::Auto),
+            n => n.parse().map(BatcherCpu::Cpu).map_err(|_| {
+                format!("expected a CPU number, as `taskset -c` takes it (0 is the first), or `auto`; not {n:?}")
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -510,12 +552,7 @@ impl Config {
                 .map_err(|_| invalid("SATCHEL_WORKERS", "expected a number of threads (0 = one per core)"))?;
         }
         if let Some(v) = get("SATCHEL_BATCHER_CPU") {
-            self.server.batcher_cpu = Some(v.parse().map_err(|_| {
-                invalid(
-                    "SATCHEL_BATCHER_CPU",
-                    "expected a CPU number, as `taskset -c` takes it (0 is the first)",
-                )
-            })?);
+            self.server.batcher_cpu = Some(v.parse().map_err(|m: String| invalid("SATCHEL_BATCHER_CPU", m))?);
         }
         if let Some(v) = get("SATCHEL_TRUST_FORWARDED_FOR") {
             self.server.trust_forwarded_for = parse_bool("SATCHEL_TRUST_FORWARDED_FOR", v)?;
@@ -641,7 +678,7 @@ impl Config {
         if self.delivery.default_max_downloads < 1 {
             return Err(invalid("delivery.default_max_downloads", "must be at least 1"));
         }
-        if let Some(cpu) = self.server.batcher_cpu {
+        if let Some(BatcherCpu::Cpu(cpu)) = self.server.batcher_cpu {
             crate::delivery::batch::check_cpu(cpu).map_err(|m| invalid("server.batcher_cpu", m))?;
         }
         self.check_delivery()?;

@@ -54,6 +54,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::config::BatcherCpu;
 use crate::db::models::FileRow;
 use crate::db::{Backend, Db, DbError, Exec, Query, Tx};
 
@@ -108,8 +109,8 @@ type Reply = oneshot::Sender<Result<Settled, String>>;
 pub struct Batcher {
     tx: OnceLock<mpsc::Sender<(Start, Reply)>>,
     counters: Arc<Counters>,
-    /// The CPU its thread is pinned to (`server.batcher_cpu`), if any.
-    cpu: Option<usize>,
+    /// Where its thread is pinned (`server.batcher_cpu`), if anywhere.
+    cpu: Option<BatcherCpu>,
 }
 
 /// Transactions committed and starts settled by them (their ratio is the mean batch size).
@@ -122,7 +123,7 @@ struct Counters {
 impl Batcher {
     /// A batcher whose thread, once started, runs only on `cpu` (`None`: wherever the
     /// kernel puts it).
-    pub fn on_cpu(cpu: Option<usize>) -> Self {
+    pub fn on_cpu(cpu: Option<BatcherCpu>) -> Self {
         Batcher {
             cpu,
             ..Batcher::default()
@@ -177,10 +178,25 @@ fn spawn_thread(
     db: &Db,
     rx: mpsc::Receiver<(Start, Reply)>,
     counters: Arc<Counters>,
-    cpu: Option<usize>,
+    cpu: Option<BatcherCpu>,
 ) -> std::io::Result<()> {
     let file = db.sqlite_file();
     let db = db.dedicated_keyed(1, "download batcher");
+    let cpu = match cpu {
+        Some(BatcherCpu::Cpu(cpu)) => Some(cpu),
+        // SQLite's writer syncs nothing at commit and waits on no other process: pinned, it
+        // gained nothing in the bench.
+        Some(BatcherCpu::Auto) if file.is_some() => None,
+        Some(BatcherCpu::Auto) => {
+            let found = disk_interrupt_cpu();
+            match found {
+                Some(cpu) => tracing::info!(cpu, "download batcher pinned to the CPU taking the disks' interrupts (server.batcher_cpu = auto)"),
+                None => tracing::warn!("server.batcher_cpu = auto: no disk interrupts found in /proc/interrupts; the download batcher runs on any CPU"),
+            }
+            found
+        }
+        None => None,
+    };
     std::thread::Builder::new()
         .name("satchel-download-batcher".into())
         .spawn(move || {
@@ -238,6 +254,44 @@ pub fn check_cpu(cpu: usize) -> Result<(), String> {
             "pinning the batcher (CPU {cpu}) is supported on Linux only; leave it unset"
         ))
     }
+}
+
+/// The CPU that has taken the most interrupts from the machine's disks (their queues' rows
+/// in `/proc/interrupts`, named after each disk's device: `virtio1-req.0`, `nvme0q1`, …),
+/// or `None` where none is found (or not on Linux). A local database's backend wakes there
+/// after each commit's flush, so the batcher pinned to it hands rounds back and forth with
+/// the backend without a cross-CPU wake-up (`server.batcher_cpu = auto`).
+pub fn disk_interrupt_cpu() -> Option<usize> {
+    let devices: Vec<String> = std::fs::read_dir("/sys/block")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|d| std::fs::read_link(d.path().join("device")).ok())
+        .filter_map(|link| Some(link.file_name()?.to_string_lossy().to_string()))
+        .collect();
+    busiest_cpu(&std::fs::read_to_string("/proc/interrupts").ok()?, &devices)
+}
+
+/// The CPU column with the largest total over the rows of an `/proc/interrupts` `table`
+/// whose name starts with one of `devices`; `None` if they have none.
+fn busiest_cpu(table: &str, devices: &[String]) -> Option<usize> {
+    if devices.is_empty() {
+        return None;
+    }
+    let mut lines = table.lines();
+    let cpus = lines.next()?.split_whitespace().count();
+    let mut totals = vec![0u64; cpus];
+    for line in lines {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let Some(name) = fields.last() else { continue };
+        if fields.len() < cpus + 2 || !devices.iter().any(|d| name.starts_with(d.as_str())) {
+            continue;
+        }
+        for (total, count) in totals.iter_mut().zip(&fields[1..=cpus]) {
+            *total += count.parse::<u64>().unwrap_or(0);
+        }
+    }
+    let (cpu, most) = totals.iter().enumerate().max_by_key(|(_, n)| **n)?;
+    (*most > 0).then_some(cpu)
 }
 
 /// Pins the calling thread to `cpu`.
@@ -1334,6 +1388,32 @@ impl SqliteWriter {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn the_busiest_cpu_is_read_off_the_disks_rows_of_the_interrupt_table() {
+        let table = "           CPU0       CPU1       CPU2
+  1:          9          0          0   IO-APIC   1-edge      i8042
+ 24:        120       4510        300   PCI-MSI 1-edge      virtio1-req.0
+ 25:       9000          0          0   PCI-MSI 2-edge      virtio2-input.0
+ 26:          0          7        900   PCI-MSI 3-edge      nvme0q1
+LOC:     100000     100000     100000   Local timer interrupts
+";
+        let devices = |d: &[&str]| d.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            busiest_cpu(table, &devices(&["virtio1"])),
+            Some(1),
+            "the disk's own row, not the NIC's"
+        );
+        assert_eq!(
+            busiest_cpu(table, &devices(&["virtio1", "nvme0"])),
+            Some(1),
+            "summed over the disks: 4517 on CPU 1"
+        );
+        assert_eq!(busiest_cpu(table, &devices(&["nvme0"])), Some(2));
+        assert_eq!(busiest_cpu(table, &devices(&["sda"])), None, "no row: no pin");
+        assert_eq!(busiest_cpu(table, &[]), None);
+        assert_eq!(busiest_cpu("", &devices(&["virtio1"])), None);
+    }
 
     /// A start of `gid` from one address, with an event id of its own.
     fn start_of(gid: &str) -> Start {
