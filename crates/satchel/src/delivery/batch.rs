@@ -181,22 +181,22 @@ fn spawn_thread(
     cpu: Option<BatcherCpu>,
 ) -> std::io::Result<()> {
     let file = db.sqlite_file();
-    let db = db.dedicated_keyed(1, "download batcher");
     let cpu = match cpu {
         Some(BatcherCpu::Cpu(cpu)) => Some(cpu),
         // SQLite's writer syncs nothing at commit and waits on no other process: pinned, it
         // gained nothing in the bench.
-        Some(BatcherCpu::Auto) if file.is_some() => None,
+        Some(BatcherCpu::Auto) if db.backend() == Backend::Sqlite => None,
         Some(BatcherCpu::Auto) => {
             let found = disk_interrupt_cpu();
             match found {
-                Some(cpu) => tracing::info!(cpu, "download batcher pinned to the CPU taking the disks' interrupts (server.batcher_cpu = auto)"),
+                Some(cpu) => tracing::info!(cpu, "server.batcher_cpu = auto: the download batcher goes to the CPU taking the disks' interrupts"),
                 None => tracing::warn!("server.batcher_cpu = auto: no disk interrupts found in /proc/interrupts; the download batcher runs on any CPU"),
             }
             found
         }
         None => None,
     };
+    let db = db.dedicated_keyed(1, "download batcher");
     std::thread::Builder::new()
         .name("satchel-download-batcher".into())
         .spawn(move || {
