@@ -285,28 +285,52 @@ async fn download(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: axum::extract::Request,
 ) -> ApiResult<Response> {
-    // The request itself, not a `HeaderMap` extractor: that one copies every header.
-    let headers = req.headers();
+    download_answer(
+        &app,
+        &token,
+        q.file.as_deref(),
+        peer,
+        req.method() == axum::http::Method::HEAD,
+        req.headers(),
+    )
+    .await
+}
+
+/// The route of [`download`], as the router matches it.
+pub(crate) const DOWNLOAD_ROUTE: &str = "/api/v1/downloads/{token}";
+
+/// [`download`]'s answer for `token` and the `file` asked for, to a `GET` (or, `head`, a
+/// `HEAD`) with `headers`. The HTTP front calls it directly for a request the router would
+/// route there with nothing to decode (`front::direct_download`).
+pub(crate) async fn download_answer(
+    app: &App,
+    token: &str,
+    file: Option<&str>,
+    peer: SocketAddr,
+    head: bool,
+    // The request's own headers, not a `HeaderMap` extractor: that one copies every header.
+    headers: &axum::http::HeaderMap,
+) -> ApiResult<Response> {
     let ua = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let ip = crate::http::ratelimit::client_ip(&app, headers, Some(peer.ip())).unwrap_or(peer.ip());
+    let ip = crate::http::ratelimit::client_ip(app, headers, Some(peer.ip())).unwrap_or(peer.ip());
     // HEAD is safe: it tells whether the link works and counts nothing (no Location either,
     // or a HEAD would fetch the file uncounted).
-    if req.method() == axum::http::Method::HEAD {
-        crate::delivery::probe(&app, &token, q.file.as_deref(), ip).await?;
+    if head {
+        crate::delivery::probe(app, token, file, ip).await?;
         return Ok((StatusCode::OK, [(header::CACHE_CONTROL, "no-store")]).into_response());
     }
     // A resume or extra connection of a download counted moments ago is not a new download.
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let resumed = match range {
-        Some(r) => crate::delivery::continuation(&app, &token, q.file.as_deref(), ip, r, ua).await?,
+        Some(r) => crate::delivery::continuation(app, token, file, ip, r, ua).await?,
         None => None,
     };
     let url = match resumed {
         Some(url) => url,
-        None => crate::delivery::redeem(&app, &token, q.file.as_deref(), ip, ua).await?,
+        None => crate::delivery::redeem(app, token, file, ip, ua).await?,
     };
     Ok((
         StatusCode::FOUND,

@@ -86,9 +86,12 @@ pub async fn connection(front: std::sync::Arc<Front>, mut io: TcpStream, peer: S
         }
         let head_only = req.method() == Method::HEAD;
         let client_close = wants_close(req.headers());
-        let resp = match tower::ServiceExt::oneshot(front.router.clone(), *req).await {
-            Ok(r) => r,
-            Err(never) => match never {},
+        let resp = match direct_download_token(&req) {
+            Some(token) => direct_download(&front.app, *req, token, peer).await,
+            None => match tower::ServiceExt::oneshot(front.router.clone(), *req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            },
         };
         let close = client_close || wants_close(resp.headers()) || front.stop.is_cancelled();
         if write_response(&front.app, &mut io, resp, head_only, close)
@@ -98,6 +101,44 @@ pub async fn connection(front: std::sync::Arc<Front>, mut io: TcpStream, peer: S
         {
             return;
         }
+    }
+}
+
+/// The token of a download link the front answers without the router: `/api/v1/downloads/`
+/// and one path segment with nothing for the router to decode (no `%`) and no query (so no
+/// `?file=` to parse). Every other request — and any such link written otherwise — goes
+/// through the router to the same handler.
+fn direct_download_token(req: &Request<Body>) -> Option<String> {
+    let token = req.uri().path().strip_prefix("/api/v1/downloads/")?;
+    let plain = !token.is_empty() && req.uri().query().is_none() && !token.contains(['/', '%']);
+    plain.then(|| token.to_string())
+}
+
+/// A download link's answer without the router: the same envelope (request id, metrics,
+/// header limit, browser pages, rate limits; `http::enveloped`), the same handler
+/// (`commerce::download_answer`), and a panic answered 500 as the router's layer answers it.
+/// What it skips is the router's own work per request — route matching, the boxed services
+/// and middleware futures, the extractors: a quarter of the HTTP thread's CPU per download
+/// start in a profile (docs/operations.md, "A slower VM").
+async fn direct_download(
+    app: &crate::app::App,
+    mut req: Request<Body>,
+    token: String,
+    peer: SocketAddr,
+) -> Response<Body> {
+    use crate::http::commerce::{download_answer, DOWNLOAD_ROUTE};
+    use futures::FutureExt;
+    req.extensions_mut().insert(crate::http::FrontRoute(DOWNLOAD_ROUTE));
+    let answer = crate::http::enveloped(app, req, |req| async move {
+        let head = req.method() == Method::HEAD;
+        match download_answer(app, &token, None, peer, head, req.headers()).await {
+            Ok(r) => r,
+            Err(e) => axum::response::IntoResponse::into_response(e),
+        }
+    });
+    match std::panic::AssertUnwindSafe(answer).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => crate::http::panic_response(panic),
     }
 }
 
@@ -518,6 +559,27 @@ mod tests {
 
     fn peer() -> SocketAddr {
         "127.0.0.1:9".parse().unwrap()
+    }
+
+    #[test]
+    fn only_a_plain_download_link_skips_the_router() {
+        let token = |target: &str| {
+            let req = Request::builder().uri(target).body(Body::empty()).unwrap();
+            direct_download_token(&req)
+        };
+        assert_eq!(
+            token("/api/v1/downloads/d1.grt_1.99.k.mac").as_deref(),
+            Some("d1.grt_1.99.k.mac")
+        );
+        // Something for the router to decode or route elsewhere: it takes them, as before.
+        assert_eq!(token("/api/v1/downloads/d1.grt_1.99.k.mac?file=a.pdf"), None, "a query");
+        assert_eq!(token("/api/v1/downloads/d1%2Egrt"), None, "percent-encoded");
+        assert_eq!(token("/api/v1/downloads/a/b"), None, "two segments");
+        assert_eq!(token("/api/v1/downloads/"), None, "no token");
+        assert_eq!(token("/files/f1.x/a.pdf"), None);
+        // The route it labels them with is the handler's documented route.
+        let (_, spec) = crate::http::routes();
+        assert!(spec.paths.paths.contains_key(crate::http::commerce::DOWNLOAD_ROUTE));
     }
 
     #[test]

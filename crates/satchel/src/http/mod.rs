@@ -113,14 +113,30 @@ const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// 4. rate limits per network ([`ratelimit::limit`]);
 /// 5. the route's handler.
 async fn envelope(State(app): State<App>, req: Request, next: Next) -> Response {
-    observe(&app, req, |req| async {
+    enveloped(&app, req, |req| next.run(req)).await
+}
+
+/// [`envelope`]'s steps around `handler`. The HTTP front calls it directly for the hot
+/// download-start route ([`front`]), so that request skips only the router's own machinery
+/// (route matching, boxed services, extractors), not the envelope.
+pub(crate) async fn enveloped<F, Fut>(app: &App, req: Request, handler: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
+    observe(app, req, |req| async {
         if let Some(refused) = headers_too_large(&req) {
             return refused;
         }
-        pages::browser_layer(&app, req, |req| ratelimit::limit(&app, req, |req| next.run(req))).await
+        pages::browser_layer(app, req, |req| ratelimit::limit(app, req, handler)).await
     })
     .await
 }
+
+/// The route a request answered without the router belongs to, as the router would have
+/// matched it (metrics and logs label requests by route).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FrontRoute(pub &'static str);
 
 fn headers_too_large(req: &Request) -> Option<Response> {
     let total: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
@@ -142,7 +158,7 @@ async fn fallback() -> ApiError {
     )
 }
 
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+pub(crate) fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("handler panicked");
     ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
 }
@@ -164,7 +180,12 @@ where
         .map(str::to_string)
         .unwrap_or_else(crate::ids::request_id);
     let matched = req.extensions().get::<MatchedPath>().cloned();
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let front_route = req.extensions().get::<FrontRoute>().copied();
+    let route = matched
+        .as_ref()
+        .map(MatchedPath::as_str)
+        .or(front_route.map(|r| r.0))
+        .unwrap_or("unmatched");
     let method = req.method().clone();
     req.extensions_mut().insert(RequestId(rid.clone()));
     let span = tracing::info_span!("request", request_id = %rid, method = %method, route = %route);
