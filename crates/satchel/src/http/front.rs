@@ -4,9 +4,11 @@
 //! `/files/…`) are read, answered and written here; everything else — any other path, a
 //! request with a body, an upgrade, HTTP/2, HTTP/1.0, a head this parser will not take — is
 //! handed to hyper together with the bytes already read, and hyper serves the connection
-//! from then on. Either way the request goes through the same router, so the envelope
-//! (request id, metrics, header limit, browser pages, rate limits), the handlers and the
-//! answers are the same; only the wire work differs:
+//! from then on. Either way the request goes through the same envelope (request id, metrics,
+//! header limit, browser pages, rate limits) to the same handlers, so the answers are the
+//! same — a plain download link here reaches its handler without the router's matching and
+//! extractors (`direct_download`), everything else through the router; only the wire work
+//! differs:
 //!
 //! * a local, unwatermarked file body ([`FileRegion`] on the response) is sent by the kernel
 //!   with `sendfile(2)`: no byte passes through user space, and a stalled download holds no
