@@ -628,6 +628,18 @@ async fn a_new_version_is_delivered_at_once_and_a_missing_file_counts_nothing() 
         assert!(name.contains("second.pdf"), "{backend:?}: {name}");
         assert_eq!(body.as_ref(), new_pdf.as_slice());
         assert_eq!(remaining().await, 3);
+        // Its event names the file delivered (read off the product row, not looked up).
+        let logged: (String, i64) = t
+            .app
+            .db
+            .fetch_one(sql!(
+                "SELECT f.name, e.bytes FROM download_events e JOIN download_grants g ON g.id = e.grant_id
+                 JOIN files f ON f.id = e.file_id WHERE g.order_id = $1 ORDER BY e.id DESC LIMIT 1",
+                order["order_id"].as_str().unwrap()
+            ))
+            .await
+            .unwrap();
+        assert_eq!(logged, ("second.pdf".to_string(), new_pdf.len() as i64), "{backend:?}");
 
         // Version 1's file is no longer current: 404, and nothing counted or logged.
         let events = || async {

@@ -447,3 +447,110 @@ async fn a_dropped_publish_gives_its_version_up() {
         );
     }
 }
+
+/// A product row carries its current version's first file by name (what a link naming no
+/// file delivers, read by every download start), kept by the database's triggers through
+/// every write: a new version, a file added to, renamed in or removed from the current
+/// version, and not through writes to an older version.
+#[tokio::test]
+async fn the_product_row_follows_its_current_versions_first_file() {
+    for backend in backends().await {
+        let (t, _key, product) = demo_templates(backend).await;
+        let db = &t.app.db;
+        let first = || async {
+            db.fetch_one::<(Option<String>, Option<i64>)>(sql!(
+                "SELECT first_file_id, first_file_size FROM products WHERE id = $1",
+                &product.id
+            ))
+            .await
+            .unwrap()
+        };
+        let file = |version: &str, name: &str| {
+            let (version, name) = (version.to_string(), name.to_string());
+            async move {
+                db.fetch_one::<(String, i64)>(sql!(
+                    "SELECT id, size FROM files WHERE version_id = $1 AND name = $2",
+                    &version,
+                    &name
+                ))
+                .await
+                .unwrap()
+            }
+        };
+        // The demo's own version, set up by the migrations' and the seeding's writes.
+        let seeded: (String, i64) = db
+            .fetch_one(sql!(
+                "SELECT f.id, f.size FROM files f JOIN products p ON p.current_version_id = f.version_id
+                 WHERE p.id = $1 ORDER BY f.name LIMIT 1",
+                &product.id
+            ))
+            .await
+            .unwrap();
+        assert_eq!(first().await, (Some(seeded.0), Some(seeded.1)), "{backend:?}");
+
+        let new_file = |name: &str, size: i64| satchel::catalog::NewFile {
+            name: name.into(),
+            object_key: format!("k/{name}"),
+            size,
+            sha256: "0".repeat(64),
+            content_type: "application/octet-stream".into(),
+        };
+        let v2 = satchel::catalog::insert_version(db, &product.id, "9.0.0", "", &[new_file("b.pdf", 20), new_file("a.zip", 10)])
+            .await
+            .unwrap();
+        let a = file(&v2.id, "a.zip").await;
+        assert_eq!(first().await, (Some(a.0.clone()), Some(10)), "{backend:?}: the first by name, not by insertion");
+
+        // A file added to the current version that sorts first takes over; renamed past the
+        // others it gives the place back; a resize follows; removing the first leaves the next.
+        db.execute(sql!(
+            "INSERT INTO files (id, product_id, version_id, name, object_key, size, sha256, content_type, created_at)
+             VALUES ('fil_late', $1, $2, '0-readme.txt', 'k/r', 5, '', 'text/plain', 0)",
+            &product.id,
+            &v2.id
+        ))
+        .await
+        .unwrap();
+        assert_eq!(first().await, (Some("fil_late".into()), Some(5)), "{backend:?}");
+        db.execute(sql!("UPDATE files SET name = 'z.txt' WHERE id = 'fil_late'"))
+            .await
+            .unwrap();
+        assert_eq!(first().await, (Some(a.0.clone()), Some(10)), "{backend:?}");
+        db.execute(sql!("UPDATE files SET size = 11 WHERE id = $1", &a.0))
+            .await
+            .unwrap();
+        assert_eq!(first().await, (Some(a.0.clone()), Some(11)), "{backend:?}");
+        db.execute(sql!("DELETE FROM files WHERE id = $1", &a.0))
+            .await
+            .unwrap();
+        let b = file(&v2.id, "b.pdf").await;
+        assert_eq!(first().await, (Some(b.0.clone()), Some(20)), "{backend:?}");
+
+        // An older version's files are not what a link delivers.
+        let v1 = product.current_version_id.clone().unwrap();
+        db.execute(sql!(
+            "INSERT INTO files (id, product_id, version_id, name, object_key, size, sha256, content_type, created_at)
+             VALUES ('fil_old', $1, $2, '0-old.txt', 'k/o', 1, '', 'text/plain', 0)",
+            &product.id,
+            &v1
+        ))
+        .await
+        .unwrap();
+        assert_eq!(first().await, (Some(b.0.clone()), Some(20)), "{backend:?}");
+
+        // Back to the older version (as a seller's rollback would write it), then a version
+        // with no files yet: nothing to deliver.
+        db.execute(sql!(
+            "UPDATE products SET current_version_id = $1 WHERE id = $2",
+            &v1,
+            &product.id
+        ))
+        .await
+        .unwrap();
+        assert_eq!(first().await, (Some("fil_old".into()), Some(1)), "{backend:?}");
+        satchel::catalog::insert_version(db, &product.id, "10.0.0", "", &[])
+            .await
+            .unwrap();
+        assert_eq!(first().await, (None, None), "{backend:?}");
+    }
+}

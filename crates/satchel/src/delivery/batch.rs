@@ -893,6 +893,18 @@ struct StartSql<'a> {
     eid: &'a str,
 }
 
+/// Column `col` (`id` or `size`) of the file a start delivers, as SQL over the grant's
+/// product `p` and the start's file `name` (`''` for none): the product's own copy of its
+/// current version's first file (migration `0021_product_first_file`, kept by triggers), so a
+/// link naming no file looks no file up; else the current version's file of that name. NULL
+/// when there is no such file.
+fn delivered_file(col: &str, name: &str) -> String {
+    format!(
+        "CASE WHEN {name} = '' THEN p.first_file_{col}
+              ELSE (SELECT f.{col} FROM files f WHERE f.version_id = p.current_version_id AND f.name = {name} LIMIT 1) END"
+    )
+}
+
 /// The decrement of one start on SQLite (a row source in `from`, or none for parameters),
 /// `at` the time. It counts only for a grant [`live`] for that request whose product's
 /// current version has the file asked for, and returns the grant, that version and the
@@ -909,13 +921,14 @@ fn decrement(from: &str, at: &str, s: &StartSql<'_>) -> String {
         "UPDATE download_grants {}
          {from}
          WHERE download_grants.id = {gid} AND {}
-           AND EXISTS (SELECT 1 FROM products p JOIN files f ON f.version_id = p.current_version_id
-                       WHERE p.id = download_grants.product_id AND ({name} = '' OR f.name = {name}))
+           AND EXISTS (SELECT 1 FROM products p
+                       WHERE p.id = download_grants.product_id AND ({}) IS NOT NULL)
          RETURNING download_grants.id,
              (SELECT p.current_version_id FROM products p WHERE p.id = download_grants.product_id) AS version_id,
              download_grants.prior_event_id",
         counted_set(at, prefix, eid),
-        live(at, prefix, ip)
+        live(at, prefix, ip),
+        delivered_file("id", name)
     )
 }
 
@@ -987,29 +1000,32 @@ fn events_sql(backend: Backend) -> String {
 /// each counted start and the answer. A statement is atomic on its own, so each round commits
 /// by itself; a later round of the batch sees the earlier ones, as inside one transaction.
 ///
-/// The product, its current version and the file delivered are joined into the decrement
-/// (PostgreSQL's `UPDATE … FROM` takes a `LATERAL` subquery), so each is looked up once per
-/// start and the event is written from the decrement's own row: a grant whose current version
-/// lacks the file asked for has no row to update, as [`decrement`]'s `EXISTS` refuses it on
-/// SQLite. Measured with `pgbench` on this statement against the one with separate lookups
-/// (see docs/operations.md): 25–35 % more starts per second of PostgreSQL CPU.
+/// The product and its current version are joined into the decrement, and the file delivered
+/// read off the product row ([`delivered_file`]; looked up only for a link naming a file), so
+/// each is read once per start and the event is written from the decrement's own row: a grant
+/// whose current version lacks the file asked for has no row to update, as [`decrement`]'s
+/// `EXISTS` refuses it on SQLite. Measured with `pgbench` on this statement against the one
+/// with separate lookups (see docs/operations.md): 25–35 % more starts per second of
+/// PostgreSQL CPU; and against a per-start file look-up (a `LATERAL` subquery): see "The
+/// first file on the product" there.
 static PG_ROUND: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH r AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[])
                     AS x(gid, prefix, ip, name, eid, ua, at)),
          u AS (UPDATE download_grants {}
-               FROM r, products p,
-                    LATERAL (SELECT f.id, f.size FROM files f
-                             WHERE f.version_id = p.current_version_id AND (r.name = '' OR f.name = r.name)
-                             ORDER BY f.name LIMIT 1) f
+               FROM r, products p
                WHERE download_grants.id = r.gid AND p.id = download_grants.product_id AND {}
-               RETURNING download_grants.id, p.current_version_id AS version_id, f.id AS file_id, f.size,
+                 AND ({}) IS NOT NULL
+               RETURNING download_grants.id, p.current_version_id AS version_id, {} AS file_id, {} AS size,
                          r.eid, r.ua, r.at, r.ip, r.prefix, download_grants.prior_event_id AS prev),
          e AS (INSERT INTO download_events (id, grant_id, file_id, at, ip, ip_prefix, user_agent, outcome, bytes, prev_id)
                SELECT u.eid, u.id, u.file_id, u.at, u.ip, u.prefix, u.ua, 'started', u.size, u.prev FROM u)
          SELECT u.id, u.version_id FROM u",
         counted_set("$1", "r.prefix", "r.eid"),
-        live("$1", "r.prefix", "r.ip")
+        live("$1", "r.prefix", "r.ip"),
+        delivered_file("id", "r.name"),
+        delivered_file("id", "r.name"),
+        delivered_file("size", "r.name")
     )
 });
 
@@ -1602,7 +1618,8 @@ LOC:     100000     100000     100000   Local timer interrupts
     /// The batcher's connections find a round's grants by key even where the planner, on a
     /// small store without statistics (new, or autovacuum off), would scan every grant once
     /// per row of the round: the same generic plan on a plain dedicated connection scans. And
-    /// each start's file comes from the (version, name) index, unsorted.
+    /// the file a link names comes from the (version, name) index, unsorted (a link naming
+    /// none reads it off the product row).
     #[tokio::test]
     async fn the_batchers_round_looks_grants_up_by_key_without_statistics() {
         let Some((t, _)) = pg_store_with_grant("plan@example.com").await else {
@@ -1640,11 +1657,11 @@ LOC:     100000     100000     100000   Local timer interrupts
                 && !keyed.contains("Seq Scan on download_grants"),
             "the batcher's round finds each grant by key:\n{keyed}"
         );
-        // The file a start delivers is the first index entry of its version in name order:
-        // no sort of the version's files per start (migration 0020).
+        // The file a link names is found by the (version, name) index: no sort of the
+        // version's files per start (migration 0020).
         assert!(
             keyed.contains("Index Scan using files_version_name on files") && !keyed.contains("Sort"),
-            "the round reads its file from the (version, name) index without sorting:\n{keyed}"
+            "the round reads a named file from the (version, name) index without sorting:\n{keyed}"
         );
     }
 
