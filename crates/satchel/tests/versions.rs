@@ -495,11 +495,21 @@ async fn the_product_row_follows_its_current_versions_first_file() {
             sha256: "0".repeat(64),
             content_type: "application/octet-stream".into(),
         };
-        let v2 = satchel::catalog::insert_version(db, &product.id, "9.0.0", "", &[new_file("b.pdf", 20), new_file("a.zip", 10)])
-            .await
-            .unwrap();
+        let v2 = satchel::catalog::insert_version(
+            db,
+            &product.id,
+            "9.0.0",
+            "",
+            &[new_file("b.pdf", 20), new_file("a.zip", 10)],
+        )
+        .await
+        .unwrap();
         let a = file(&v2.id, "a.zip").await;
-        assert_eq!(first().await, (Some(a.0.clone()), Some(10)), "{backend:?}: the first by name, not by insertion");
+        assert_eq!(
+            first().await,
+            (Some(a.0.clone()), Some(10)),
+            "{backend:?}: the first by name, not by insertion"
+        );
 
         // A file added to the current version that sorts first takes over; renamed past the
         // others it gives the place back; a resize follows; removing the first leaves the next.
@@ -520,9 +530,7 @@ async fn the_product_row_follows_its_current_versions_first_file() {
             .await
             .unwrap();
         assert_eq!(first().await, (Some(a.0.clone()), Some(11)), "{backend:?}");
-        db.execute(sql!("DELETE FROM files WHERE id = $1", &a.0))
-            .await
-            .unwrap();
+        db.execute(sql!("DELETE FROM files WHERE id = $1", &a.0)).await.unwrap();
         let b = file(&v2.id, "b.pdf").await;
         assert_eq!(first().await, (Some(b.0.clone()), Some(20)), "{backend:?}");
 

@@ -603,9 +603,22 @@ impl Db {
     /// off it looks each grant up by key whatever the statistics say. Bitmap scans are off
     /// too: without them a start's file is the first entry of the `(version_id, name)` index
     /// in name order, where a bitmap scan collected the version's files and sorted them for
-    /// every start.
+    /// every start. And each statement is planned once, generically (`plan_cache_mode`): by
+    /// default PostgreSQL plans a prepared statement afresh for its first five runs, then keeps
+    /// doing so for as long as those plans look cheaper than the generic one — which small
+    /// rounds on a quiet store can make it believe for the connection's whole life. Planning
+    /// the round statement each time cost a third of its rate under `pgbench` (760 against
+    /// 1 190 rounds/s of 22 starts; docs/operations.md, "The first file on the product").
     pub fn dedicated_keyed(&self, max: u32, task: &str) -> Db {
-        self.dedicated_with(max, task, &[("enable_seqscan", "off"), ("enable_bitmapscan", "off")])
+        self.dedicated_with(
+            max,
+            task,
+            &[
+                ("enable_seqscan", "off"),
+                ("enable_bitmapscan", "off"),
+                ("plan_cache_mode", "force_generic_plan"),
+            ],
+        )
     }
 
     fn dedicated_with(&self, max: u32, task: &str, pg_settings: &[(&str, &str)]) -> Db {
