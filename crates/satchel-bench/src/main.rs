@@ -78,6 +78,11 @@ struct Args {
     /// per request at info either way.
     #[arg(long)]
     serve_logging: bool,
+    /// Seconds of the same load, unmeasured, before each download-start phase and each nginx
+    /// phase beside it (connections opened, caches and the batcher's statements warm), so a
+    /// phase measures the steady state on both sides. 0 for none.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    warmup: f64,
     /// Where Satchel's download batcher runs (its `server.batcher_cpu`): `auto` pins it on
     /// PostgreSQL to the CPU taking the disks' interrupts, as docs/operations.md advises
     /// when the database shares the machine (SQLite's writer is left to the kernel: it gained
@@ -87,6 +92,11 @@ struct Args {
 }
 
 impl Args {
+    /// The warm-up before a measured phase, if any.
+    fn warmup_dur(&self) -> Option<Duration> {
+        (self.warmup > 0.0).then(|| Duration::from_secs_f64(self.warmup.min(60.0)))
+    }
+
     /// The batcher's CPU for `server.batcher_cpu` on `backend`, and how it was chosen (for
     /// the table).
     fn batcher_cpu(&self, backend: Backend) -> anyhow::Result<(Option<BatcherCpu>, String)> {
@@ -531,6 +541,20 @@ async fn nginx_load(
     status: u16,
 ) -> anyhow::Result<(Load, String)> {
     let urls: Vec<String> = paths.iter().map(|p| n.signed(p)).collect();
+    if let Some(warm) = args.warmup_dur() {
+        if use_wrk {
+            let paths: Vec<String> = urls.iter().map(|u| path_of(u)).collect();
+            wrk_get::run(
+                &format!("http://127.0.0.1:{}", n.port),
+                &paths,
+                status,
+                args.concurrency,
+                warm,
+            )?;
+        } else {
+            load(urls.clone(), args.concurrency, warm, move |s| s == status).await;
+        }
+    }
     let workers = cpu::children(n.child.id());
     let nginx_cpu = || workers.iter().map(|w| cpu::process(w)).sum::<u64>();
     let before = (nginx_cpu(), cpu::waited_children());
@@ -629,6 +653,23 @@ async fn bench_backend(
         }
         None => None,
     };
+    let paths: Vec<String> = links.iter().map(|l| path_of(l)).collect();
+    if let Some(warm) = args.warmup_dur() {
+        if use_wrk {
+            wrk_get::run(&t.base_url, &paths, 302, args.concurrency, warm)?;
+        } else {
+            load(links.clone(), args.concurrency, warm, |s| s == 302).await;
+        }
+    }
+    let started = || async {
+        t.app
+            .db
+            .fetch_i64(satchel::sql!(
+                "SELECT COUNT(*) FROM download_events WHERE outcome = 'started'"
+            ))
+            .await
+    };
+    let warmed = started().await?;
     // CPU time of this process (the store: HTTP, batcher, checkpointer; the in-process
     // client too when wrk is missing) and of its writer thread alone, around the load.
     let cpu0 = (
@@ -639,7 +680,6 @@ async fn bench_backend(
         cpu::machine(),
     );
     let ours = if use_wrk {
-        let paths: Vec<String> = links.iter().map(|l| path_of(l)).collect();
         wrk_get::run(&t.base_url, &paths, 302, args.concurrency, dur)?
     } else {
         load(links, args.concurrency, dur, |s| s == 302).await
@@ -651,13 +691,7 @@ async fn bench_backend(
         cpu::comm("postgres"),
         cpu::machine(),
     );
-    let counted = t
-        .app
-        .db
-        .fetch_i64(satchel::sql!(
-            "SELECT COUNT(*) FROM download_events WHERE outcome = 'started'"
-        ))
-        .await?;
+    let counted = started().await? - warmed;
     #[allow(clippy::cast_precision_loss)]
     let starts = counted as f64;
     let (cpu_all, cpu_writer, cpu_wrk) = (
