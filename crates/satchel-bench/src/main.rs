@@ -529,6 +529,23 @@ async fn curl_rate(url: &str) -> anyhow::Result<(u64, f64)> {
     Ok((size, speed / 1e9))
 }
 
+/// `concurrency` clients sending GETs to `base` + `paths` for `dur`: wrk (its own process)
+/// when `use_wrk`, else the in-process client; an answer counts when its status is `status`.
+async fn drive(
+    base: &str,
+    paths: &[String],
+    status: u16,
+    concurrency: usize,
+    dur: Duration,
+    use_wrk: bool,
+) -> anyhow::Result<Load> {
+    if use_wrk {
+        return wrk_get::run(base, paths, status, concurrency, dur);
+    }
+    let urls = paths.iter().map(|p| format!("{base}{p}")).collect();
+    Ok(load(urls, concurrency, dur, move |s| s == status).await)
+}
+
 /// nginx under the download-start load (the same generator and connections), cycling
 /// through `paths`, each signed, expecting `status`; the load and nginx's (and wrk's) CPU per
 /// request.
@@ -540,36 +557,15 @@ async fn nginx_load(
     paths: &[String],
     status: u16,
 ) -> anyhow::Result<(Load, String)> {
-    let urls: Vec<String> = paths.iter().map(|p| n.signed(p)).collect();
+    let base = format!("http://127.0.0.1:{}", n.port);
+    let paths: Vec<String> = paths.iter().map(|p| path_of(&n.signed(p))).collect();
     if let Some(warm) = args.warmup_dur() {
-        if use_wrk {
-            let paths: Vec<String> = urls.iter().map(|u| path_of(u)).collect();
-            wrk_get::run(
-                &format!("http://127.0.0.1:{}", n.port),
-                &paths,
-                status,
-                args.concurrency,
-                warm,
-            )?;
-        } else {
-            load(urls.clone(), args.concurrency, warm, move |s| s == status).await;
-        }
+        drive(&base, &paths, status, args.concurrency, warm, use_wrk).await?;
     }
     let workers = cpu::children(n.child.id());
     let nginx_cpu = || workers.iter().map(|w| cpu::process(w)).sum::<u64>();
     let before = (nginx_cpu(), cpu::waited_children());
-    let r = if use_wrk {
-        let paths: Vec<String> = urls.iter().map(|u| path_of(u)).collect();
-        wrk_get::run(
-            &format!("http://127.0.0.1:{}", n.port),
-            &paths,
-            status,
-            args.concurrency,
-            dur,
-        )?
-    } else {
-        load(urls, args.concurrency, dur, move |s| s == status).await
-    };
+    let r = drive(&base, &paths, status, args.concurrency, dur, use_wrk).await?;
     let served = r.rps * dur.as_secs_f64();
     let per = cpu::per_request_us(before.0, nginx_cpu(), served);
     let wrk = cpu::per_request_us(before.1, cpu::waited_children(), served);
@@ -655,11 +651,7 @@ async fn bench_backend(
     };
     let paths: Vec<String> = links.iter().map(|l| path_of(l)).collect();
     if let Some(warm) = args.warmup_dur() {
-        if use_wrk {
-            wrk_get::run(&t.base_url, &paths, 302, args.concurrency, warm)?;
-        } else {
-            load(links.clone(), args.concurrency, warm, |s| s == 302).await;
-        }
+        drive(&t.base_url, &paths, 302, args.concurrency, warm, use_wrk).await?;
     }
     let started = || async {
         t.app
@@ -679,11 +671,7 @@ async fn bench_backend(
         cpu::comm("postgres"),
         cpu::machine(),
     );
-    let ours = if use_wrk {
-        wrk_get::run(&t.base_url, &paths, 302, args.concurrency, dur)?
-    } else {
-        load(links, args.concurrency, dur, |s| s == 302).await
-    };
+    let ours = drive(&t.base_url, &paths, 302, args.concurrency, dur, use_wrk).await?;
     let cpu1 = (
         cpu::process("self"),
         cpu::named("self", "satchel-download-batcher"),
