@@ -895,6 +895,19 @@ pub async fn insert_version(
     changelog: &str,
     files: &[NewFile],
 ) -> ApiResult<ProductVersion> {
+    // A link names a file by its name, and its stored copy is keyed by it: two of one name
+    // would share one object and leave the link's file ambiguous.
+    let mut names = std::collections::HashSet::new();
+    if let Some(twice) = files.iter().find(|f| !names.insert(f.name.as_str())) {
+        return Err(unprocessable(
+            "duplicate_file_name",
+            format!(
+                "two files are named {:?}: give each file of a version its own name",
+                twice.name
+            ),
+        )
+        .field("file"));
+    }
     let vid = new_id("ver");
     let t = now();
     let r = e

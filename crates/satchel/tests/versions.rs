@@ -562,3 +562,49 @@ async fn the_product_row_follows_its_current_versions_first_file() {
         assert_eq!(first().await, (None, None), "{backend:?}");
     }
 }
+
+/// A version with two files of one name is refused (its files would share one stored object,
+/// and a link naming that file could mean either), and nothing of it is kept.
+#[tokio::test]
+async fn a_version_with_two_files_of_one_name_is_refused() {
+    for backend in backends().await {
+        let (t, key, product) = demo_templates(backend).await;
+        let part = |bytes: &'static [u8]| {
+            reqwest::multipart::Part::bytes(bytes)
+                .file_name("kit.zip")
+                .mime_str("application/zip")
+                .unwrap()
+        };
+        let form = reqwest::multipart::Form::new()
+            .text("version", "3.0.0")
+            .part("file", part(b"one"))
+            .part("file", part(b"two"));
+        let r = t
+            .client
+            .post(t.url(&format!("/api/v1/products/{}/versions", product.id)))
+            .bearer_auth(&key)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{backend:?}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "duplicate_file_name", "{backend:?}: {body}");
+        let versions = t
+            .app
+            .db
+            .fetch_i64(sql!(
+                "SELECT COUNT(*) FROM product_versions WHERE product_id = $1 AND version = '3.0.0'",
+                &product.id
+            ))
+            .await
+            .unwrap();
+        assert_eq!(versions, 0, "{backend:?}");
+        let now = satchel::catalog::find_product(&t.app.db, "demo-templates")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(now.current_version_id, product.current_version_id, "{backend:?}");
+        assert_eq!(claims(&t).await, 0, "{backend:?}: the version is free again");
+    }
+}
